@@ -1,0 +1,190 @@
+"""Procedural cloud layers, compositing over real clear backgrounds, and augmentations.
+
+A cloud layer is ``(alpha, r_c)``: opacity (s, s) in [0, 1] and the cloud's own reflectance
+(4, s, s) in blue, green, red, nir.  Clouds are spectrally flat white-grey, so
+``r_c = alpha * brightness`` with a brightness per band that varies by a few percent
+(blue slightly brighter, as scattering makes it).  A layer is composited over a
+background with :func:`geocloud.compositing.compose`: ``y = r_c + (1 - alpha) * x``.
+
+Shapes come from multi-octave value noise (fractal, 1/f-like): ``thick`` layers are
+opaque cores with soft edges, ``thin`` layers are low-opacity, broad and smooth.
+
+Everything takes a ``numpy.random.Generator``: same seed, same blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import zoom
+
+from ..compositing import compose
+from .data import BLOCK_CLEAR, BLOCK_CLOUDY
+
+KINDS = ("thick", "thin")
+
+
+def fractal_noise(
+    rng: np.random.Generator, size: int, *, base: int = 4, octaves: int = 5, persistence: float = 0.55
+) -> np.ndarray:
+    """Multi-octave value noise in [0, 1], float32 (size, size).
+
+    Octave o is a random grid of ``base * 2**o`` cells upsampled (cubic) to ``size``,
+    weighted ``persistence**o``.
+    """
+    out = np.zeros((size, size), np.float32)
+    total = 0.0
+    for o in range(octaves):
+        cells = min(size, base * 2**o)
+        grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
+        up = zoom(grid, (size + 1) / (cells + 1), order=3, mode="reflect", grid_mode=False)[:size, :size]
+        w = persistence**o
+        out += w * up
+        total += w
+    out /= total
+    lo, hi = float(out.min()), float(out.max())
+    return ((out - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CloudStyle:
+    """Ranges the random cloud layers are drawn from."""
+
+    thick_coverage: tuple[float, float] = (0.08, 0.95)
+    thick_alpha_max: tuple[float, float] = (0.75, 1.0)
+    thick_edge: tuple[float, float] = (0.03, 0.2)
+    thin_alpha_max: tuple[float, float] = (0.2, 0.6)
+    thin_coverage: tuple[float, float] = (0.2, 1.0)
+    brightness: tuple[float, float] = (0.35, 0.95)
+    #: per-band relative variation of the cloud brightness (blue, green, red, nir).
+    band_jitter: float = 0.04
+    blue_boost: float = 0.03
+
+
+def cloud_layer(
+    rng: np.random.Generator, size: int, kind: str = "thick", style: CloudStyle | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random cloud layer: ``alpha`` float32 (size, size), ``r_c`` float32 (4, size, size)."""
+    style = style or CloudStyle()
+    if kind not in KINDS:
+        raise ValueError(f"cloud kind {kind!r} is unknown; use one of {KINDS}")
+    n = fractal_noise(
+        rng, size, base=int(rng.integers(2, 6)), octaves=5, persistence=float(rng.uniform(0.45, 0.65))
+    )
+    if kind == "thick":
+        cov = rng.uniform(*style.thick_coverage)
+        t = float(np.quantile(n, 1.0 - cov))
+        edge = rng.uniform(*style.thick_edge)
+        a = np.clip((n - t) / edge, 0.0, 1.0) ** rng.uniform(0.6, 1.5)
+        a *= rng.uniform(*style.thick_alpha_max)
+    else:
+        cov = rng.uniform(*style.thin_coverage)
+        t = float(np.quantile(n, 1.0 - cov)) if cov < 1.0 else float(n.min()) - 0.05
+        a = np.clip((n - t) / max(1.0 - t, 1e-3), 0.0, 1.0) ** rng.uniform(0.5, 1.2)
+        a *= rng.uniform(*style.thin_alpha_max)
+    alpha = a.astype(np.float32)
+    bright = rng.uniform(*style.brightness)
+    bands = bright * (1.0 + rng.uniform(-style.band_jitter, style.band_jitter, 4))
+    bands[0] *= 1.0 + style.blue_boost
+    r_c = alpha[None] * bands.astype(np.float32)[:, None, None]
+    return alpha, r_c.astype(np.float32)
+
+
+def augment(
+    x: np.ndarray, rng: np.random.Generator, *, gain: float = 0.15, band_gain: float = 0.04
+) -> np.ndarray:
+    """Random flip, 90-degree rotation, brightness gain and per-band gain of one block (4, s, s)."""
+    if rng.random() < 0.5:
+        x = x[:, :, ::-1]
+    x = np.rot90(x, int(rng.integers(4)), axes=(1, 2))
+    g = rng.uniform(1.0 - gain, 1.0 + gain) * rng.uniform(1.0 - band_gain, 1.0 + band_gain, 4)
+    return np.ascontiguousarray(x * g.astype(np.float32)[:, None, None], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Mix of the block generator."""
+
+    #: probability that a block is cloudy.
+    p_cloudy: float = 0.5
+    #: of the cloudy blocks, the share taken from real cloudy blocks (the rest composited).
+    p_real_cloudy: float = 0.3
+    #: of the composited clouds, the share that is thin.
+    p_thin: float = 0.4
+    #: a composited block is "cloudy" when this fraction of pixels has alpha >= ``alpha_min``.
+    min_cloud: float = 0.05
+    alpha_min: float = 0.1
+    #: probability of adding a second layer (thin over thick etc.).
+    p_second_layer: float = 0.3
+
+
+class BlockGenerator:
+    """Endless labelled blocks: real clear backgrounds with composited cloud layers, plus real cloudy blocks.
+
+    ``backgrounds`` are clear blocks (N, 4, s, s); ``cloudy`` are real cloudy blocks
+    (M, 4, s, s), possibly empty.  :meth:`sample` returns ``(x float32 (n, 4, s, s), y int64 (n,))``.
+    Block labels follow the same rule as real blocks: cloudy when at least ``min_cloud``
+    of the pixels are covered with ``alpha >= alpha_min``; clear blocks get no cloud at all.
+    """
+
+    def __init__(
+        self,
+        backgrounds: np.ndarray,
+        cloudy: np.ndarray | None,
+        rng: np.random.Generator,
+        config: GeneratorConfig | None = None,
+        style: CloudStyle | None = None,
+    ) -> None:
+        if backgrounds.ndim != 4 or backgrounds.shape[0] == 0:
+            raise ValueError("BlockGenerator needs at least one clear background block (N, 4, s, s)")
+        self.backgrounds = backgrounds
+        self.cloudy = cloudy if cloudy is not None and len(cloudy) else None
+        self.rng = rng
+        self.config = config or GeneratorConfig()
+        self.style = style or CloudStyle()
+        self.size = int(backgrounds.shape[-1])
+
+    def composite(self, bg: np.ndarray) -> np.ndarray:
+        """Composite one or two random cloud layers over ``bg`` until it is clearly cloudy."""
+        cfg, rng, s = self.config, self.rng, self.size
+        for _ in range(8):
+            kind = "thin" if rng.random() < cfg.p_thin else "thick"
+            alpha, r_c = cloud_layer(rng, s, kind, self.style)
+            y = compose(bg, alpha[None], r_c)
+            cover = alpha >= cfg.alpha_min
+            if rng.random() < cfg.p_second_layer:
+                a2, r2 = cloud_layer(rng, s, "thin" if kind == "thick" else "thick", self.style)
+                y = compose(y, a2[None], r2)
+                cover |= a2 >= cfg.alpha_min
+            if cover.mean() >= cfg.min_cloud:
+                return y.astype(np.float32)
+        return y.astype(np.float32)  # pragma: no cover - coverage >= 8 % by construction
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cfg, rng = self.config, self.rng
+        xs = np.empty((n, 4, self.size, self.size), np.float32)
+        ys = np.empty(n, np.int64)
+        for i in range(n):
+            if rng.random() < cfg.p_cloudy:
+                ys[i] = BLOCK_CLOUDY
+                if self.cloudy is not None and rng.random() < cfg.p_real_cloudy:
+                    x = self.cloudy[rng.integers(len(self.cloudy))]
+                else:
+                    x = self.composite(self.backgrounds[rng.integers(len(self.backgrounds))])
+            else:
+                ys[i] = BLOCK_CLEAR
+                x = self.backgrounds[rng.integers(len(self.backgrounds))]
+            xs[i] = augment(x, rng)
+        return xs, ys
+
+
+__all__ = [
+    "KINDS",
+    "BlockGenerator",
+    "CloudStyle",
+    "GeneratorConfig",
+    "augment",
+    "cloud_layer",
+    "fractal_noise",
+]
