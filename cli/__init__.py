@@ -1,0 +1,1 @@
+"""geocloud command line (installed as geocloud.cli)."""

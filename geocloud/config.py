@@ -1,0 +1,109 @@
+"""Every processing default, in one typed place.
+
+The CLI builds its options from these dataclasses (``default=TilingConfig.block_size``
+etc.), so no default is ever written twice.  All of them are frozen: make a changed copy
+with :func:`dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How a scene is cut into blocks.
+
+    ``block_size`` is the side of the square window a model sees (core plus halo);
+    ``halo`` is the overlap on each side.  ``halo=None`` means "the model's own
+    receptive-field halo".
+    """
+
+    block_size: int = 512
+    halo: int | None = None
+    #: width of the linear blend between neighbouring blocks (0: hard seams in the middle
+    #: of the overlap, i.e. crop).  Multiples of 1/16 keep exact values exact.
+    feather: int = 16
+
+    def validate(self) -> None:
+        if self.block_size < 16:
+            raise ConfigError(
+                f"block size {self.block_size} is too small; pass --block-size 16 or more (default 512)"
+            )
+        if self.feather < 0:
+            raise ConfigError(f"feather {self.feather} is negative; pass --feather 0 or more")
+        if self.halo is not None and self.halo < 0:
+            raise ConfigError(f"halo {self.halo} is negative; pass --halo 0 or more")
+        if self.halo is not None and 2 * self.halo >= self.block_size:
+            raise ConfigError(
+                f"halo {self.halo} leaves no core in a {self.block_size}px block; "
+                f"pass --halo below {self.block_size // 2} or a larger --block-size"
+            )
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Where and how models run."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 4
+    #: number of reader threads feeding the model (GDAL releases the GIL).
+    readers: int = 2
+    #: mixed precision on CUDA.
+    autocast: bool = True
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device {self.device!r} is unknown; pass --device auto, cpu or cuda")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size {self.batch_size} must be at least 1; pass --batch-size 1 or more")
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """Turning the cloud score into a mask.
+
+    ``method`` names a rule in :data:`geocloud.threshold.THRESHOLD_RULES`.  ``value``, when
+    given, overrides the rule with a fixed threshold (``--threshold``).  ``k`` overrides
+    the model's calibrated k in mu + k*sigma.
+    """
+
+    method: str = "statistical"
+    value: float | None = None
+    k: float | None = None
+
+    def validate(self) -> None:
+        if self.value is not None and not (0.0 <= self.value <= 1.0):
+            raise ConfigError(f"threshold {self.value} is outside 0..1; pass --threshold between 0 and 1")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What is written, and how."""
+
+    products: tuple[str, ...] = ("mask", "score", "stats")
+    overwrite: bool = False
+    #: GeoTIFF compression of the rasters: ZSTD is fast and well supported by GDAL >= 2.3.
+    compress: str = "ZSTD"
+    #: internal tile size of the COG outputs.
+    cog_blocksize: int = 512
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """Everything :func:`geocloud.pipeline.process_scene` needs beyond the scene itself."""
+
+    model: str = "spectral"
+    sensor: str | None = None  # None: detect
+    bands: tuple[str, ...] | None = None  # None: from the sensor profile
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> None:
+        self.tiling.validate()
+        self.inference.validate()
+        self.threshold.validate()

@@ -1,0 +1,364 @@
+"""Reading scenes window by window, and writing Cloud-Optimised GeoTIFFs safely.
+
+* :func:`open_scene` checks a path and returns a :class:`SceneInfo` (never pixels).
+* :class:`SceneReader` reads windows (padding beyond the scene with nodata), one GDAL
+  handle per thread, so several threads can read at once.
+* :class:`RasterSink` streams windows into a temporary tiled GeoTIFF, then
+  :meth:`RasterSink.finalize` turns it into a COG (tiled, compressed, overviews) under a
+  temporary name and renames it into place: an interrupted run never leaves a file that
+  looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from .errors import InputError, NotARasterError, OutputError, SceneNotFoundError
+
+#: dtypes geocloud reads.
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+
+#: smallest scene side geocloud accepts (a cloud score needs some context and statistics).
+MIN_SCENE_SIDE = 8
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """Everything about a scene but its pixels."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    crs: CRS | None
+    transform: Affine
+    rpcs: Any | None
+    gcps: Any | None
+    tags: Mapping[str, str]
+    descriptions: tuple[str | None, ...]
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+    #: "value", "nan", "mask" (internal/external mask band), "alpha" or "none".
+    nodata_kind: str
+    block_shapes: tuple[tuple[int, int], ...] = field(default=())
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None or self.rpcs is not None or bool(self.gcps and self.gcps[0])
+
+    @property
+    def georef_kind(self) -> str:
+        if self.rpcs is not None and self.crs is None:
+            return "rpc"
+        if self.crs is not None:
+            return "crs+transform" if self.transform != Affine.identity() else "crs"
+        if self.gcps and self.gcps[0]:
+            return "gcps"
+        return "none"
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _nodata_kind(ds: rasterio.DatasetReader) -> str:
+    from rasterio.enums import MaskFlags
+
+    flags = ds.mask_flag_enums[0]
+    if MaskFlags.nodata in flags:
+        return "nan" if ds.nodata is not None and np.isnan(ds.nodata) else "value"
+    if MaskFlags.per_dataset in flags and MaskFlags.alpha in flags:
+        return "alpha"
+    if MaskFlags.per_dataset in flags:
+        return "mask"
+    return "none"
+
+
+def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
+    """Check that ``path`` is a readable raster geocloud can process, and describe it."""
+    p = Path(path)
+    if not p.exists():
+        raise SceneNotFoundError(f"scene {str(p)!r} does not exist; check the path")
+    if p.is_dir():
+        raise NotARasterError(f"scene {str(p)!r} is a directory; pass a GeoTIFF file")
+    if p.stat().st_size == 0:
+        raise NotARasterError(f"scene {str(p)!r} is an empty file (0 bytes); re-download or re-export it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(p) as ds:
+                dtypes = set(ds.dtypes)
+                info = SceneInfo(
+                    path=p,
+                    width=ds.width,
+                    height=ds.height,
+                    count=ds.count,
+                    dtype=ds.dtypes[0],
+                    nodata=ds.nodata,
+                    crs=ds.crs,
+                    transform=ds.transform,
+                    rpcs=ds.rpcs,
+                    gcps=ds.gcps if ds.gcps and ds.gcps[0] else None,
+                    tags=dict(ds.tags()),
+                    descriptions=tuple(ds.descriptions),
+                    scales=tuple(float(s) for s in ds.scales),
+                    offsets=tuple(float(o) for o in ds.offsets),
+                    nodata_kind=_nodata_kind(ds),
+                    block_shapes=tuple(tuple(b) for b in ds.block_shapes),  # type: ignore[misc]
+                )
+                # touch the last block: truncated files fail here, not half-way through a run
+                if ds.width and ds.height:
+                    ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
+    except RasterioIOError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        if "not recognized as" in msg or "not a supported file format" in msg:
+            raise NotARasterError(
+                f"{str(p)!r} is not a raster GDAL can read; pass a GeoTIFF (.tif)"
+            ) from None
+        raise NotARasterError(
+            f"{str(p)!r} cannot be read ({msg}); the file is probably truncated or corrupt: re-download or re-export it"
+        ) from None
+    if len(dtypes) > 1:
+        raise InputError(f"scene {str(p)!r} mixes band dtypes {sorted(dtypes)}; convert it to one dtype (gdal_translate -ot)")
+    if info.dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"scene dtype {info.dtype} is not supported; convert it to one of {', '.join(SUPPORTED_DTYPES)} "
+            "(e.g. gdal_translate -ot UInt16 or -ot Float32)"
+        )
+    if info.width < MIN_SCENE_SIDE or info.height < MIN_SCENE_SIDE:
+        raise InputError(
+            f"scene is {info.width}x{info.height} pixels; geocloud needs at least "
+            f"{MIN_SCENE_SIDE}x{MIN_SCENE_SIDE}: pass a larger scene"
+        )
+    return info
+
+
+class SceneReader:
+    """Thread-safe windowed reads of selected bands with a validity mask.
+
+    Windows may extend beyond the scene: that part is returned as 0 and invalid.
+    A pixel is valid when GDAL's mask says so for every selected band and its values
+    are finite.
+    """
+
+    def __init__(self, info: SceneInfo, indexes: tuple[int, ...]):
+        self.info = info
+        self.indexes = list(indexes)
+        self._local = threading.local()
+        self._handles: list[rasterio.DatasetReader] = []
+        self._lock = threading.Lock()
+
+    def _ds(self) -> rasterio.DatasetReader:
+        ds = getattr(self._local, "ds", None)
+        if ds is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(self.info.path)
+            self._local.ds = ds
+            with self._lock:
+                self._handles.append(ds)
+        return ds
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Return (data (C, h, w) in the file's dtype, valid (h, w) bool) for ``window``."""
+        ds = self._ds()
+        r0, c0 = int(window.row_off), int(window.col_off)
+        h, w = int(window.height), int(window.width)
+        data = np.zeros((len(self.indexes), h, w), dtype=self.info.dtype)
+        valid = np.zeros((h, w), dtype=bool)
+        rr0, cc0 = max(r0, 0), max(c0, 0)
+        rr1, cc1 = min(r0 + h, self.info.height), min(c0 + w, self.info.width)
+        if rr1 <= rr0 or cc1 <= cc0:
+            return data, valid
+        inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+        ys, xs = slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0)
+        try:
+            block = ds.read(self.indexes, window=inner)
+            if self.info.nodata_kind == "none":
+                ok = np.ones(block.shape[1:], dtype=bool)
+            elif self.info.nodata_kind in ("mask", "alpha"):
+                ok = ds.read_masks(self.indexes[0], window=inner) > 0
+            else:
+                ok = np.all(ds.read_masks(self.indexes, window=inner) > 0, axis=0)
+        except RasterioIOError as exc:
+            raise InputError(
+                f"reading {self.info.path.name} at rows {rr0}-{rr1}, cols {cc0}-{cc1} failed "
+                f"({str(exc).splitlines()[0]}); the file is probably truncated or corrupt"
+            ) from None
+        if block.dtype.kind == "f":
+            ok &= np.isfinite(block).all(axis=0)
+            block = np.where(ok, block, 0)
+        data[:, ys, xs] = block
+        valid[ys, xs] = ok
+        return data, valid
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._handles:
+                ds.close()
+            self._handles.clear()
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class RasterSpec:
+    """The georeferencing and layout of an output raster."""
+
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | int | None
+    crs: CRS | None
+    transform: Affine
+    rpcs: Any | None = None
+    descriptions: tuple[str, ...] = ()
+    #: overview resampling: "nearest" for classes, "average" for continuous values.
+    resampling: str = "average"
+
+    @classmethod
+    def like(cls, info: SceneInfo, *, count: int, dtype: str, nodata: float | int | None,
+             descriptions: tuple[str, ...] = (), resampling: str = "average") -> RasterSpec:  # fmt: skip
+        return cls(
+            width=info.width, height=info.height, count=count, dtype=dtype, nodata=nodata,
+            crs=info.crs, transform=info.transform, rpcs=info.rpcs,
+            descriptions=descriptions, resampling=resampling,
+        )  # fmt: skip
+
+
+def check_writable_dir(outdir: Path) -> None:
+    """Create ``outdir`` if needed and check that files can be created in it."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"output directory {str(outdir)!r} cannot be created ({exc.strerror}); pass a writable -o/--outdir"
+        ) from None
+    if not outdir.is_dir():
+        raise OutputError(f"output path {str(outdir)!r} is not a directory; pass a directory to -o/--outdir")
+    probe = outdir / f".geocloud-write-test-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"output directory {str(outdir)!r} is not writable ({exc.strerror}); pass a writable -o/--outdir"
+        ) from None
+
+
+def partial_name(final: Path) -> Path:
+    """The temporary name a file is written under before being renamed to ``final``."""
+    return final.with_name(f".{final.name}.{os.getpid()}.partial")
+
+
+def atomic_write_text(final: Path, text: str) -> None:
+    """Write ``text`` to ``final`` through a temporary file and a rename."""
+    tmp = partial_name(final)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class RasterSink:
+    """Stream windows into a temporary GeoTIFF; :meth:`finalize` makes the COG.
+
+    ``workdir`` holds the intermediate file (it must be on the same file system as
+    ``final`` for the final rename to be atomic; the pipeline uses a hidden folder in the
+    output directory).
+    """
+
+    def __init__(self, final: Path, spec: RasterSpec, workdir: Path, *, compress: str = "ZSTD",
+                 blocksize: int = 512):  # fmt: skip
+        self.final = final
+        self.spec = spec
+        self.compress = compress
+        self.blocksize = blocksize
+        self.tmp = workdir / (final.stem + ".stream.tif")
+        profile: dict[str, Any] = {
+            "driver": "GTiff", "width": spec.width, "height": spec.height, "count": spec.count,
+            "dtype": spec.dtype, "nodata": spec.nodata, "tiled": True, "blockxsize": 512,
+            "blockysize": 512, "compress": "NONE", "BIGTIFF": "IF_SAFER", "SPARSE_OK": "TRUE",
+        }  # fmt: skip
+        if spec.crs is not None:
+            profile["crs"] = spec.crs
+        if spec.transform != Affine.identity() or spec.crs is not None:
+            profile["transform"] = spec.transform
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self._ds = rasterio.open(self.tmp, "w", **profile)
+        if spec.rpcs is not None:
+            self._ds.rpcs = spec.rpcs
+        for i, d in enumerate(spec.descriptions, start=1):
+            self._ds.set_band_description(i, d)
+        self._lock = threading.Lock()
+
+    def write(self, array: np.ndarray, window: Window) -> None:
+        with self._lock:
+            self._ds.write(array.astype(self.spec.dtype, copy=False), window=window)
+
+    def read(self, window: Window) -> np.ndarray:
+        """Read back what was written (used by the second pass)."""
+        with self._lock:
+            return self._ds.read(window=window)
+
+    def close(self) -> None:
+        if not self._ds.closed:
+            self._ds.close()
+
+    def finalize(self, tags: Mapping[str, str]) -> Path:
+        """Turn the streamed file into a COG at ``final`` (temp name, then rename)."""
+        from rasterio.shutil import copy as rio_copy
+
+        if not self._ds.closed:
+            self._ds.update_tags(**{k: str(v) for k, v in tags.items()})
+            self._ds.close()
+        out_tmp = partial_name(self.final)
+        opts: dict[str, Any] = {
+            "COMPRESS": self.compress, "BLOCKSIZE": self.blocksize, "BIGTIFF": "IF_SAFER",
+            "OVERVIEW_RESAMPLING": self.spec.resampling.upper(), "NUM_THREADS": "ALL_CPUS",
+        }  # fmt: skip
+        if self.compress in ("ZSTD", "DEFLATE", "LZW"):
+            opts["PREDICTOR"] = "YES"
+            if self.compress == "ZSTD":
+                opts["LEVEL"] = 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                rio_copy(self.tmp, out_tmp, driver="COG", **opts)
+            os.replace(out_tmp, self.final)
+        except OSError as exc:
+            raise OutputError(f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions") from None
+        finally:
+            if out_tmp.exists():
+                out_tmp.unlink()
+            if self.tmp.exists():
+                self.tmp.unlink()
+        return self.final
+
+    def discard(self) -> None:
+        self.close()
+        if self.tmp.exists():
+            self.tmp.unlink()

@@ -1,0 +1,81 @@
+"""The one small interface every cloud model implements.
+
+A model takes a batch of blocks of TOA reflectance, in the band order its
+:class:`ModelSpec` names, and returns per-pixel float maps of the same height and width.
+The engine (``geocloud.pipeline``) does everything else: reading windows, reflectance
+scaling, batching, feathered mosaicking, thresholding and writing.
+
+Contract, which the seam test relies on:
+
+* ``predict`` must be *local*: the output at a pixel may depend only on input pixels
+  within ``spec.halo`` of it.  No per-block normalisation, no global pooling in the
+  dense maps.  (A per-block scalar such as ``block_prob`` is fine: it is used for
+  statistics, never pasted into the maps.)
+* Invalid (nodata) pixels arrive filled with 0 and flagged in ``valid``; their outputs
+  are ignored by the engine.
+* Every map value is finite.  ``score`` is in [0, 1], higher meaning more cloud.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: The band names geocloud knows, in canonical order.
+CANONICAL_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model needs and gives; stored in a weight file's JSON sidecar too."""
+
+    name: str
+    #: input band names, in the order ``predict`` expects them.
+    bands: tuple[str, ...] = CANONICAL_BANDS
+    #: pixels of context needed on each side of a pixel (>= receptive-field radius).
+    halo: int = 0
+    #: block sides must be a multiple of this (network strides).
+    block_multiple: int = 1
+    #: block side the model was trained on / is fastest at.
+    block_size: int = 512
+    #: the maps ``predict`` returns, name -> number of channels.  Must include "score".
+    outputs: dict[str, int] = field(default_factory=lambda: {"score": 1})
+    #: clear-sky statistics of ``score`` and the calibrated k of mu + k*sigma.
+    clear_mu: float = 0.0
+    clear_sigma: float = 0.1
+    threshold_k: float = 3.0
+    #: fallback fixed threshold when no clear-sky statistics can be derived.
+    default_threshold: float = 0.5
+    #: anything else worth recording (training data hash, validation metrics...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """The model's answer for a batch of B blocks of H x W pixels."""
+
+    #: name -> float32 array (B, k, H, W).
+    maps: dict[str, np.ndarray]
+    #: optional per-block probability of "this block contains cloud", shape (B,).
+    block_prob: np.ndarray | None = None
+
+
+class CloudModel(ABC):
+    """Base class of all models; see the module docstring for the contract."""
+
+    spec: ModelSpec
+
+    @abstractmethod
+    def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
+        """Predict maps for ``x`` float32 (B, C, H, W) with ``valid`` bool (B, H, W)."""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary recorded in the outputs' stats and tags."""
+        return {"name": self.spec.name, "bands": list(self.spec.bands), "halo": self.spec.halo}

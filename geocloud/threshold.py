@@ -1,0 +1,147 @@
+"""Scene-level thresholds that turn the cloud score into a mask.
+
+Statistics are gathered on the *mosaicked* score over a fixed grid of cells
+(:data:`CELL_SIZE` px), so the threshold does not depend on the block size.  For each
+cell :class:`ScoreStats` keeps the valid count, the sum and the sum of squares of the
+score, and the number of pixels above the model's default threshold.
+
+Rules (:data:`THRESHOLD_RULES`, chosen with ``ThresholdConfig.method``):
+
+``statistical`` (default)
+    ``t = mu + k * sigma`` of the score over *clear-sky cells*: cells at least half valid in
+    which fewer than :data:`CLEAR_CELL_MAX_CLOUDY` of the pixels exceed the model's
+    default threshold.  ``k`` is the model's calibrated ``threshold_k`` (or ``--k``).  With
+    fewer than :data:`MIN_CLEAR_CELLS` clear-sky cells (an overcast scene) the model's
+    training statistics ``clear_mu``/``clear_sigma`` are used instead.  The result is
+    clamped to ``[CLAMP_LOW, CLAMP_HIGH] * default_threshold`` so that a hazy scene cannot
+    push it to extremes.
+``fixed``
+    the model's ``default_threshold``.
+
+``--threshold`` overrides any rule with a fixed value.  The value used, its method and
+inputs are recorded in the stats JSON and the raster tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .config import ThresholdConfig
+from .models.base import ModelSpec
+
+CELL_SIZE = 256
+CLEAR_CELL_MAX_CLOUDY = 0.01
+MIN_CLEAR_CELLS = 4
+CLAMP_LOW, CLAMP_HIGH = 0.5, 1.5
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    value: float
+    method: str
+    mu: float | None = None
+    sigma: float | None = None
+    k: float | None = None
+    clear_cells: int = 0
+    cells: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class ScoreStats:
+    """Per-cell running statistics of the mosaicked score."""
+
+    def __init__(self, height: int, width: int, cloudy_above: float, cell: int = CELL_SIZE):
+        self.cell = cell
+        self.ncols = -(-width // cell)
+        self.nrows = -(-height // cell)
+        n = self.nrows * self.ncols
+        self.cloudy_above = cloudy_above
+        self.count = np.zeros(n, dtype=np.int64)
+        self.total = np.zeros(n, dtype=np.float64)
+        self.total_sq = np.zeros(n, dtype=np.float64)
+        self.above = np.zeros(n, dtype=np.int64)
+        self.cell_cols = (np.arange(width) // cell).astype(np.int64)
+
+    def update(self, row0: int, score: np.ndarray) -> None:
+        """Add full-width rows ``row0..`` of the score (NaN = nodata)."""
+        rows = np.arange(row0, row0 + score.shape[0]) // self.cell
+        ids = rows[:, None] * self.ncols + self.cell_cols[None, :]
+        ok = np.isfinite(score)
+        ids_v = ids[ok]
+        s = score[ok].astype(np.float64)
+        n = len(self.count)
+        self.count += np.bincount(ids_v, minlength=n)
+        self.total += np.bincount(ids_v, weights=s, minlength=n)
+        self.total_sq += np.bincount(ids_v, weights=s * s, minlength=n)
+        self.above += np.bincount(ids_v[s > self.cloudy_above], minlength=n)
+
+    @property
+    def valid_pixels(self) -> int:
+        return int(self.count.sum())
+
+    def clear_cells(self) -> np.ndarray:
+        full = self.cell * self.cell
+        frac = np.divide(self.above, self.count, out=np.ones(len(self.count)), where=self.count > 0)
+        return (self.count >= full // 2) & (frac < CLEAR_CELL_MAX_CLOUDY)
+
+
+def _statistical(stats: ScoreStats, spec: ModelSpec, cfg: ThresholdConfig) -> ThresholdResult:
+    k = spec.threshold_k if cfg.k is None else cfg.k
+    clear = stats.clear_cells()
+    n_clear = int(clear.sum())
+    cells = int((stats.count > 0).sum())
+    if n_clear >= MIN_CLEAR_CELLS:
+        n = stats.count[clear].sum()
+        mu = stats.total[clear].sum() / n
+        var = max(stats.total_sq[clear].sum() / n - mu * mu, 0.0)
+        sigma = var**0.5
+        method = "statistical: mu + k*sigma over the scene's clear-sky cells"
+    else:
+        mu, sigma = spec.clear_mu, spec.clear_sigma
+        method = "statistical: mu + k*sigma from the model's training statistics (too few clear-sky cells)"
+    value = float(np.clip(mu + k * sigma, CLAMP_LOW * spec.default_threshold, CLAMP_HIGH * spec.default_threshold))
+    return ThresholdResult(value, method, float(mu), float(sigma), float(k), n_clear, cells)
+
+
+def _fixed(stats: ScoreStats, spec: ModelSpec, cfg: ThresholdConfig) -> ThresholdResult:
+    return ThresholdResult(float(spec.default_threshold), "fixed: the model's default threshold",
+                           cells=int((stats.count > 0).sum()))  # fmt: skip
+
+
+ThresholdRule = Callable[[ScoreStats, ModelSpec, ThresholdConfig], ThresholdResult]
+
+THRESHOLD_RULES: dict[str, ThresholdRule] = {
+    "statistical": _statistical,
+    "fixed": _fixed,
+}
+
+
+def fit_threshold(stats: ScoreStats, spec: ModelSpec, cfg: ThresholdConfig) -> ThresholdResult:
+    """Decide the scene's threshold; ``cfg.value`` (``--threshold``) wins."""
+    if cfg.value is not None:
+        return ThresholdResult(float(cfg.value), "user: --threshold", cells=int((stats.count > 0).sum()))
+    try:
+        rule = THRESHOLD_RULES[cfg.method]
+    except KeyError:
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"threshold method {cfg.method!r} is unknown; use one of: {', '.join(THRESHOLD_RULES)}"
+        ) from None
+    return rule(stats, spec, cfg)
+
+
+#: mask codes, written down once
+CLEAR, CLOUD, NODATA = 0, 1, 255
+
+
+def classify(score: np.ndarray, threshold: float) -> np.ndarray:
+    """uint8 mask of a score array: 1 where score >= threshold, 0 below, 255 where NaN."""
+    mask = np.where(score >= threshold, np.uint8(CLOUD), np.uint8(CLEAR)).astype(np.uint8)
+    mask[~np.isfinite(score)] = NODATA
+    return mask
