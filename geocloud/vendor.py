@@ -40,7 +40,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .errors import GeocloudError, InputError, NotARasterError, SceneNotFoundError
@@ -87,8 +87,7 @@ _SRC_CRESDA_2013 = (
     "in Terradue/Stars src/Stars.Data/Model/Metadata/Gaofen1-2-4/GaofenMetadataExtractor.cs"
 )
 _SRC_STARS = (
-    "Terradue/Stars GaofenMetadataExtractor.cs (epoch not stated there; treated as the "
-    "earliest epoch)"
+    "Terradue/Stars GaofenMetadataExtractor.cs (epoch not stated there; treated as the earliest epoch)"
 )
 _SRC_2020 = (
     "CRESDA 2020 calibration coefficients as collected in the community "
@@ -101,47 +100,118 @@ _ESUN_2020 = "ESUN: community RadiometricCorrectionParameter.json tables"
 #: (satellite, sensor) -> calibration epochs, oldest first.  See docs/archives.md.
 CALIBRATIONS: dict[tuple[str, str], tuple[Calibration, ...]] = {
     ("GF1", "WFV1"): (
-        Calibration("WFV1", 2013, (0.1709, 0.1398, 0.1195, 0.1338), (-0.0039, -0.0047, -0.0030, -0.0274),
-                    (1978.77, 1816.156, 1548.074, 1064.252), f"{_SRC_CRESDA_2013}; {_ESUN_STARS}"),
-        Calibration("WFV1", 2020, (0.19319, 0.16041, 0.12796, 0.13405), (0.0, 0.0, 0.0, 0.0),
-                    (1968.63, 1849.19, 1571.46, 1079.0), f"{_SRC_2020}; {_ESUN_2020}"),
+        Calibration(
+            "WFV1",
+            2013,
+            (0.1709, 0.1398, 0.1195, 0.1338),
+            (-0.0039, -0.0047, -0.0030, -0.0274),
+            (1978.77, 1816.156, 1548.074, 1064.252),
+            f"{_SRC_CRESDA_2013}; {_ESUN_STARS}",
+        ),
+        Calibration(
+            "WFV1",
+            2020,
+            (0.19319, 0.16041, 0.12796, 0.13405),
+            (0.0, 0.0, 0.0, 0.0),
+            (1968.63, 1849.19, 1571.46, 1079.0),
+            f"{_SRC_2020}; {_ESUN_2020}",
+        ),
     ),
     ("GF1", "WFV2"): (
-        Calibration("WFV2", 2013, (0.1588, 0.1515, 0.1251, 0.1209), (5.5303, -13.642, -15.382, -7.985),
-                    (1978.77, 1816.156, 1546.325, 1075.322), f"{_SRC_STARS}; {_ESUN_STARS}", approximate=True,
-                    note="epoch of the Stars table unknown"),
-        Calibration("WFV2", 2020, (0.2057, 0.1648, 0.1260, 0.1187), (0.0, 0.0, 0.0, 0.0),
-                    (1955.11, 1847.22, 1569.45, 1087.87), f"{_SRC_2020}; {_ESUN_2020}"),
+        Calibration(
+            "WFV2",
+            2013,
+            (0.1588, 0.1515, 0.1251, 0.1209),
+            (5.5303, -13.642, -15.382, -7.985),
+            (1978.77, 1816.156, 1546.325, 1075.322),
+            f"{_SRC_STARS}; {_ESUN_STARS}",
+            approximate=True,
+            note="epoch of the Stars table unknown",
+        ),
+        Calibration(
+            "WFV2",
+            2020,
+            (0.2057, 0.1648, 0.1260, 0.1187),
+            (0.0, 0.0, 0.0, 0.0),
+            (1955.11, 1847.22, 1569.45, 1087.87),
+            f"{_SRC_2020}; {_ESUN_2020}",
+        ),
     ),
     ("GF1", "WFV3"): (
-        Calibration("WFV3", 2013, (0.1556, 0.1700, 0.1392, 0.1354), (12.28, -7.9336, -7.031, -4.3578),
-                    (1979.535, 1808.804, 1524.958, 1069.152), f"{_SRC_STARS}; {_ESUN_STARS}", approximate=True,
-                    note="epoch of the Stars table unknown"),
-        Calibration("WFV3", 2020, (0.2106, 0.1825, 0.1346, 0.1187), (0.0, 0.0, 0.0, 0.0),
-                    (1956.62, 1840.46, 1541.45, 1084.06), f"{_SRC_2020}; {_ESUN_2020}"),
+        Calibration(
+            "WFV3",
+            2013,
+            (0.1556, 0.1700, 0.1392, 0.1354),
+            (12.28, -7.9336, -7.031, -4.3578),
+            (1979.535, 1808.804, 1524.958, 1069.152),
+            f"{_SRC_STARS}; {_ESUN_STARS}",
+            approximate=True,
+            note="epoch of the Stars table unknown",
+        ),
+        Calibration(
+            "WFV3",
+            2020,
+            (0.2106, 0.1825, 0.1346, 0.1187),
+            (0.0, 0.0, 0.0, 0.0),
+            (1956.62, 1840.46, 1541.45, 1084.06),
+            f"{_SRC_2020}; {_ESUN_2020}",
+        ),
     ),
     ("GF1", "WFV4"): (
-        Calibration("WFV4", 2020, (0.2522, 0.2029, 0.1528, 0.1031), (0.0, 0.0, 0.0, 0.0),
-                    (1968.08, 1841.53, 1540.80, 1069.60), f"{_SRC_2020}; {_ESUN_2020}"),
+        Calibration(
+            "WFV4",
+            2020,
+            (0.2522, 0.2029, 0.1528, 0.1031),
+            (0.0, 0.0, 0.0, 0.0),
+            (1968.08, 1841.53, 1540.80, 1069.60),
+            f"{_SRC_2020}; {_ESUN_2020}",
+        ),
     ),
     ("GF1", "PMS1"): (
-        Calibration("PMS1", 2013, (0.1982, 0.2320, 0.1870, 0.1795), (0.0, 0.0, 0.0, 0.0),
-                    (1966.811, 1822.607, 1523.189, 1066.547), f"{_SRC_STARS}; {_ESUN_STARS}", approximate=True,
-                    note="single undated table; applied to every year"),
+        Calibration(
+            "PMS1",
+            2013,
+            (0.1982, 0.2320, 0.1870, 0.1795),
+            (0.0, 0.0, 0.0, 0.0),
+            (1966.811, 1822.607, 1523.189, 1066.547),
+            f"{_SRC_STARS}; {_ESUN_STARS}",
+            approximate=True,
+            note="single undated table; applied to every year",
+        ),
     ),
     ("GF1", "PMS2"): (
-        Calibration("PMS2", 2013, (0.2240, 0.1851, 0.1793, 0.1863), (0.0, 0.0, 0.0, 0.0),
-                    (1967.309, 1822.157, 1524.103, 1067.720), f"{_SRC_STARS}; {_ESUN_STARS}", approximate=True,
-                    note="single undated table; applied to every year"),
+        Calibration(
+            "PMS2",
+            2013,
+            (0.2240, 0.1851, 0.1793, 0.1863),
+            (0.0, 0.0, 0.0, 0.0),
+            (1967.309, 1822.157, 1524.103, 1067.720),
+            f"{_SRC_STARS}; {_ESUN_STARS}",
+            approximate=True,
+            note="single undated table; applied to every year",
+        ),
     ),
     ("ZY302", "MUX"): (
-        Calibration("MUX", 2020, (0.1787, 0.1925, 0.2099, 0.1798), (0.0, 0.0, 0.0, 0.0),
-                    (1939.512, 1852.459, 1552.060, 1086.777), f"{_SRC_2020}; {_ESUN_2020}"),
+        Calibration(
+            "MUX",
+            2020,
+            (0.1787, 0.1925, 0.2099, 0.1798),
+            (0.0, 0.0, 0.0, 0.0),
+            (1939.512, 1852.459, 1552.060, 1086.777),
+            f"{_SRC_2020}; {_ESUN_2020}",
+        ),
     ),
     ("ZY3", "MUX"): (
-        Calibration("MUX", 2020, (0.1787, 0.1925, 0.2099, 0.1798), (0.0, 0.0, 0.0, 0.0),
-                    (1939.512, 1852.459, 1552.060, 1086.777), f"{_SRC_2020}; {_ESUN_2020}", approximate=True,
-                    note="no ZY3-01 table in our sources: the ZY3-02 2020 MUX table stands in"),
+        Calibration(
+            "MUX",
+            2020,
+            (0.1787, 0.1925, 0.2099, 0.1798),
+            (0.0, 0.0, 0.0, 0.0),
+            (1939.512, 1852.459, 1552.060, 1086.777),
+            f"{_SRC_2020}; {_ESUN_2020}",
+            approximate=True,
+            note="no ZY3-01 table in our sources: the ZY3-02 2020 MUX table stands in",
+        ),
     ),
 }
 
@@ -185,15 +255,27 @@ def _norm_satellite(sat: str) -> str:
 def solar_position(when: datetime, lat: float, lon: float) -> tuple[float, float]:
     """Solar (zenith, azimuth) in degrees at a UTC time and place (NOAA equations, ~0.1 deg)."""
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    when = when.astimezone(timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    when = when.astimezone(UTC)
     doy = when.timetuple().tm_yday
     hour = when.hour + when.minute / 60 + when.second / 3600
     g = 2 * math.pi / 365 * (doy - 1 + (hour - 12) / 24)
-    eqtime = 229.18 * (0.000075 + 0.001868 * math.cos(g) - 0.032077 * math.sin(g)
-                       - 0.014615 * math.cos(2 * g) - 0.040849 * math.sin(2 * g))
-    decl = (0.006918 - 0.399912 * math.cos(g) + 0.070257 * math.sin(g) - 0.006758 * math.cos(2 * g)
-            + 0.000907 * math.sin(2 * g) - 0.002697 * math.cos(3 * g) + 0.00148 * math.sin(3 * g))
+    eqtime = 229.18 * (
+        0.000075
+        + 0.001868 * math.cos(g)
+        - 0.032077 * math.sin(g)
+        - 0.014615 * math.cos(2 * g)
+        - 0.040849 * math.sin(2 * g)
+    )
+    decl = (
+        0.006918
+        - 0.399912 * math.cos(g)
+        + 0.070257 * math.sin(g)
+        - 0.006758 * math.cos(2 * g)
+        + 0.000907 * math.sin(2 * g)
+        - 0.002697 * math.cos(3 * g)
+        + 0.00148 * math.sin(3 * g)
+    )
     tst = hour * 60 + eqtime + 4 * lon
     ha = math.radians(tst / 4 - 180)
     phi = math.radians(lat)
@@ -255,8 +337,10 @@ class VendorMetadata:
         """(lon, lat) of the scene centre, the mean of the corners."""
         if not self.corners:
             return None
-        return (sum(c[0] for c in self.corners) / len(self.corners),
-                sum(c[1] for c in self.corners) / len(self.corners))
+        return (
+            sum(c[0] for c in self.corners) / len(self.corners),
+            sum(c[1] for c in self.corners) / len(self.corners),
+        )
 
     @property
     def calibration(self) -> Calibration | None:
@@ -305,8 +389,13 @@ class VendorMetadata:
             "sun_elevation": self.sun_elevation,
             "sun_azimuth": self.sun_azimuth,
             "vendor_cloud_percent": self.cloud_percent,
-            "calibration": None if cal is None else {
-                "epoch": cal.epoch, "approximate": cal.approximate, "source": cal.source, "note": cal.note,
+            "calibration": None
+            if cal is None
+            else {
+                "epoch": cal.epoch,
+                "approximate": cal.approximate,
+                "source": cal.source,
+                "note": cal.note,
             },
         }
 
@@ -336,7 +425,7 @@ def _parse_time(s: str | None, utc_offset: timedelta) -> datetime | None:
             dt = datetime.strptime(s, fmt)
         except ValueError:
             continue
-        return (dt - utc_offset).replace(tzinfo=timezone.utc)
+        return (dt - utc_offset).replace(tzinfo=UTC)
     return None
 
 
@@ -380,7 +469,11 @@ def parse_metadata_xml(path: str | os.PathLike[str], data: bytes | None = None) 
         time_offset = BEIJING_UTC_OFFSET
     elif kind.lower() == "sensor_corrected_metadata":
         f = _Fields(root, prefer="ProductInfo")
-        time_offset = BEIJING_UTC_OFFSET if (f.get("TimeStandard") or "BJTime").lower().startswith("bj") else timedelta(0)
+        time_offset = (
+            BEIJING_UTC_OFFSET
+            if (f.get("TimeStandard") or "BJTime").lower().startswith("bj")
+            else timedelta(0)
+        )
     else:
         raise InputError(
             f"vendor metadata {path} has root <{kind}>; expected <ProductMetaData> (GF-1) or "
@@ -389,7 +482,9 @@ def parse_metadata_xml(path: str | os.PathLike[str], data: bytes | None = None) 
     satellite = f.get("SatelliteID", "Satellite") or ""
     sensor = f.get("SensorID", "Sensor") or ""
     if not satellite or not sensor:
-        raise InputError(f"vendor metadata {path} names no SatelliteID/SensorID; is it a GF-1/ZY-3 product XML?")
+        raise InputError(
+            f"vendor metadata {path} names no SatelliteID/SensorID; is it a GF-1/ZY-3 product XML?"
+        )
     profile = None
     sat_n = _norm_satellite(satellite)
     for prefix, name in PROFILE_BY_SENSOR.items():
@@ -484,7 +579,7 @@ def datetime_from_filename(name: str) -> datetime | None:
     for m in _FILENAME_TIME.finditer(name):
         y, mo, d, hh, mm, ss = m.groups()
         try:
-            return datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0), tzinfo=timezone.utc)
+            return datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0), tzinfo=UTC)
         except ValueError:
             continue
     return None
@@ -495,14 +590,24 @@ def datetime_from_filename(name: str) -> datetime | None:
 # --------------------------------------------------------------------------------------
 
 _RPB_SCALARS = {
-    "lineOffset": "line_off", "sampOffset": "samp_off", "latOffset": "lat_off", "longOffset": "long_off",
-    "heightOffset": "height_off", "lineScale": "line_scale", "sampScale": "samp_scale",
-    "latScale": "lat_scale", "longScale": "long_scale", "heightScale": "height_scale",
-    "errBias": "err_bias", "errRand": "err_rand",
+    "lineOffset": "line_off",
+    "sampOffset": "samp_off",
+    "latOffset": "lat_off",
+    "longOffset": "long_off",
+    "heightOffset": "height_off",
+    "lineScale": "line_scale",
+    "sampScale": "samp_scale",
+    "latScale": "lat_scale",
+    "longScale": "long_scale",
+    "heightScale": "height_scale",
+    "errBias": "err_bias",
+    "errRand": "err_rand",
 }
 _RPB_ARRAYS = {
-    "lineNumCoef": "line_num_coeff", "lineDenCoef": "line_den_coeff",
-    "sampNumCoef": "samp_num_coeff", "sampDenCoef": "samp_den_coeff",
+    "lineNumCoef": "line_num_coeff",
+    "lineDenCoef": "line_den_coeff",
+    "sampNumCoef": "samp_num_coeff",
+    "sampDenCoef": "samp_den_coeff",
 }
 
 
@@ -522,8 +627,11 @@ def parse_rpb(text: str, path: str = "<rpb>"):  # -> rasterio.rpc.RPC
             if len(coeffs) != 20:
                 raise InputError(f"RPC file {path}: {key} has {len(coeffs)} coefficients, expected 20")
             values[name] = coeffs
-    missing = [key for key, k in (*_RPB_SCALARS.items(), *_RPB_ARRAYS.items())
-               if k not in values and k not in ("err_bias", "err_rand")]
+    missing = [
+        key
+        for key, k in (*_RPB_SCALARS.items(), *_RPB_ARRAYS.items())
+        if k not in values and k not in ("err_bias", "err_rand")
+    ]
     if missing:
         raise InputError(f"RPC file {path} lacks {', '.join(missing)}; is it an RPC00B .rpb file?")
     return RPC(**values)  # type: ignore[arg-type]
@@ -608,17 +716,30 @@ def orthorectify(
             extras["RPC_HEIGHT"] = float(rpcs.height_off)
         if resolution is None:
             # GSD from the RPC scale: degrees per pixel near the centre, in metres.
-            xs, ys = warp_transform("EPSG:4326", dst_crs, [rpcs.long_off, rpcs.long_off + rpcs.long_scale / rpcs.samp_scale],
-                                    [rpcs.lat_off, rpcs.lat_off])
+            xs, ys = warp_transform(
+                "EPSG:4326",
+                dst_crs,
+                [rpcs.long_off, rpcs.long_off + rpcs.long_scale / rpcs.samp_scale],
+                [rpcs.lat_off, rpcs.lat_off],
+            )
             resolution = float(round(abs(xs[1] - xs[0]), 2)) or None
         transform, width, height_px = calculate_default_transform(
             "EPSG:4326", dst_crs, src.width, src.height, rpcs=rpcs, resolution=resolution, **extras
         )
         profile = {
-            "driver": "GTiff", "width": width, "height": height_px, "count": src.count,
-            "dtype": src.dtypes[0], "crs": dst_crs, "transform": transform,
+            "driver": "GTiff",
+            "width": width,
+            "height": height_px,
+            "count": src.count,
+            "dtype": src.dtypes[0],
+            "crs": dst_crs,
+            "transform": transform,
             "nodata": src.nodata if src.nodata is not None else 0,
-            "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "ZSTD", "BIGTIFF": "IF_SAFER",
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "ZSTD",
+            "BIGTIFF": "IF_SAFER",
         }
         tmp = dst_path.with_name(dst_path.name + ".partial")
         try:
@@ -632,11 +753,20 @@ def orthorectify(
             windows = [w for _, w in dst.block_windows(1)]
             for n, w in enumerate(windows):
                 # GDAL warps from the dataset band, reading only the source chunks it needs.
-                block = np.full((src.count, int(w.height), int(w.width)), profile["nodata"], dtype=profile["dtype"])
+                block = np.full(
+                    (src.count, int(w.height), int(w.width)), profile["nodata"], dtype=profile["dtype"]
+                )
                 reproject(
-                    rasterio.band(src, bands), block, rpcs=rpcs, src_crs="EPSG:4326",
-                    src_nodata=src.nodata, dst_crs=dst_crs, dst_transform=window_transform(w, transform),
-                    dst_nodata=profile["nodata"], resampling=Resampling[resampling], **extras,
+                    rasterio.band(src, bands),
+                    block,
+                    rpcs=rpcs,
+                    src_crs="EPSG:4326",
+                    src_nodata=src.nodata,
+                    dst_crs=dst_crs,
+                    dst_transform=window_transform(w, transform),
+                    dst_nodata=profile["nodata"],
+                    resampling=Resampling[resampling],
+                    **extras,
                 )
                 dst.write(block, window=w)
                 if progress is not None:
@@ -666,7 +796,9 @@ def _check_member(m: tarfile.TarInfo, archive: Path) -> None:
     if name.startswith(("/", "\\")) or p.is_absolute() or re.match(r"^[A-Za-z]:", name):
         raise ArchiveError(f"archive {archive} member {name!r} has an absolute path; refusing to extract it")
     if ".." in p.parts or ".." in Path(name.replace("\\", "/")).parts:
-        raise ArchiveError(f"archive {archive} member {name!r} points outside the folder (..); refusing to extract it")
+        raise ArchiveError(
+            f"archive {archive} member {name!r} points outside the folder (..); refusing to extract it"
+        )
     if m.issym() or m.islnk():
         target = Path(m.linkname)
         if target.is_absolute() or ".." in (p.parent / target).parts or ".." in target.parts:
@@ -690,15 +822,19 @@ def safe_extract(
     limits = limits or ExtractLimits()
     archive, dest = Path(archive), Path(dest)
     try:
-        tf = tarfile.open(archive, "r:*")
+        tf = tarfile.open(archive, "r:*")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError) as exc:
-        raise ArchiveError(f"{archive} is not a readable tar archive ({exc}); pass a .tar or .tar.gz delivery") from exc
+        raise ArchiveError(
+            f"{archive} is not a readable tar archive ({exc}); pass a .tar or .tar.gz delivery"
+        ) from exc
     with tf:
         members = []
         total = 0
         for i, m in enumerate(tf):
             if i >= limits.max_members:
-                raise ArchiveError(f"archive {archive} has more than {limits.max_members} members; refusing it")
+                raise ArchiveError(
+                    f"archive {archive} has more than {limits.max_members} members; refusing it"
+                )
             _check_member(m, archive)
             if m.size > limits.max_member_bytes:
                 raise ArchiveError(
@@ -717,7 +853,9 @@ def safe_extract(
         for m in members:
             target = (root / m.name).resolve()
             if root != target and root not in target.parents:
-                raise ArchiveError(f"archive {archive} member {m.name!r} resolves outside {dest}; refusing it")
+                raise ArchiveError(
+                    f"archive {archive} member {m.name!r} resolves outside {dest}; refusing it"
+                )
         tf.extractall(dest, members=members, filter="data")
     return dest
 
@@ -738,7 +876,8 @@ def _is_archive(p: Path) -> bool:
 
 
 def open_delivery(
-    path: str | os.PathLike[str], workdir: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str],
+    workdir: str | os.PathLike[str] | None = None,
     limits: ExtractLimits | None = None,
 ) -> Delivery:
     """A folder or ``.tar.gz`` delivery -> its multispectral raster, XML and RPCs.

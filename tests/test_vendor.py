@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import tarfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -117,14 +117,16 @@ def _rpb_text(lat0=30.3, lon0=114.2, rows=48, cols=64, deg_per_px=0.0002) -> str
         f"\tlineScale = {rows / 2};\n\tsampScale = {cols / 2};\n"
         f"\tlatScale =    {deg_per_px * rows / 2};\n\tlongScale =    {deg_per_px * cols / 2};\n"
         "\theightScale = 500.0;\n"
-        + coef("lineNumCoef", line_num) + coef("lineDenCoef", den)
-        + coef("sampNumCoef", samp_num) + coef("sampDenCoef", den)
+        + coef("lineNumCoef", line_num)
+        + coef("lineDenCoef", den)
+        + coef("sampNumCoef", samp_num)
+        + coef("sampDenCoef", den)
         + "END_GROUP = IMAGE\nEND;\n"
     )
 
 
 def _wfv_xml() -> str:
-    when = datetime(2021, 7, 2, 3, 10, tzinfo=timezone.utc)  # 11:10 Beijing time
+    when = datetime(2021, 7, 2, 3, 10, tzinfo=UTC)  # 11:10 Beijing time
     zen, az = solar_position(when, 30.275, 114.2)
     return GF1_WFV_XML.format(zen=zen, az=az)
 
@@ -134,7 +136,9 @@ def _write_delivery(folder: Path, with_rpb=True) -> Path:
     tif = folder / f"{STEM}.tiff"
     data = (np.arange(4 * 48 * 64, dtype=np.uint16).reshape(4, 48, 64) % 1000) + 1
     # L1A: no geotransform, only RPCs (GDAL reads the .rpb sidecar).
-    with rasterio.open(tif, "w", driver="GTiff", width=64, height=48, count=4, dtype="uint16", nodata=0) as ds:
+    with rasterio.open(
+        tif, "w", driver="GTiff", width=64, height=48, count=4, dtype="uint16", nodata=0
+    ) as ds:
         ds.write(data)
     (folder / f"{STEM}.xml").write_text(_wfv_xml())
     if with_rpb:
@@ -151,7 +155,7 @@ def test_gf1_xml_fields_and_beijing_time(tmp_path):
     p.write_text(_wfv_xml())
     m = parse_metadata_xml(p)
     assert (m.satellite, m.sensor, m.profile) == ("GF1", "WFV2", "gf1_wfv")
-    assert m.acquired == datetime(2021, 7, 2, 3, 10, tzinfo=timezone.utc)  # CenterTime is BJT = UTC+8
+    assert m.acquired == datetime(2021, 7, 2, 3, 10, tzinfo=UTC)  # CenterTime is BJT = UTC+8
     assert m.cloud_percent == 12
     assert m.bands == (1, 2, 3, 4)
     assert (m.width, m.height) == (64, 48)
@@ -170,7 +174,7 @@ def test_zy3_sensor_corrected_metadata(tmp_path):
     m = parse_metadata_xml(p)
     assert (m.satellite, m.sensor, m.profile) == ("ZY3", "MUX", "zy3_mux")
     # ProductInfo wins over other sections
-    assert m.acquired == datetime(2013, 4, 12, 3, 2, 30, tzinfo=timezone.utc)
+    assert m.acquired == datetime(2013, 4, 12, 3, 2, 30, tzinfo=UTC)
     assert m.sun_elevation == pytest.approx(54.8)
     assert m.cloud_percent is None  # 99 means "not available"
     assert m.calibration is not None and m.calibration.approximate  # ZY3-01 stands in with ZY3-02's table
@@ -195,7 +199,9 @@ def test_find_vendor_metadata_same_stem_and_vendor_naming(tmp_path):
     b = tmp_path / "b"
     b.mkdir()
     pms = "GF1_PMS1_E69.4_N33.3_20220624_L1A0001111111"
-    (b / f"{pms}-PAN1.xml").write_text(_wfv_xml().replace("WFV2", "PMS1").replace("<Bands>1,2,3,4", "<Bands>5"))
+    (b / f"{pms}-PAN1.xml").write_text(
+        _wfv_xml().replace("WFV2", "PMS1").replace("<Bands>1,2,3,4", "<Bands>5")
+    )
     (b / f"{pms}-MSS1.xml").write_text(_wfv_xml().replace("WFV2", "PMS1"))
     m = find_vendor_metadata(b / f"{pms}-MSS1.tif")
     assert m is not None and m.sensor == "PMS1" and m.bands == (1, 2, 3, 4) and m.profile == "gf1_pms"
@@ -203,8 +209,8 @@ def test_find_vendor_metadata_same_stem_and_vendor_naming(tmp_path):
 
 
 def test_datetime_from_filename():
-    assert datetime_from_filename(f"{STEM}.tiff") == datetime(2021, 7, 2, tzinfo=timezone.utc)
-    assert datetime_from_filename("S2_20190101T101010_x.tif") == datetime(2019, 1, 1, 10, 10, 10, tzinfo=timezone.utc)
+    assert datetime_from_filename(f"{STEM}.tiff") == datetime(2021, 7, 2, tzinfo=UTC)
+    assert datetime_from_filename("S2_20190101T101010_x.tif") == datetime(2019, 1, 1, 10, 10, 10, tzinfo=UTC)
     assert datetime_from_filename("scene.tif") is None
 
 
@@ -261,7 +267,9 @@ def test_gdal_reads_the_rpb_sidecar_and_ortho_warps(tmp_path):
     with rasterio.open(tif) as ds:
         assert ds.rpcs is not None  # GDAL picks the .rpb up; outputs copied from it keep RPCs
         assert ds.rpcs.lat_off == pytest.approx(30.3)
-    out = orthorectify(tif, tmp_path / "ortho.tif", dst_crs="EPSG:4326", resolution=0.0002, resampling="nearest")
+    out = orthorectify(
+        tif, tmp_path / "ortho.tif", dst_crs="EPSG:4326", resolution=0.0002, resampling="nearest"
+    )
     with rasterio.open(out) as o, rasterio.open(tif) as src:
         assert o.crs.to_epsg() == 4326
         left, bottom, right, top = o.bounds
@@ -277,8 +285,17 @@ def test_gdal_reads_the_rpb_sidecar_and_ortho_warps(tmp_path):
 
 def test_ortho_without_rpcs_names_the_fix(tmp_path):
     tif = tmp_path / "plain.tif"
-    with rasterio.open(tif, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
-                       crs="EPSG:4326", transform=Affine(0.1, 0, 0, 0, -0.1, 0)) as ds:
+    with rasterio.open(
+        tif,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=Affine(0.1, 0, 0, 0, -0.1, 0),
+    ) as ds:
         ds.write(np.ones((1, 8, 8), np.uint8))
     with pytest.raises(InputError, match=r"\.rpb"):
         orthorectify(tif, tmp_path / "o.tif")
@@ -324,7 +341,10 @@ def test_tar_traversal_and_links_refused(tmp_path, name, kind, link, match):
 
 
 def test_tar_size_limits(tmp_path):
-    arc = _tar(tmp_path / "big.tar.gz", [(tarfile.TarInfo("a.bin"), b"0" * 1000), (tarfile.TarInfo("b.bin"), b"0" * 1000)])
+    arc = _tar(
+        tmp_path / "big.tar.gz",
+        [(tarfile.TarInfo("a.bin"), b"0" * 1000), (tarfile.TarInfo("b.bin"), b"0" * 1000)],
+    )
     with pytest.raises(ArchiveError, match="per member"):
         safe_extract(arc, tmp_path / "o1", ExtractLimits(max_member_bytes=500))
     with pytest.raises(ArchiveError, match="unpacks to more than"):
