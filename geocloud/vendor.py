@@ -348,6 +348,23 @@ class VendorMetadata:
             return None
         return lookup_calibration(self.satellite, self.sensor, self.acquired.year)
 
+    # The attributes geocloud.sensors.resolve_radiometry reads from vendor metadata.
+    @property
+    def gains(self) -> tuple[float, ...] | None:
+        """Published DN->radiance gains (blue, green, red, nir) for this sensor and year."""
+        cal = self.calibration
+        return None if cal is None else cal.gains
+
+    @property
+    def biases(self) -> tuple[float, ...] | None:
+        cal = self.calibration
+        return None if cal is None else cal.offsets
+
+    @property
+    def esun(self) -> tuple[float, ...] | None:
+        cal = self.calibration
+        return None if cal is None else cal.esun
+
     def toa_scale_offset(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-band (scale, offset) with ``TOA reflectance = DN * scale + offset``.
 
