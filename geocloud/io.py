@@ -308,7 +308,7 @@ class RasterSink:
             profile["transform"] = spec.transform
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self._ds = rasterio.open(self.tmp, "w", **profile)
+            self._ds = rasterio.open(self.tmp, "w+", **profile)
         if spec.rpcs is not None:
             self._ds.rpcs = spec.rpcs
         for i, d in enumerate(spec.descriptions, start=1):
@@ -328,14 +328,18 @@ class RasterSink:
         if not self._ds.closed:
             self._ds.close()
 
-    def finalize(self, tags: Mapping[str, str]) -> Path:
-        """Turn the streamed file into a COG at ``final`` (temp name, then rename)."""
+    def finalize(self, tags: Mapping[str, str], dest: Path | None = None) -> Path:
+        """Turn the streamed file into a COG.
+
+        With ``dest`` the COG is written there (the caller renames it into place later);
+        without, it goes to a temporary name beside ``final`` and is renamed to ``final``.
+        """
         from rasterio.shutil import copy as rio_copy
 
         if not self._ds.closed:
             self._ds.update_tags(**{k: str(v) for k, v in tags.items()})
             self._ds.close()
-        out_tmp = partial_name(self.final)
+        out_tmp = dest if dest is not None else partial_name(self.final)
         opts: dict[str, Any] = {
             "COMPRESS": self.compress, "BLOCKSIZE": self.blocksize, "BIGTIFF": "IF_SAFER",
             "OVERVIEW_RESAMPLING": self.spec.resampling.upper(), "NUM_THREADS": "ALL_CPUS",
@@ -348,15 +352,16 @@ class RasterSink:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 rio_copy(self.tmp, out_tmp, driver="COG", **opts)
-            os.replace(out_tmp, self.final)
-        except OSError as exc:
-            raise OutputError(f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions") from None
-        finally:
+            if dest is None:
+                os.replace(out_tmp, self.final)
+        except (OSError, RasterioIOError) as exc:
             if out_tmp.exists():
                 out_tmp.unlink()
+            raise OutputError(f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions") from None
+        finally:
             if self.tmp.exists():
                 self.tmp.unlink()
-        return self.final
+        return out_tmp if dest is not None else self.final
 
     def discard(self) -> None:
         self.close()

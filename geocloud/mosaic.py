@@ -21,6 +21,7 @@ import numpy as np
 
 from .tiling import Block
 
+
 @dataclass
 class Strip:
     """Finished rows ``[row0, row1)`` of the scene, every map normalised; NaN where no weight."""

@@ -19,6 +19,7 @@ How a scene's radiometry is decided (first match wins):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -295,10 +296,8 @@ def resolve_radiometry(
         for key in ("SUN_ELEVATION", "SUNELEVATION", "SUN_ELEV"):
             for k, v in tags.items():
                 if k.upper() == key:
-                    try:
+                    with contextlib.suppress(ValueError):
                         sun_el = float(v)
-                    except ValueError:
-                        pass
     when = acquired or (getattr(vendor, "acquired", None) if vendor is not None else None)
 
     if scale is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import ModelError
-from .base import CANONICAL_BANDS, CloudModel, ModelSpec, Prediction
+from .base import CANONICAL_BANDS, CloudModel, CombinedModel, ModelSpec, Prediction
 
 MODELS: dict[str, str] = {
     "spectral": "geocloud.models.spectral:load",
@@ -33,4 +33,26 @@ def load_model(name: str, device: str = "cpu") -> CloudModel:
     return getattr(module, factory)(device)
 
 
-__all__ = ["CANONICAL_BANDS", "CloudModel", "DEFAULT_MODEL", "MODELS", "ModelSpec", "Prediction", "load_model"]
+#: Models that add maps other than the score, by the maps they provide; the engine runs
+#: them beside the primary model when a product needs those maps.
+MAP_PROVIDERS: dict[str, str] = {}
+
+
+def build_model(name: str, device: str, needs: set[str]) -> CloudModel:
+    """The primary model ``name``, combined with map providers for whatever else ``needs`` names."""
+    primary = load_model(name, device)
+    missing = set(needs) - set(primary.spec.outputs)
+    helpers: list[CloudModel] = []
+    for map_name in sorted(missing):
+        provider = MAP_PROVIDERS.get(map_name)
+        if provider is None:
+            raise ModelError(
+                f"no model provides the {map_name!r} map that the chosen products need; "
+                "choose other --products"
+            )
+        if provider not in [h.spec.name for h in helpers]:
+            helpers.append(load_model(provider, device))
+    return CombinedModel(primary, helpers) if helpers else primary
+
+
+__all__ = ["CANONICAL_BANDS", "CloudModel", "CombinedModel", "DEFAULT_MODEL", "MAP_PROVIDERS", "build_model", "MODELS", "ModelSpec", "Prediction", "load_model"]

@@ -79,3 +79,46 @@ class CloudModel(ABC):
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary recorded in the outputs' stats and tags."""
         return {"name": self.spec.name, "bands": list(self.spec.bands), "halo": self.spec.halo}
+
+
+class CombinedModel(CloudModel):
+    """Runs a primary model (the cloud ``score``) and helpers that add other maps
+    (e.g. matting's ``alpha`` and ``reflectance``) on the same blocks.
+
+    The combined halo is the largest, the block multiple the least common multiple, and
+    the score, threshold statistics and block probability are the primary's.
+    """
+
+    def __init__(self, primary: CloudModel, helpers: list[CloudModel]):
+        import math
+        from dataclasses import replace
+
+        self.primary = primary
+        self.helpers = helpers
+        outputs = dict(primary.spec.outputs)
+        for h in helpers:
+            outputs.update({k: v for k, v in h.spec.outputs.items() if k not in outputs})
+        multiple = primary.spec.block_multiple
+        for h in helpers:
+            multiple = math.lcm(multiple, h.spec.block_multiple)
+        self.spec = replace(
+            primary.spec,
+            name="+".join([primary.spec.name] + [h.spec.name for h in helpers]),
+            halo=max([primary.spec.halo] + [h.spec.halo for h in helpers]),
+            block_multiple=multiple,
+            outputs=outputs,
+        )
+
+    def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
+        pred = self.primary.predict(x, valid)
+        maps = dict(pred.maps)
+        for h in self.helpers:
+            for k, v in h.predict(x, valid).maps.items():
+                maps.setdefault(k, v)
+        return Prediction(maps=maps, block_prob=pred.block_prob)
+
+    def describe(self) -> dict[str, Any]:
+        d = self.primary.describe()
+        d["helpers"] = [h.describe() for h in self.helpers]
+        d["name"] = self.spec.name
+        return d

@@ -1,0 +1,31 @@
+"""``geocloud info``: what geocloud sees in a scene and what processing would do."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from geocloud.config import ProcessConfig
+from geocloud.pipeline import describe_scene
+
+from .main import setup_logging
+from .options import scene_options
+
+
+@click.command()
+@click.argument("scene")
+@scene_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info(scene: str, sensor: str | None, bands: str | None, scale: float | None, offset: float,
+         sun_elevation: float | None, as_json: bool) -> None:  # fmt: skip
+    """Show SCENE's sensor, bands, scaling, size and CRS, and what processing would do."""
+    setup_logging(False, False)
+    config = ProcessConfig(sensor=sensor, bands=tuple(int(b) for b in bands.split(",")) if bands else None)
+    d = describe_scene(scene, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    if as_json:
+        click.echo(json.dumps(d, indent=2, default=str))
+        return
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        click.echo(f"{k.replace('_', ' '):<{width}}  {v}")

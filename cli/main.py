@@ -1,0 +1,110 @@
+"""The ``geocloud`` command group and the one place that turns errors into exit codes.
+
+User errors (:class:`~geocloud.errors.GeocloudError`, click usage errors) print one line
+and exit 2; anything else is an internal error: one line and exit 1.  ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from geocloud._version import __version__
+from geocloud.errors import GeocloudError
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"geocloud: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def setup_logging(quiet: bool, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    root = logging.getLogger("geocloud")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
+    if not debug:
+        warnings.filterwarnings("ignore", module="rasterio")
+
+
+class GeocloudGroup(click.Group):
+    """A click group whose commands report errors in one line."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"geocloud: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"geocloud: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("geocloud: aborted", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug")) or "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except GeocloudError as exc:
+            if debug:
+                raise
+            click.echo(f"geocloud: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("geocloud: interrupted; no partial outputs were kept", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
+            if debug:
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(
+                f"geocloud: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback "
+                "and report it)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=GeocloudGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geocloud")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """geocloud: find the clouds in whole 4-band satellite scenes.
+
+    Writes cloud masks, scores, opacity, declouded rasters, polygons and statistics as
+    Cloud-Optimised GeoTIFFs and GIS vector files.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+from .info import info  # noqa: E402
+from .process import process  # noqa: E402
+
+cli.add_command(process)
+cli.add_command(info)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="geocloud")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,57 @@
+"""Options shared by several commands, built from the library's registries and defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from geocloud.config import InferenceConfig, ThresholdConfig, TilingConfig
+from geocloud.models import DEFAULT_MODEL, MODELS
+from geocloud.sensors import SENSORS
+
+
+def scene_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--sensor, --bands, --scale, --offset, --sun-elevation."""
+    for opt in reversed(
+        [
+            click.option("--sensor", type=click.Choice(list(SENSORS)), default=None,
+                         help="Sensor profile (default: detected from vendor XML, tags or file name)."),
+            click.option("--bands", default=None, metavar="B,G,R,N",
+                         help="1-based file band numbers of blue,green,red,nir (default: from band descriptions or sensor)."),
+            click.option("--scale", type=float, default=None,
+                         help="Reflectance = DN * SCALE + OFFSET for every band (e.g. 0.0001); overrides the sensor's calibration."),
+            click.option("--offset", type=float, default=0.0, show_default=True, help="See --scale."),
+            click.option("--sun-elevation", type=click.FloatRange(0, 90, min_open=True), default=None,
+                         help="Sun elevation in degrees, for radiance-calibrated sensors without vendor XML."),
+        ]
+    ):  # fmt: skip
+        f = opt(f)
+    return f
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--model, --block-size, --halo, --feather, --device, --batch-size."""
+    for opt in reversed(
+        [
+            click.option("--model", type=click.Choice(sorted(MODELS)), default=DEFAULT_MODEL, show_default=True,
+                         help="Cloud model."),
+            click.option("--block-size", type=click.IntRange(16), default=TilingConfig.block_size, show_default=True,
+                         help="Side of the square blocks the model sees, halo included."),
+            click.option("--halo", type=click.IntRange(0), default=None,
+                         help="Overlap on each side of a block (default: the model's receptive field)."),
+            click.option("--feather", type=click.IntRange(0), default=TilingConfig.feather, show_default=True,
+                         help="Width of the linear blend between blocks (0: no blending)."),
+            click.option("--device", default=InferenceConfig.device, show_default=True,
+                         help="auto | cpu | cuda (auto picks CUDA when present)."),
+            click.option("--batch-size", type=click.IntRange(1), default=InferenceConfig.batch_size, show_default=True,
+                         help="Blocks per model call."),
+            click.option("--threshold", type=click.FloatRange(0, 1), default=ThresholdConfig.value,
+                         help="Fixed score threshold, overriding the scene's statistical threshold."),
+            click.option("--k", "k", type=float, default=ThresholdConfig.k,
+                         help="k of the statistical threshold mu + k*sigma (default: the model's calibrated k)."),
+        ]
+    ):  # fmt: skip
+        f = opt(f)
+    return f

@@ -1,0 +1,91 @@
+"""``geocloud process``: detect clouds in scenes and write products."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
+from geocloud.errors import ConfigError, GeocloudError
+from geocloud.pipeline import load_model_for, process_scene
+from geocloud.products import PRODUCTS, resolve_products
+
+from .main import setup_logging
+from .options import model_options, scene_options
+from .progress import ProgressBar
+
+
+def parse_products(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    resolve_products(names)  # raises with the list of choices
+    return names
+
+
+@click.command()
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (created if needed).")
+@click.option("--products", default=",".join(OutputConfig.products), show_default=True,
+              help=f"Comma-separated products: {', '.join(PRODUCTS)}.")
+@model_options
+@scene_options
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, errors only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,
+            halo: int | None, feather: int, device: str, batch_size: int, threshold: float | None,
+            k: float | None, sensor: str | None, bands: str | None, scale: float | None, offset: float,
+            sun_elevation: float | None, overwrite: bool, quiet: bool, debug: bool) -> None:  # fmt: skip
+    """Find the clouds in each SCENE and write its products to OUTDIR.
+
+    Outputs are named from each scene's file stem: <stem>_mask.tif (0 clear, 1 cloud,
+    255 nodata), <stem>_score.tif, <stem>_stats.json, ... as Cloud-Optimised GeoTIFFs.
+    """
+    setup_logging(quiet, debug)
+    config = ProcessConfig(
+        model=model,
+        sensor=sensor,
+        bands=tuple(int(b) for b in bands.split(",")) if bands and all(b.strip().isdigit() for b in bands.split(",")) else None,
+        tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
+        inference=InferenceConfig(device=device, batch_size=batch_size),
+        threshold=ThresholdConfig(value=threshold, k=k),
+        output=OutputConfig(products=parse_products(products), overwrite=overwrite),
+    )
+    if bands and config.bands is None:
+        raise ConfigError(f"--bands {bands!r} is not a list of band numbers; pass e.g. --bands 1,2,3,4")
+    stems = [Path(s).stem for s in scenes]
+    dup = {s for s in stems if stems.count(s) > 1}
+    if dup:
+        raise ConfigError(f"several scenes share the file stem {sorted(dup)[0]!r}, so their outputs would collide; "
+                          "process them into different -o directories")  # fmt: skip
+    config.validate()
+    loaded = None
+    failures = 0
+    for scene in scenes:
+        bar = ProgressBar(Path(scene).name, disable=quiet)
+        try:
+            if loaded is None:
+                loaded = load_model_for(config)
+            result = process_scene(scene, outdir, config, model=loaded, progress=bar.update,
+                                   scale=scale, offset=offset, sun_elevation=sun_elevation)  # fmt: skip
+        except GeocloudError as exc:
+            bar.close()
+            if len(scenes) == 1:
+                raise
+            failures += 1
+            click.echo(f"geocloud: error: {scene}: {exc}", err=True)
+            continue
+        bar.close()
+        if not quiet:
+            s = result.stats
+            frac = s["cloud_fraction"]
+            click.echo(
+                f"{Path(scene).name}: cloud {100 * frac:.2f}% of {s['pixels']['valid']} valid px, "
+                f"threshold {s['threshold']['value']:.3f}, {s['throughput_mpx_s']} Mpx/s -> {outdir}",
+                err=True,
+            )
+    if failures:
+        click.echo(f"geocloud: error: {failures} of {len(scenes)} scenes failed", err=True)
+        sys.exit(2)

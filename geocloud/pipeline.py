@@ -1,0 +1,419 @@
+"""``process_scene``: one scene in, georeferenced products out.
+
+Pass 1 (streaming): blocks are read on a thread pool, converted to reflectance, run
+through the model in batches and blended into strip accumulators; finished strips of
+every map are written to temporary rasters on a writer thread, and the score's per-cell
+statistics are gathered.  Then the scene threshold is fitted.  Pass 2 reads the
+mosaicked maps back strip by strip and computes the mask and other window products.
+Finally every raster becomes a COG under a temporary name, file products are written,
+and everything is renamed into place together.  A failure at any point removes every
+temporary file and leaves existing outputs untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from ._version import __version__
+from .config import ProcessConfig
+from .errors import ConfigError, InputError, OutputError
+from .inference import VALID_MAP, predict_blocks, resolve_device
+from .io import RasterSink, RasterSpec, SceneInfo, SceneReader, check_writable_dir, open_scene, partial_name
+from .models import build_model
+from .models.base import CloudModel
+from .mosaic import StripAccumulator
+from .products import FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
+from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
+from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
+from .tiling import make_tiling
+
+log = logging.getLogger(__name__)
+
+#: progress(stage, done, total); stages: "infer", "classify", "write".
+ProgressCallback = Callable[[str, int, int], None]
+
+#: rows per window in the second pass.
+PASS2_ROWS = 512
+#: warn when more than this fraction of valid reflectances fall outside REFLECTANCE_RANGE.
+OUT_OF_RANGE_WARN = 0.02
+
+
+@dataclass
+class SceneResult:
+    scene: Path
+    #: product name -> output paths
+    outputs: dict[str, list[Path]]
+    stats: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def output_paths(scene: str | os.PathLike[str], outdir: str | os.PathLike[str],
+                 products: tuple[str, ...]) -> dict[str, list[Path]]:  # fmt: skip
+    """Where ``geocloud process`` writes each product of ``scene``."""
+    stem = Path(scene).stem
+    return {p.name: p.paths(Path(outdir), stem) for p in resolve_products(products)}
+
+
+def scene_radiometry(info: SceneInfo, config: ProcessConfig, *, scale: float | None = None,
+                     offset: float = 0.0, sun_elevation: float | None = None) -> Radiometry:  # fmt: skip
+    """The scene's band order and DN->reflectance conversion (see :mod:`geocloud.sensors`)."""
+    from .vendor import find_vendor_metadata
+
+    vendor = find_vendor_metadata(info.path)
+    return resolve_radiometry(
+        count=info.count, dtype=info.dtype, tags=info.tags, descriptions=info.descriptions,
+        band_scales=info.scales, band_offsets=info.offsets, filename=info.path.name,
+        sensor=config.sensor, bands=config.bands, scale=scale, offset=offset,
+        sun_elevation=sun_elevation, vendor=vendor,
+    )  # fmt: skip
+
+
+def plan_products(names: tuple[str, ...]) -> tuple[list[RasterProduct], list[FileProduct], set[str]]:
+    """The raster and file products to make for ``names`` (file products may need rasters
+    nobody asked for), and the model maps they need."""
+    from .products import PRODUCTS
+
+    products = resolve_products(names)
+    raster_products = [p for p in products if isinstance(p, RasterProduct)]
+    file_products = [p for p in products if isinstance(p, FileProduct)]
+    for fp in file_products:
+        for name in fp.needs:
+            dep = PRODUCTS[name]
+            if isinstance(dep, RasterProduct) and dep not in raster_products:
+                raster_products.append(dep)
+    return raster_products, file_products, {"score"} | {m for p in raster_products for m in p.needs}
+
+
+def load_model_for(config: ProcessConfig) -> CloudModel:
+    """Load ``config.model`` (plus map providers its products need) on its device, once."""
+    _, _, maps = plan_products(config.output.products)
+    return build_model(config.model, resolve_device(config.inference.device), maps)
+
+
+class _Writer:
+    """A background thread that performs queued writes; errors surface in ``put``/``close``."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=3)
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, name="geocloud-write", daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            if self.error is None:
+                try:
+                    job()
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    self.error = exc
+
+    def put(self, job: Callable[[], None]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(job)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+        if self.error is not None:
+            raise self.error
+
+
+def process_scene(
+    path: str | os.PathLike[str],
+    outdir: str | os.PathLike[str],
+    config: ProcessConfig | None = None,
+    *,
+    model: CloudModel | None = None,
+    progress: ProgressCallback | None = None,
+    scale: float | None = None,
+    offset: float = 0.0,
+    sun_elevation: float | None = None,
+) -> SceneResult:
+    """Detect the clouds of one scene and write the products ``config.output.products``.
+
+    ``model`` may be given to reuse a loaded model across scenes (or to inject a test
+    model); otherwise ``config.model`` is loaded on ``config.inference.device``.
+    """
+    t_start = time.perf_counter()
+    config = config or ProcessConfig()
+    config.validate()
+    warnings_out: list[str] = []
+
+    def warn(msg: str) -> None:
+        log.warning(msg)
+        warnings_out.append(msg)
+
+    products = resolve_products(config.output.products)
+    info = open_scene(path)
+    outdir = Path(outdir)
+    stem = info.path.stem
+    radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    if not info.georeferenced:
+        warn(f"{info.path.name} has no CRS, transform or RPCs: outputs keep its pixel grid only")
+
+    # what will be written, and does any of it exist already?
+    wanted: dict[str, list[Path]] = {p.name: p.paths(outdir, stem) for p in products}
+    check_writable_dir(outdir)
+    if not config.output.overwrite:
+        for paths in wanted.values():
+            for p in paths:
+                if p.exists():
+                    raise OutputError(f"output {str(p)!r} already exists; pass --overwrite to replace it, or another -o")
+
+    raster_products, file_products, needed_maps = plan_products(config.output.products)
+    device = resolve_device(config.inference.device)
+    if model is None:
+        model = build_model(config.model, device, needed_maps)
+    spec = model.spec
+    missing = needed_maps - set(spec.outputs)
+    if missing:
+        raise ConfigError(
+            f"model {spec.name!r} does not produce {sorted(missing)}; choose other --products or another --model"
+        )
+    if tuple(spec.bands[:4]) != ("blue", "green", "red", "nir"):
+        raise ConfigError(f"model {spec.name!r} expects bands {spec.bands}; geocloud feeds blue, green, red, nir")
+    halo = spec.halo if config.tiling.halo is None else config.tiling.halo
+    if halo < spec.halo:
+        raise ConfigError(
+            f"halo {halo} is smaller than model {spec.name!r}'s receptive field ({spec.halo} px); "
+            f"pass --halo {spec.halo} or more, or leave it out"
+        )
+    block_size = config.tiling.block_size
+    tiling = make_tiling(info.height, info.width, block_size=block_size, halo=halo,
+                         feather=config.tiling.feather, multiple=spec.block_multiple)  # fmt: skip
+
+    workdir = outdir / f".geocloud-{stem}-{os.getpid()}.partial"
+    workdir.mkdir(exist_ok=True)
+    partials: list[tuple[Path, Path]] = []  # (temporary, final)
+    sinks: dict[str, RasterSink] = {}
+    reader = SceneReader(info, radiometry.indexes)
+    timings: dict[str, float] = {}
+    try:
+        # ---- pass 1: infer, mosaic, write maps
+        map_channels = {k: spec.outputs[k] for k in sorted(needed_maps)}
+        map_sinks: dict[str, RasterSink] = {}
+        for name, n in map_channels.items():
+            rp = next((p for p in raster_products if p.from_map == name), None)
+            final = rp.paths(outdir, stem)[0] if rp else workdir / f"{stem}_{name}.map.tif"
+            lay = rp.layout(info, spec.outputs) if rp else None
+            rspec = RasterSpec.like(
+                info, count=n, dtype="float32", nodata=float("nan"),
+                descriptions=lay.descriptions if lay else (), resampling=lay.resampling if lay else "average",
+            )  # fmt: skip
+            map_sinks[name] = RasterSink(final, rspec, workdir, compress=config.output.compress,
+                                         blocksize=config.output.cog_blocksize)  # fmt: skip
+            if rp:
+                sinks[rp.name] = map_sinks[name]
+
+        acc = StripAccumulator(info.width, info.height, tiling.block_shape[0], {**map_channels, VALID_MAP: 1})
+        score_stats = ScoreStats(info.height, info.width, cloudy_above=spec.default_threshold)
+        out_of_range = checked = 0
+        block_probs: list[float] = []
+        writer = _Writer()
+        n_blocks = len(tiling)
+
+        def handle(strip_row0: int, strip_row1: int, maps: dict[str, np.ndarray]) -> None:
+            valid = maps.pop(VALID_MAP)[0] > 0.5
+            for m in maps.values():
+                m[:, ~valid] = np.nan
+            score_stats.update(strip_row0, maps["score"][0])
+            window = Window(0, strip_row0, info.width, strip_row1 - strip_row0)
+
+            def job() -> None:
+                for name, m in maps.items():
+                    map_sinks[name].write(m, window)
+
+            writer.put(job)
+
+        t0 = time.perf_counter()
+        try:
+            for done, res in enumerate(
+                predict_blocks(reader, radiometry, tiling, model, batch_size=config.inference.batch_size,
+                               readers=config.inference.readers, reflectance_range=REFLECTANCE_RANGE),  # fmt: skip
+                start=1,
+            ):
+                out_of_range += res.out_of_range
+                checked += res.checked
+                if res.block_prob is not None:
+                    block_probs.append(res.block_prob)
+                for strip in acc.add(res.block, res.maps):
+                    handle(strip.row0, strip.row1, strip.maps)
+                if progress:
+                    progress("infer", done, n_blocks)
+            for strip in acc.finish():
+                handle(strip.row0, strip.row1, strip.maps)
+        finally:
+            writer.close()
+        del acc
+        timings["read_infer_mosaic"] = time.perf_counter() - t0
+
+        valid_pixels = score_stats.valid_pixels
+        if valid_pixels == 0:
+            raise InputError(
+                f"scene {info.path.name} is entirely nodata (nodata={info.nodata}); "
+                "check the nodata value (gdal_edit.py -a_nodata) or pass another scene"
+            )
+        if checked and out_of_range / checked > OUT_OF_RANGE_WARN:
+            warn(
+                f"{100 * out_of_range / checked:.0f}% of reflectances are outside "
+                f"{REFLECTANCE_RANGE[0]}..{REFLECTANCE_RANGE[1]}: the DN scaling is probably wrong "
+                f"(sensor {radiometry.sensor}, {radiometry.source}); pass --sensor or --scale"
+            )
+
+        # ---- threshold
+        threshold = fit_threshold(score_stats, spec, config.threshold)
+
+        # ---- pass 2: window products
+        pass2 = [(p, p.compute) for p in raster_products if p.compute is not None]
+        for p, _ in pass2:
+            lay = p.layout(info, spec.outputs)
+            rspec = RasterSpec.like(info, count=lay.count, dtype=lay.dtype, nodata=lay.nodata,
+                                    descriptions=lay.descriptions, resampling=lay.resampling)  # fmt: skip
+            sinks[p.name] = RasterSink(p.paths(outdir, stem)[0], rspec, workdir,
+                                       compress=config.output.compress, blocksize=config.output.cog_blocksize)  # fmt: skip
+        counts = np.zeros(256, dtype=np.int64)
+        t0 = time.perf_counter()
+        n_windows = -(-info.height // PASS2_ROWS)
+        for i, row0 in enumerate(range(0, info.height, PASS2_ROWS), start=1):
+            window = Window(0, row0, info.width, min(PASS2_ROWS, info.height - row0))
+            maps = {name: s.read(window) for name, s in map_sinks.items()}
+            valid = np.isfinite(maps["score"][0])
+            mask = mask_rule(maps, threshold)
+            counts += np.bincount(mask.ravel(), minlength=256)
+            ctx = WindowContext(window, maps, valid, threshold, mask, info, radiometry, reader)
+            for p, compute in pass2:
+                sinks[p.name].write(compute(ctx), window)
+            if progress:
+                progress("classify", i, n_windows)
+        timings["classify"] = time.perf_counter() - t0
+
+        # ---- finalize rasters under temporary names
+        t0 = time.perf_counter()
+        tags = {
+            "GEOCLOUD_VERSION": __version__,
+            "GEOCLOUD_MODEL": spec.name,
+            "GEOCLOUD_THRESHOLD": f"{threshold.value:.6g}",
+            "GEOCLOUD_THRESHOLD_METHOD": threshold.method,
+            "GEOCLOUD_SENSOR": radiometry.sensor,
+            "GEOCLOUD_SCENE": info.path.name,
+        }
+        raster_done: dict[str, Path] = {}
+        for k, (name, sink) in enumerate(sinks.items(), start=1):
+            # rasters asked for go to a temporary name beside their final one; rasters only
+            # needed by file products stay in the work folder
+            dest = partial_name(sink.final) if name in wanted else workdir / sink.final.name
+            if name in wanted:
+                partials.append((dest, sink.final))
+            raster_done[name] = sink.finalize({**tags, "GEOCLOUD_PRODUCT": name}, dest)
+            if progress:
+                progress("write", k, len(sinks))
+        for s in map_sinks.values():
+            s.discard()
+        timings["write_cogs"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+
+        valid_n = int(counts[CLEAR] + counts[CLOUD])
+        stats: dict[str, Any] = {
+            "scene": str(info.path),
+            "stem": stem,
+            "geocloud_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sensor": radiometry.as_dict(),
+            "model": model.describe(),
+            "device": device,
+            "size": {"width": info.width, "height": info.height, "bands": info.count, "dtype": info.dtype},
+            "georeferencing": info.georef_kind,
+            "crs": info.crs.to_string() if info.crs else None,
+            "pixels": {
+                "total": info.pixels,
+                "valid": valid_n,
+                "nodata": int(counts[NODATA]),
+                "cloud": int(counts[CLOUD]),
+                "clear": int(counts[CLEAR]),
+            },
+            "cloud_fraction": (counts[CLOUD] / valid_n) if valid_n else None,
+            "threshold": threshold.as_dict(),
+            "block_prob_mean": float(np.mean(block_probs)) if block_probs else None,
+            "tiling": {"block_size": tiling.block_shape[0], "halo": halo, "feather": tiling.feather,
+                       "blocks": n_blocks},  # fmt: skip
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "throughput_mpx_s": round(info.pixels / 1e6 / timings["total"], 3) if timings["total"] else None,
+            "warnings": warnings_out,
+            "outputs": {name: [p.name for p in paths] for name, paths in wanted.items()},
+        }
+        stats["cloud_fraction"] = float(stats["cloud_fraction"]) if stats["cloud_fraction"] is not None else None
+
+        # ---- file products (each writes to temporary paths)
+        fctx = FileContext(info, stem, outdir, raster_done, stats)
+        for fp in file_products:
+            finals = fp.paths(outdir, stem)
+            tmps = [partial_name(f) for f in finals]
+            fp.write(fctx, tmps)
+            partials.extend(zip(tmps, finals, strict=True))
+
+        # ---- everything complete: rename into place
+        for tmp, final in partials:
+            os.replace(tmp, final)
+        partials.clear()
+        return SceneResult(info.path, wanted, stats, warnings_out)
+    finally:
+        reader.close()
+        for s in sinks.values():
+            s.close()
+        for tmp, _ in partials:
+            if tmp.exists():
+                tmp.unlink()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = None, *,
+                   scale: float | None = None, offset: float = 0.0,
+                   sun_elevation: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """What ``geocloud info`` prints: the scene, its radiometry and the processing plan."""
+    config = config or ProcessConfig()
+    info = open_scene(path)
+    radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    from .models import MODELS
+
+    plan: dict[str, Any] = {
+        "model": config.model if config.model in MODELS else f"{config.model} (unknown)",
+        "block_size": config.tiling.block_size,
+        "products": list(config.output.products),
+    }
+    return {
+        "path": str(info.path),
+        "size": f"{info.width} x {info.height} px, {info.count} bands, {info.dtype}",
+        "megapixels": round(info.pixels / 1e6, 2),
+        "nodata": f"{info.nodata_kind}" + (f" ({info.nodata})" if info.nodata is not None else ""),
+        "georeferencing": info.georef_kind,
+        "crs": info.crs.to_string() if info.crs else None,
+        "pixel_size": (abs(info.transform.a), abs(info.transform.e)) if info.crs else None,
+        "band_descriptions": list(info.descriptions),
+        "sensor": radiometry.sensor,
+        "bands_used": dict(zip(("blue", "green", "red", "nir"), radiometry.indexes, strict=True)),
+        "scaling": radiometry.source,
+        "reflectance_gain": [round(a, 8) for a in radiometry.a],
+        "reflectance_offset": [round(b, 8) for b in radiometry.b],
+        "sun_elevation": radiometry.sun_elevation,
+        "plan": plan,
+    }
+
+
+__all__ = ["load_model_for", "plan_products", "ProgressCallback", "SceneResult", "describe_scene", "output_paths", "process_scene"]

@@ -1,0 +1,160 @@
+"""The registry of outputs ``geocloud process`` can write (``--products``).
+
+Two kinds:
+
+* :class:`RasterProduct`: a COG named ``<stem><suffix>``.  Either it *is* a mosaicked
+  model map (``from_map``: written during the first pass, e.g. ``score``), or it is
+  computed window by window in the second pass from a :class:`WindowContext` (``compute``:
+  e.g. ``mask``), once the scene's threshold is known.
+* :class:`FileProduct`: anything else, written once the rasters are complete
+  (``write(FileContext)``: e.g. ``stats``), always through a temporary name.
+
+Conventions (written down once): masks are uint8 with 0 clear, 1 cloud, 255 nodata;
+float rasters use NaN as nodata; nodata never enters statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from .errors import ConfigError
+from .io import SceneInfo, SceneReader, atomic_write_text
+from .sensors import Radiometry
+from .threshold import NODATA, ThresholdResult, classify
+
+
+@dataclass
+class WindowContext:
+    """What a second-pass product sees for one window of the scene."""
+
+    window: Window
+    #: mosaicked model maps, name -> (k, h, w) float32, NaN where nodata
+    maps: dict[str, np.ndarray]
+    valid: np.ndarray
+    threshold: ThresholdResult
+    mask: np.ndarray
+    scene: SceneInfo
+    radiometry: Radiometry
+    reader: SceneReader
+
+    def read_input(self) -> tuple[np.ndarray, np.ndarray]:
+        """The input DN of the selected bands for this window, and its validity."""
+        return self.reader.read(self.window)
+
+
+@dataclass(frozen=True)
+class RasterLayout:
+    count: int
+    dtype: str
+    nodata: float | int | None
+    descriptions: tuple[str, ...] = ()
+    resampling: str = "average"
+
+
+@dataclass(frozen=True)
+class RasterProduct:
+    name: str
+    suffix: str
+    description: str
+    #: model maps this product needs
+    needs: tuple[str, ...]
+    layout: Callable[[SceneInfo, dict[str, int]], RasterLayout]
+    #: the map this product is a copy of (first pass) ...
+    from_map: str | None = None
+    #: ... or how to compute a window of it (second pass)
+    compute: Callable[[WindowContext], np.ndarray] | None = None
+
+    def paths(self, outdir: Path, stem: str) -> list[Path]:
+        return [outdir / f"{stem}{self.suffix}"]
+
+
+@dataclass
+class FileContext:
+    """What a file product sees once every raster is complete."""
+
+    scene: SceneInfo
+    stem: str
+    outdir: Path
+    #: raster product name -> path of the complete file (under its temporary name)
+    rasters: dict[str, Path]
+    stats: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileProduct:
+    name: str
+    suffixes: tuple[str, ...]
+    description: str
+    #: raster products this one reads (they are written too, to a temporary name, if not asked for)
+    needs: tuple[str, ...]
+    #: writes every output to the given (temporary) paths, one per suffix
+    write: Callable[[FileContext, list[Path]], None]
+
+    def paths(self, outdir: Path, stem: str) -> list[Path]:
+        return [outdir / f"{stem}{s}" for s in self.suffixes]
+
+
+Product = RasterProduct | FileProduct
+
+
+def _mask(ctx: WindowContext) -> np.ndarray:
+    return ctx.mask[None]
+
+
+def _write_stats(ctx: FileContext, paths: list[Path]) -> None:
+    atomic_write_text(paths[0], json.dumps(ctx.stats, indent=2, default=str) + "\n")
+
+
+def mask_rule(maps: dict[str, np.ndarray], threshold: ThresholdResult) -> np.ndarray:
+    """The scene's mask for one window: cloud where the score reaches the threshold."""
+    return classify(maps["score"][0], threshold.value)
+
+
+PRODUCTS: dict[str, Product] = {
+    p.name: p
+    for p in (
+        RasterProduct(
+            name="mask",
+            suffix="_mask.tif",
+            description="uint8 cloud mask: 0 clear, 1 cloud, 255 nodata",
+            needs=("score",),
+            layout=lambda info, outs: RasterLayout(1, "uint8", NODATA, ("cloud mask",), "nearest"),
+            compute=_mask,
+        ),
+        RasterProduct(
+            name="score",
+            suffix="_score.tif",
+            description="float32 cloud score 0..1, NaN nodata",
+            needs=("score",),
+            layout=lambda info, outs: RasterLayout(1, "float32", float("nan"), ("cloud score",)),
+            from_map="score",
+        ),
+        FileProduct(
+            name="stats",
+            suffixes=("_stats.json",),
+            description="per-scene statistics (JSON): cloud fraction, pixel counts, threshold, sensor, model, timings",
+            needs=(),
+            write=_write_stats,
+        ),
+    )
+}
+
+
+def resolve_products(names: tuple[str, ...] | list[str]) -> list[Product]:
+    """Products by name, in registry order; unknown names raise with the list of choices."""
+    unknown = [n for n in names if n not in PRODUCTS]
+    if unknown:
+        raise ConfigError(
+            f"product {unknown[0]!r} is unknown; pass --products with a comma-separated list of: {', '.join(PRODUCTS)}"
+        )
+    if not names:
+        raise ConfigError(f"no products asked for; pass --products with some of: {', '.join(PRODUCTS)}")
+    return [p for n, p in PRODUCTS.items() if n in names]
