@@ -324,6 +324,8 @@ class SceneSpec:
     write_truth: bool = True
     blocksize: int = 512
     compress: str | None = "ZSTD"
+    #: ZLEVEL (DEFLATE) / ZSTD_LEVEL; None: GDAL's default.
+    compress_level: int | None = None
     #: DN calibration of uint16 scenes; None: :func:`scene_calibration` decides.
     calibration: dict[str, Any] | None = None
 
@@ -620,6 +622,12 @@ class SyntheticScene:
         if sp.compress:
             prof["compress"] = sp.compress
             prof["predictor"] = 3 if sp.dtype == "float32" else 2
+            if sp.compress_level is not None:
+                key = {"DEFLATE": "zlevel", "ZSTD": "zstd_level", "LZMA": "lzma_preset"}.get(
+                    sp.compress.upper()
+                )
+                if key:
+                    prof[key] = sp.compress_level
         if sp.georef == "crs":
             prof["crs"] = sp.crs
             prof["transform"] = self.transform()
