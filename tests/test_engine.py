@@ -1,0 +1,194 @@
+"""The whole-scene engine: identity round trip, seams, nodata, thresholds, tags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from geocloud.config import OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
+from geocloud.models.base import CloudModel, ModelSpec, Prediction
+from geocloud.pipeline import process_scene
+from geocloud.products import PRODUCTS, RasterLayout, RasterProduct
+
+
+def write_scene(path, data, *, nodata=0, crs="EPSG:32650", transform=None, descriptions=("blue", "green", "red", "nir")):
+    count, h, w = data.shape
+    profile = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype, nodata=nodata,
+                   tiled=True, blockxsize=128, blockysize=128)
+    if crs:
+        profile.update(crs=CRS.from_string(crs), transform=transform or from_origin(500000, 4000000, 16, 16))
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        for i, d in enumerate(descriptions[:count], 1):
+            ds.set_band_description(i, d)
+    return path
+
+
+def coord_scene(h, w, seed=0):
+    """uint16 DN whose values encode their own position, plus a little noise (all < 4096)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:h, 0:w]
+    base = (rows * 7 + cols * 3) % 2000 + 100
+    data = np.stack([base + 100 * b + rng.integers(0, 50, (h, w)) for b in range(4)]).astype(np.uint16)
+    return data
+
+
+class IdentityModel(CloudModel):
+    """Returns its input bands (and a dummy score): the mosaic must give them back exactly."""
+
+    def __init__(self, halo=0, multiple=1):
+        self.spec = ModelSpec(name="identity", halo=halo, block_multiple=multiple,
+                              outputs={"score": 1, "bands": 4}, default_threshold=0.5)
+
+    def predict(self, x, valid):
+        return Prediction({"score": np.zeros_like(x[:, :1]), "bands": x.copy()})
+
+
+class BoxModel(CloudModel):
+    """A local model with context: 9x9 mean of the normalised blue band (zero padded) -> score."""
+
+    def __init__(self):
+        self.spec = ModelSpec(name="box", halo=4, outputs={"score": 1}, default_threshold=0.5,
+                              clear_mu=0.1, clear_sigma=0.1)
+
+    def predict(self, x, valid):
+        s = np.stack([ndimage.uniform_filter(b[0] / 2500.0, size=9, mode="constant") for b in x])
+        return Prediction({"score": np.clip(s, 0, 1)[:, None].astype(np.float32)})
+
+
+class PoolModel(CloudModel):
+    """Works at 1/4 resolution (4x4 mean, nearest upsampling): needs block origins aligned to 4."""
+
+    def __init__(self):
+        self.spec = ModelSpec(name="pool", halo=0, block_multiple=4, outputs={"score": 1}, default_threshold=0.5)
+
+    def predict(self, x, valid):
+        b, c, h, w = x.shape
+        low = x[:, 0].reshape(b, h // 4, 4, w // 4, 4).mean(axis=(2, 4)) / 2500.0
+        return Prediction({"score": np.clip(np.repeat(np.repeat(low, 4, 1), 4, 2), 0, 1)[:, None].astype(np.float32)})
+
+
+@pytest.fixture
+def bands_product(monkeypatch):
+    """Register a product that writes the identity model's 'bands' map."""
+    prod = RasterProduct("bands", "_bands.tif", "test: the model's input bands", ("bands",),
+                         lambda info, outs: RasterLayout(4, "float32", float("nan")), from_map="bands")
+    monkeypatch.setitem(PRODUCTS, "bands", prod)
+    return prod
+
+
+def run(scene, out, model, block, products=("mask", "score", "stats"), **cfg):
+    config = ProcessConfig(tiling=TilingConfig(block_size=block, feather=cfg.pop("feather", 16)),
+                           output=OutputConfig(products=products, overwrite=True), **cfg)
+    return process_scene(scene, out, config, model=model, scale=cfg.pop("scale", 1.0))
+
+
+@pytest.mark.parametrize("block", [32, 48, 100, 512])
+def test_identity_model_reproduces_input_exactly(tmp_path, bands_product, block):
+    data = coord_scene(150, 133)
+    data[:, :5, :] = 0  # a nodata collar
+    scene = write_scene(tmp_path / "s.tif", data)
+    run(scene, tmp_path / "o", IdentityModel(halo=3), block, products=("bands", "stats"))
+    with rasterio.open(tmp_path / "o" / "s_bands.tif") as ds, rasterio.open(scene) as src:
+        out = ds.read()
+        assert ds.crs == src.crs and ds.transform == src.transform
+    valid = (data != 0).all(axis=0)
+    np.testing.assert_array_equal(out[:, valid], data[:, valid].astype(np.float32))
+    assert np.isnan(out[:, ~valid]).all()
+
+
+@pytest.mark.parametrize("model_cls", [BoxModel, PoolModel])
+def test_no_seams_result_independent_of_block_size(tmp_path, model_cls):
+    data = coord_scene(301, 257, seed=3)
+    scene = write_scene(tmp_path / "s.tif", data, nodata=None)
+    results = {}
+    for block in (40, 64, 100, 1024):
+        out = tmp_path / f"o{block}"
+        r = run(scene, out, model_cls(), block)
+        with rasterio.open(out / "s_score.tif") as ds:
+            results[block] = (ds.read(1), r.stats["threshold"]["value"])
+    ref, t_ref = results[1024]
+    for block, (score, t) in results.items():
+        np.testing.assert_allclose(score, ref, atol=2e-6, err_msg=f"block {block} differs")
+        assert t == pytest.approx(t_ref, abs=1e-5)
+
+
+def test_feather_zero_is_also_seamless(tmp_path):
+    data = coord_scene(200, 180)
+    scene = write_scene(tmp_path / "s.tif", data, nodata=None)
+    a = run(scene, tmp_path / "a", BoxModel(), 48, feather=0)
+    b = run(scene, tmp_path / "b", BoxModel(), 512)
+    with rasterio.open(a.outputs["score"][0]) as da, rasterio.open(b.outputs["score"][0]) as db:
+        np.testing.assert_allclose(da.read(), db.read(), atol=2e-6)
+
+
+def test_nodata_propagates_to_mask_and_score(tmp_path):
+    data = coord_scene(120, 90)
+    data[:, 40:60, 10:30] = 0
+    scene = write_scene(tmp_path / "s.tif", data)
+    r = run(scene, tmp_path / "o", BoxModel(), 64)
+    with rasterio.open(r.outputs["mask"][0]) as m, rasterio.open(r.outputs["score"][0]) as s:
+        mask, score = m.read(1), s.read(1)
+        assert m.nodata == 255 and np.isnan(s.nodata)
+    assert (mask[40:60, 10:30] == 255).all() and np.isnan(score[40:60, 10:30]).all()
+    assert set(np.unique(mask[data[0] > 0])) <= {0, 1}
+    assert np.isfinite(score[data[0] > 0]).all()
+    assert r.stats["pixels"]["nodata"] == 400
+    assert r.stats["pixels"]["valid"] == 120 * 90 - 400
+
+
+def test_threshold_override_and_recording(tmp_path):
+    data = coord_scene(100, 100)
+    scene = write_scene(tmp_path / "s.tif", data, nodata=None)
+    r = run(scene, tmp_path / "o", BoxModel(), 64, threshold=ThresholdConfig(value=0.42))
+    assert r.stats["threshold"]["value"] == pytest.approx(0.42)
+    assert r.stats["threshold"]["method"].startswith("user")
+    with rasterio.open(r.outputs["mask"][0]) as m, rasterio.open(r.outputs["score"][0]) as s:
+        assert m.tags()["GEOCLOUD_THRESHOLD"] == "0.42"
+        assert m.tags()["GEOCLOUD_MODEL"] == "box"
+        assert "GEOCLOUD_VERSION" in s.tags() and "GEOCLOUD_SENSOR" in s.tags()
+        np.testing.assert_array_equal(m.read(1), (s.read(1) >= 0.42).astype(np.uint8))
+    saved = json.loads((tmp_path / "o" / "s_stats.json").read_text())
+    assert saved["threshold"]["value"] == pytest.approx(0.42)
+    assert saved["cloud_fraction"] == pytest.approx(saved["pixels"]["cloud"] / saved["pixels"]["valid"])
+
+
+def test_statistical_threshold_uses_clear_cells(tmp_path):
+    """mu + k*sigma over clear-sky cells of the mosaicked score."""
+    from geocloud.threshold import ScoreStats, fit_threshold
+
+    spec = ModelSpec(name="t", default_threshold=0.5, threshold_k=3.0, clear_mu=0.9, clear_sigma=0.9)
+    rng = np.random.default_rng(0)
+    score = rng.normal(0.2, 0.02, (1024, 1024)).astype(np.float32)
+    score[:256, :256] = 0.95  # one cloudy cell is excluded from the clear-sky statistics
+    stats = ScoreStats(1024, 1024, cloudy_above=0.5)
+    stats.update(0, score[:300])
+    stats.update(300, score[300:])
+    t = fit_threshold(stats, spec, ThresholdConfig())
+    assert t.clear_cells == 15 and t.cells == 16
+    assert t.mu == pytest.approx(0.2, abs=1e-3) and t.sigma == pytest.approx(0.02, abs=1e-3)
+    assert t.value == pytest.approx(0.26, abs=2e-3)
+    # an overcast scene falls back to the model's training statistics (then clamps)
+    over = ScoreStats(512, 512, cloudy_above=0.5)
+    over.update(0, np.full((512, 512), 0.9, np.float32))
+    t2 = fit_threshold(over, spec, ThresholdConfig())
+    assert t2.clear_cells == 0 and "training" in t2.method and t2.value == pytest.approx(0.75)
+
+
+def test_outputs_are_cogs_with_overviews(tmp_path):
+    data = coord_scene(1100, 1050)
+    scene = write_scene(tmp_path / "s.tif", data, nodata=None)
+    r = run(scene, tmp_path / "o", BoxModel(), 512)
+    for name in ("mask", "score"):
+        with rasterio.open(r.outputs[name][0]) as ds:
+            assert ds.profile["tiled"] and ds.profile["compress"].lower() == "zstd"
+            assert ds.overviews(1), f"{name} has no overviews"
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    leftovers = [p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
