@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,10 @@ def encode_png(image: np.ndarray) -> bytes:
     color_type = {1: 0, 3: 2, 4: 6}.get(c)
     if color_type is None:
         raise ValueError(f"PNG encoder needs 1, 3 or 4 channels, got {c}")
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, w * c)], axis=1)  # filter 0 per row
+    rows = img.reshape(h, w * c)
+    up = rows.copy()
+    up[1:] -= rows[:-1]  # PNG filter 2 ("Up"), modulo 256: smooth images compress better
+    raw = np.concatenate([np.full((h, 1), 2, np.uint8), up], axis=1)
     ihdr = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -118,19 +122,35 @@ def _rgb_indexes(descriptions: Sequence[str | None], count: int) -> tuple[int, i
     return (1, 1, 1)
 
 
-def stretch(bands: np.ndarray, valid: np.ndarray, cfg: PreviewConfig) -> np.ndarray:
-    """(3, h, w) values -> (h, w, 3) uint8 with a percentile stretch over valid pixels."""
+def stretch(
+    bands: np.ndarray, valid: np.ndarray, cfg: PreviewConfig, basis: np.ndarray | None = None
+) -> np.ndarray:
+    """(3, h, w) values -> (h, w, 3) uint8, one monotonic curve per band.
+
+    The ``basis`` pixels (the clear ground; default all valid) between their low and high
+    percentiles fill 0..85 % of the range; brighter pixels (clouds) up to the 99.5th
+    percentile of all valid pixels fill the rest, so the land keeps its contrast, clouds
+    keep their texture, and a brighter pixel is never drawn darker.
+    """
+    basis = valid if basis is None else basis
+    knee = 0.85
     out = np.zeros((bands.shape[1], bands.shape[2], 3), np.uint8)
     for i in range(3):
         b = bands[i].astype(np.float32)
         ok = valid & np.isfinite(b)
+        okb = basis & ok
         if not ok.any():
             continue
-        lo, hi = np.percentile(b[ok], cfg.percentiles)
-        if hi <= lo:
-            hi = lo + 1e-6
-        x = np.clip((b - lo) / (hi - lo), 0, 1) ** cfg.gamma
-        out[:, :, i] = np.where(ok, np.round(x * 255), 0).astype(np.uint8)
+        lo, hi = np.percentile(b[okb] if okb.any() else b[ok], cfg.percentiles)
+        top = float(np.percentile(b[ok], 99.5))
+        hi = max(float(hi), float(lo) + 1e-6)
+        top = max(top, hi + 1e-6)
+        x = np.where(
+            b <= hi,
+            knee * np.clip((b - lo) / (hi - lo), 0, 1) ** cfg.gamma,
+            knee + (1 - knee) * np.clip((b - hi) / (top - hi), 0, 1),
+        )
+        out[:, :, i] = np.where(ok, np.round(np.nan_to_num(x) * 255), 0).astype(np.uint8)
     return out
 
 
@@ -193,30 +213,9 @@ def render_preview(
             m = ms.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         cloud = np.isin(m, cfg.classes)
         valid &= m != 255
-    # Stretch on the clear ground when there is enough of it: clouds then saturate to
-    # white and the land keeps its contrast, as in the vendors' browse images.
+    # Stretch on the clear ground when there is enough of it (see :func:`stretch`).
     basis = valid & ~cloud if cloud is not None and (valid & ~cloud).sum() > 0.02 * valid.sum() else valid
-    rgb8 = stretch(bands, basis, cfg)
-    rgb8[valid & ~basis] = _stretch_like(bands, basis, valid, valid & ~basis, cfg)
-    return overlay(rgb8, valid, cloud, cfg)
-
-
-def _stretch_like(
-    bands: np.ndarray, basis: np.ndarray, bright: np.ndarray, target: np.ndarray, cfg: PreviewConfig
-) -> np.ndarray:
-    """Stretch the ``target`` (cloud) pixels from the clear ground's low limit to the
-    bright limit of all valid pixels, so cloud texture stays visible."""
-    out = np.zeros((int(target.sum()), 3), np.uint8)
-    for i in range(3):
-        b = bands[i].astype(np.float32)
-        ok = basis & np.isfinite(b)
-        if not ok.any():
-            continue
-        lo = np.percentile(b[ok], cfg.percentiles[0])
-        hi = max(float(np.percentile(b[bright & np.isfinite(b)], 99.5)), lo + 1e-6)
-        x = np.clip((np.nan_to_num(b[target]) - lo) / (hi - lo), 0, 1) ** cfg.gamma
-        out[:, i] = np.round(x * 255).astype(np.uint8)
-    return out
+    return overlay(stretch(bands, valid, cfg, basis), valid, cloud, cfg)
 
 
 def write_preview(
@@ -227,3 +226,13 @@ def write_preview(
 ) -> Path:
     """Write ``out_path`` (PNG): the scene's quicklook with the mask overlaid."""
     return write_png(render_preview(scene_path, mask_path, config), out_path)
+
+
+def write_preview_product(ctx: Any, paths: list[Path]) -> None:
+    """The ``preview`` product of :mod:`geocloud.products`: ``<stem>_preview.png``.
+
+    ``ctx`` is a :class:`geocloud.products.FileContext`; ``ctx.options["preview"]`` may hold
+    a :class:`PreviewConfig`.
+    """
+    cfg = ctx.options.get("preview") or PreviewConfig()
+    write_png(render_preview(ctx.scene.path, ctx.rasters.get("mask"), cfg), paths[0])

@@ -113,6 +113,18 @@ def _write_stats(ctx: FileContext, paths: list[Path]) -> None:
     atomic_write_text(paths[0], json.dumps(ctx.stats, indent=2, default=str) + "\n")
 
 
+def _write_vector(ctx: FileContext, paths: list[Path]) -> None:
+    from .vectorize import write_vector_product
+
+    write_vector_product(ctx, paths)
+
+
+def _write_preview(ctx: FileContext, paths: list[Path]) -> None:
+    from .preview import write_preview_product
+
+    write_preview_product(ctx, paths)
+
+
 def mask_rule(maps: dict[str, np.ndarray], threshold: ThresholdResult) -> np.ndarray:
     """The scene's mask for one window: cloud where the score reaches the threshold."""
     return classify(maps["score"][0], threshold.value)
@@ -143,6 +155,20 @@ PRODUCTS: dict[str, Product] = {
             description="per-scene statistics (JSON): cloud fraction, pixel counts, threshold, sensor, model, timings",
             needs=(),
             write=_write_stats,
+        ),
+        FileProduct(
+            name="vector",
+            suffixes=("_clouds.geojson", "_clouds.gpkg"),
+            description="cloud polygons from the whole mask: GeoJSON (RFC 7946, WGS84) and GeoPackage (native CRS)",
+            needs=("mask",),
+            write=_write_vector,
+        ),
+        FileProduct(
+            name="preview",
+            suffixes=("_preview.png",),
+            description="quicklook PNG (<= 1024 px) with the clouds tinted and outlined",
+            needs=("mask",),
+            write=_write_preview,
         ),
     )
 }

@@ -401,3 +401,32 @@ def write_cloud_vectors(
     if "gpkg" in cfg.formats:
         out["vector_gpkg"] = write_gpkg(polys, outdir / f"{stem}_clouds.gpkg")
     return out
+
+
+def write_vector_product(ctx: Any, paths: list[Path]) -> None:
+    """The ``vector`` product of :mod:`geocloud.products`: GeoJSON and GeoPackage.
+
+    ``ctx`` is a :class:`geocloud.products.FileContext`; ``ctx.options["vector"]`` may hold
+    a :class:`VectorizeConfig` (min area, simplification).  ``paths`` are the temporary
+    paths of ``<stem>_clouds.geojson`` and ``<stem>_clouds.gpkg``.  A mask that cannot be
+    placed on Earth gets an empty FeatureCollection that says why.
+    """
+    cfg = ctx.options.get("vector") or VectorizeConfig()
+    polys = cloud_polygons(ctx.rasters["mask"], cfg)
+    stats = ctx.stats or {}
+    props = {
+        "scene": ctx.scene.path.name,
+        "model": (stats.get("model") or {}).get("name"),
+        "threshold": (stats.get("threshold") or {}).get("value"),
+        "min_area_m2": cfg.min_area_m2,
+        "simplify_px": cfg.simplify_px,
+    }
+    geojson, gpkg = paths
+    if polys.crs is None and polys.rpcs is None:
+        log.warning("%s is not georeferenced: the GeoJSON is empty (RFC 7946 needs WGS84)", ctx.scene.path)
+        doc = {"type": "FeatureCollection", "features": [],
+               "geocloud": {**props, "note": "scene not georeferenced; see the GeoPackage (pixel coordinates)"}}  # fmt: skip
+        Path(geojson).write_text(json.dumps(doc), encoding="utf-8")
+    else:
+        write_geojson(polys, geojson, props, cfg.precision)
+    write_gpkg(polys, gpkg)

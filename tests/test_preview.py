@@ -38,8 +38,11 @@ def _decode_png(data: bytes) -> np.ndarray:
             idat += body
         pos += 12 + n
     raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + w * c)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(h, w, c)
+    assert (raw[:, 0] == 2).all()  # "Up" filter
+    rows = raw[:, 1:].copy()
+    for r in range(1, h):
+        rows[r] += rows[r - 1]
+    return rows.reshape(h, w, c)
 
 
 def test_png_roundtrip():
