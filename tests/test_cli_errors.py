@@ -1,0 +1,261 @@
+"""Every bad input of issue 2 item 11, through the CLI (click's CliRunner).
+
+Each case must give exit code 2, a one-line message that names the problem and the fix,
+no traceback, and leave no output (nor partial/temporary file) behind in OUTDIR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from geocloud.cli.main import cli
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+
+
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_user_error(result: Result, problem: str, fix: str) -> str:
+    """Exit code 2, one line on stderr matching ``problem`` and ``fix`` (regexes), no traceback."""
+    text = result.output + (result.stderr or "")
+    assert result.exit_code == 2, (
+        f"exit code {result.exit_code}, expected 2; output:\n{text}\n{result.exception!r}"
+    )
+    assert "Traceback" not in text
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
+        result.exception
+    )
+    lines = error_lines(result)
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{result.stderr}"
+    msg = lines[0]
+    assert re.search(problem, msg, re.IGNORECASE), f"message does not name the problem ({problem!r}): {msg}"
+    assert re.search(fix, msg, re.IGNORECASE), f"message does not name the fix ({fix!r}): {msg}"
+    return msg
+
+
+def files_in(outdir: Path) -> list[str]:
+    """Everything under ``outdir`` (hidden and partial files included); [] if it does not exist."""
+    if not outdir.exists():
+        return []
+    return sorted(str(p.relative_to(outdir)) for p in outdir.rglob("*"))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def outdir(tmp_path: Path) -> Path:
+    return tmp_path / "out"
+
+
+def test_missing_file(tmp_path: Path, outdir: Path) -> None:
+    res = run("process", tmp_path / "nope.tif", "-o", outdir)
+    assert_user_error(res, r"nope\.tif.*(does not exist|not found|no such)", r"check the path|pass")
+    assert files_in(outdir) == []
+
+
+def test_not_a_raster(tmp_path: Path, outdir: Path) -> None:
+    scene = tmp_path / "notes.tif"
+    scene.write_text("this is a text file, not a GeoTIFF\n" * 20)
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(
+        res, r"not a raster|not recognized|cannot be read", r"pass a GeoTIFF|geotiff|re-?export"
+    )
+    assert files_in(outdir) == []
+
+
+def test_empty_file(tmp_path: Path, outdir: Path) -> None:
+    scene = tmp_path / "empty.tif"
+    scene.touch()
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"empty|0 bytes", r"re-?download|re-?export|pass")
+    assert files_in(outdir) == []
+
+
+def test_truncated_file(make_raster, outdir: Path) -> None:
+    scene = make_raster("truncated.tif", width=300, height=300, compress=None, blocksize=64)
+    data = scene.read_bytes()
+    scene.write_bytes(data[: len(data) // 2])
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"truncated|corrupt|cannot be read", r"re-?download|re-?export")
+    assert files_in(outdir) == []
+
+
+@pytest.mark.parametrize("bands", [3, 2])
+def test_wrong_band_count(make_raster, outdir: Path, bands: int) -> None:
+    scene = make_raster(f"b{bands}.tif", bands=bands)
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, rf"{bands} band", r"4.band|blue, green, red, nir|--bands")
+    assert files_in(outdir) == []
+
+
+def test_complex_dtype(make_raster, outdir: Path) -> None:
+    scene = make_raster("complex.tif", dtype="complex64")
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"complex|dtype", r"uint16|float32|convert|gdal_translate")
+    assert files_in(outdir) == []
+
+
+def test_all_nodata_scene(make_raster, outdir: Path) -> None:
+    scene = make_raster("blank.tif", content="nodata")
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"nodata", r"nodata value|a_nodata|another scene|pass")
+    assert files_in(outdir) == []
+
+
+def test_all_nan_float_scene(make_raster, outdir: Path) -> None:
+    scene = make_raster("blank_nan.tif", dtype="float32", nodata_kind="nan", content="nodata")
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"nodata", r"nodata value|a_nodata|another scene|pass")
+    assert files_in(outdir) == []
+
+
+def test_one_pixel_scene(make_raster, outdir: Path) -> None:
+    scene = make_raster("one.tif", width=1, height=1, collar=False)
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"1\s*x\s*1|1 pixel|too small", r"larger scene|at least")
+    assert files_in(outdir) == []
+
+
+def test_unknown_sensor_name(make_raster, outdir: Path) -> None:
+    scene = make_raster("s.tif")
+    res = run("process", scene, "-o", outdir, "--sensor", "gf9_xyz")
+    assert_user_error(res, r"gf9_xyz", r"gf1_wfv")  # the message lists the known sensors
+    assert files_in(outdir) == []
+
+
+def test_unknown_sensor_integer_scene_without_scaling(make_raster, outdir: Path) -> None:
+    # uint16 DN with no SATELLITE/SENSOR tags, no vendor XML, no GDAL scale: the scaling is unknown
+    scene = make_raster("anonymous.tif", sensor_tags=False)
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"scal|sensor", r"--sensor|--scale")
+    assert files_in(outdir) == []
+
+
+@contextlib.contextmanager
+def unwritable_dir(path: Path) -> Iterator[Path]:
+    """A directory nobody can create files in: chmod 555, or ``chattr +i`` for root
+    (root ignores permissions); skips when neither works here."""
+    path.mkdir()
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if is_root:
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root and chattr +i is unavailable: cannot make a directory unwritable")
+        undo = [chattr, "-i", str(path)]
+    else:
+        path.chmod(0o555)
+    try:
+        probe = path / "probe"
+        try:
+            probe.touch()
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("could not make a directory unwritable on this file system")
+        yield path
+    finally:
+        if is_root:
+            subprocess.run(undo, capture_output=True)
+        else:
+            path.chmod(0o755)
+
+
+def test_unwritable_output_dir(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("s.tif")
+    with unwritable_dir(tmp_path / "locked") as locked:
+        res = run("process", scene, "-o", locked)
+        assert_user_error(
+            res, r"not writable|cannot be created|permission|not permitted", r"-o|--outdir|writable"
+        )
+        assert files_in(locked) == []
+
+
+def test_unwritable_output_subdir(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("s.tif")
+    with unwritable_dir(tmp_path / "locked") as locked:
+        res = run("process", scene, "-o", locked / "out")
+        assert_user_error(
+            res, r"cannot be created|not writable|permission|not permitted", r"-o|--outdir|writable"
+        )
+        assert files_in(locked) == []
+
+
+def test_output_dir_is_a_file(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("s.tif")
+    target = tmp_path / "a_file"
+    target.write_text("not a directory")
+    res = run("process", scene, "-o", target)
+    assert_user_error(res, r"a_file", r"-o|--outdir|directory")
+    assert target.read_text() == "not a directory"
+
+
+def test_output_dir_below_a_file(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("s.tif")
+    (tmp_path / "a_file").write_text("x")
+    res = run("process", scene, "-o", tmp_path / "a_file" / "out")
+    assert_user_error(res, r"a_file", r"-o|--outdir|writable|directory")
+    assert not (tmp_path / "a_file" / "out").exists()
+
+
+def test_existing_output_without_overwrite(make_raster, outdir: Path) -> None:
+    scene = make_raster("scene.tif", width=96, height=96)
+    first = run("process", scene, "-o", outdir, "--quiet")
+    assert first.exit_code == 0, first.output
+    before = {name: digest(outdir / name) for name in files_in(outdir)}
+    mtimes = {name: (outdir / name).stat().st_mtime_ns for name in before}
+    assert {"scene_mask.tif", "scene_score.tif", "scene_stats.json"} <= set(before)
+
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"exists", r"--overwrite")
+    assert files_in(outdir) == sorted(before)  # nothing added, no partial files
+    assert {name: digest(outdir / name) for name in before} == before
+    assert {name: (outdir / name).stat().st_mtime_ns for name in before} == mtimes
+
+    # and --overwrite does replace them
+    again = run("process", scene, "-o", outdir, "--overwrite", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert files_in(outdir) == sorted(before)
+
+
+def test_existing_single_output_blocks_the_whole_run(make_raster, outdir: Path) -> None:
+    scene = make_raster("scene.tif", width=96, height=96)
+    outdir.mkdir()
+    (outdir / "scene_stats.json").write_text('{"old": true}')
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"scene_stats\.json.*exists|exists.*scene_stats\.json", r"--overwrite")
+    assert files_in(outdir) == ["scene_stats.json"]
+    assert (outdir / "scene_stats.json").read_text() == '{"old": true}'
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, outdir: Path) -> None:
+    res = run("--debug", "process", tmp_path / "nope.tif", "-o", outdir)
+    assert res.exit_code != 0
+    assert res.exception is not None and not isinstance(res.exception, SystemExit)
+
+
+def test_bad_scene_among_good_ones_fails_with_2_and_keeps_the_good(
+    make_raster, tmp_path: Path, outdir: Path
+) -> None:
+    good = make_raster("good.tif", width=80, height=80)
+    res = run("process", tmp_path / "missing.tif", good, "-o", outdir, "--quiet")
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    names = files_in(outdir)
+    assert "good_mask.tif" in names and not any(n.startswith("missing") for n in names)
+    assert not any(n.startswith(".") or n.endswith(".partial") for n in names)
