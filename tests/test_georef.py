@@ -1,0 +1,196 @@
+"""Georeferencing, nodata and dtypes through the whole engine (issue 2 items 2 and 8).
+
+Scenes come from the ``make_raster`` fixture (geocloud.synthetic), whose known cloud
+opacity also checks that each dtype's scaling reaches the model correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from geocloud.cli.main import cli
+from rasterio.enums import MaskFlags
+
+from geocloud import synthetic as syn
+from geocloud.config import ProcessConfig
+from geocloud.pipeline import process_scene
+
+W, H = 200, 160
+
+
+def outputs(outdir: Path, stem: str) -> tuple[Path, Path, Path]:
+    return outdir / f"{stem}_mask.tif", outdir / f"{stem}_score.tif", outdir / f"{stem}_stats.json"
+
+
+def input_valid(path: Path) -> np.ndarray:
+    """Valid pixels of an input scene: GDAL's mask, and finite values for floats."""
+    with rasterio.open(path) as ds:
+        ok = ds.dataset_mask() > 0
+        if ds.dtypes[0].startswith("float"):
+            ok &= np.isfinite(ds.read()).all(axis=0)
+    return ok
+
+
+def process(path: Path, outdir: Path) -> dict:
+    res = CliRunner().invoke(cli, ["process", str(path), "-o", str(outdir), "--quiet"])
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    return json.loads(outputs(outdir, path.stem)[2].read_text())
+
+
+def test_crs_and_transform_are_preserved(make_raster, tmp_path: Path) -> None:
+    scene = make_raster(
+        "utm.tif", width=W, height=H, georef="crs", crs="EPSG:32650", origin=(500_000.0, 4_400_000.0)
+    )
+    process(scene, tmp_path / "out")
+    with rasterio.open(scene) as src:
+        crs, transform = src.crs, src.transform
+    assert crs.to_epsg() == 32650
+    for out in outputs(tmp_path / "out", "utm")[:2]:
+        with rasterio.open(out) as ds:
+            assert ds.crs == crs
+            assert ds.transform.almost_equals(transform, precision=1e-9)
+            assert (ds.width, ds.height) == (W, H)
+            assert ds.rpcs is None
+
+
+def test_other_crs_is_preserved(make_raster, tmp_path: Path) -> None:
+    scene = make_raster(
+        "laea.tif", width=W, height=H, crs="EPSG:3035", origin=(4_321_000.0, 3_210_000.0), pixel_size=10.0
+    )
+    process(scene, tmp_path / "out")
+    with rasterio.open(outputs(tmp_path / "out", "laea")[0]) as ds:
+        assert ds.crs.to_epsg() == 3035
+        assert ds.transform.a == pytest.approx(10.0) and ds.transform.c == pytest.approx(4_321_000.0)
+
+
+def test_rpcs_are_preserved(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("l1a.tif", width=W, height=H, georef="rpc")
+    stats = process(scene, tmp_path / "out")
+    with rasterio.open(scene) as src:
+        want = src.rpcs.to_dict()
+        assert src.crs is None
+    assert "rpc" in str(stats.get("georeferencing", "")).lower()
+    for out in outputs(tmp_path / "out", "l1a")[:2]:
+        with rasterio.open(out) as ds:
+            assert ds.rpcs is not None, f"{out.name} lost its RPCs"
+            got = ds.rpcs.to_dict()
+            assert ds.crs is None
+            assert (ds.width, ds.height) == (W, H)
+        for key, value in want.items():
+            if isinstance(value, list):
+                np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
+            else:
+                assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_no_georef_warns_and_keeps_the_pixel_grid(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("bare.tif", width=W, height=H, georef="none")
+    res = CliRunner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    warn = [line for line in res.stderr.splitlines() if "warning" in line.lower()]
+    assert warn and any(re.search(r"crs|georef|transform", line, re.I) for line in warn), res.stderr
+    stats = json.loads(outputs(tmp_path / "out", "bare")[2].read_text())
+    assert stats["warnings"]
+    for out in outputs(tmp_path / "out", "bare")[:2]:
+        with rasterio.open(out) as ds:
+            assert ds.crs is None and ds.rpcs is None
+            assert ds.transform == rasterio.Affine.identity()
+            assert (ds.width, ds.height) == (W, H)
+
+
+def test_no_georef_warning_in_the_library_result(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("bare.tif", width=W, height=H, georef="none")
+    result = process_scene(scene, tmp_path / "out", ProcessConfig())
+    assert any("CRS" in w or "georef" in w.lower() for w in result.warnings)
+
+
+NODATA_CASES = [
+    ("uint16", "value"),
+    ("uint16", "mask"),
+    ("uint8", "value"),
+    ("int16", "value"),
+    ("int16", "mask"),
+    ("float32", "nan"),
+    ("float32", "value"),
+    ("float32", "mask"),
+]
+
+
+@pytest.mark.parametrize(("dtype", "nodata_kind"), NODATA_CASES)
+def test_nodata_propagates(make_raster, tmp_path: Path, dtype: str, nodata_kind: str) -> None:
+    scene = make_raster(
+        f"nd_{dtype}_{nodata_kind}.tif", width=W, height=H, dtype=dtype, nodata_kind=nodata_kind
+    )
+    with rasterio.open(scene) as src:
+        if nodata_kind == "mask":
+            assert MaskFlags.per_dataset in src.mask_flag_enums[0]
+        elif nodata_kind == "nan":
+            assert math.isnan(src.nodata)
+        else:
+            assert src.nodata == syn.NODATA_VALUE[dtype]
+    valid = input_valid(scene)
+    assert 0.5 < valid.mean() < 0.95  # a collar of nodata around the footprint
+    stats = process(scene, tmp_path / "out")
+    mask_path, score_path, _ = outputs(tmp_path / "out", scene.stem)
+    with rasterio.open(mask_path) as ds:
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255
+        mask = ds.read(1)
+    with rasterio.open(score_path) as ds:
+        assert ds.dtypes[0] == "float32" and math.isnan(ds.nodata)
+        score = ds.read(1)
+    np.testing.assert_array_equal(mask == 255, ~valid)
+    np.testing.assert_array_equal(np.isnan(score), ~valid)
+    assert set(np.unique(mask[valid])) <= {0, 1}
+    assert (score[valid] >= 0).all() and (score[valid] <= 1).all()
+    px = stats["pixels"]
+    assert px["nodata"] == int((~valid).sum()) and px["valid"] == int(valid.sum())
+    assert px["cloud"] == int((mask == 1).sum())
+    assert stats["cloud_fraction"] == pytest.approx(px["cloud"] / px["valid"])
+
+
+def test_scene_without_nodata_is_all_valid(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("full.tif", width=W, height=H, nodata_kind="none")
+    process(scene, tmp_path / "out")
+    with rasterio.open(outputs(tmp_path / "out", "full")[0]) as ds:
+        assert (ds.read(1) != 255).all()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_dtypes_are_accepted_and_scaled(make_raster, tmp_path: Path, dtype: str) -> None:
+    """Each dtype runs, and its scaling is right: the mask agrees with the known opacity."""
+    scene = make_raster(
+        f"dt_{dtype}.tif", width=W, height=H, dtype=dtype, seed=3, cloud_cover=0.35, write_truth=True
+    )
+    stats = process(scene, tmp_path / "out")
+    assert stats["size"]["dtype"] == dtype
+    with rasterio.open(outputs(tmp_path / "out", scene.stem)[0]) as ds:
+        mask = ds.read(1)
+    with rasterio.open(syn.truth_path(scene)) as ds:
+        alpha = ds.read(1)
+    valid = np.isfinite(alpha)
+    thick, clear = valid & (alpha > 0.9), valid & (alpha < 0.02)
+    assert thick.sum() > 100 and clear.sum() > 100  # the scene holds both
+    assert (mask[thick] == 1).mean() > 0.9, "opaque cloud not detected: is the DN scaling right?"
+    assert (mask[clear] == 0).mean() > 0.9, "clear land called cloud: is the DN scaling right?"
+
+
+def test_outputs_are_tagged_cogs(make_raster, tmp_path: Path) -> None:
+    scene = make_raster("big.tif", width=1100, height=700)
+    stats = process(scene, tmp_path / "out")
+    for out in outputs(tmp_path / "out", "big")[:2]:
+        with rasterio.open(out) as ds:
+            assert ds.profile.get("tiled") and ds.compression is not None
+            assert ds.overviews(1), f"{out.name} has no overviews"
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            tags = ds.tags()
+            assert tags.get("GEOCLOUD_MODEL") == "spectral"
+            assert tags.get("GEOCLOUD_SENSOR") == "gf1_wfv"
+            assert float(tags["GEOCLOUD_THRESHOLD"]) == pytest.approx(stats["threshold"]["value"], rel=1e-5)
+            assert "GEOCLOUD_VERSION" in tags
