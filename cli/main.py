@@ -94,11 +94,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+from .catalog import catalog  # noqa: E402
 from .info import info  # noqa: E402
 from .process import process  # noqa: E402
 
 cli.add_command(process)
 cli.add_command(info)
+cli.add_command(catalog)
 
 
 def main() -> None:

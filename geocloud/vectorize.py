@@ -254,41 +254,48 @@ def _affine(geom: Any, transform: Any) -> Any:
     return shapely.transform(geom, fn)
 
 
-def to_wgs84(polys: CloudPolygons) -> list[Any]:
-    """The polygons in WGS84 lon/lat, valid, exterior rings counter-clockwise."""
-    if polys.crs is not None:
+def pixels_to_wgs84(geom: Any, crs: Any, transform: Any, rpcs: Any) -> Any:
+    """A pixel-space geometry (x = col, y = row) in WGS84 lon/lat, valid, exterior rings
+    counter-clockwise (RFC 7946).  Uses the CRS + transform, else the RPCs; raises
+    :class:`InputError` when there is neither."""
+    if crs is not None and not transform.is_identity:
         from pyproj import CRS, Transformer
 
-        tr = Transformer.from_crs(CRS.from_user_input(polys.crs.to_wkt()), "EPSG:4326", always_xy=True)
+        tr = Transformer.from_crs(CRS.from_user_input(crs.to_wkt()), "EPSG:4326", always_xy=True)
 
         def fn(xy: np.ndarray) -> np.ndarray:
-            x, y = tr.transform(xy[:, 0], xy[:, 1])
+            x, y = tr.transform(*_affine_xy(xy, transform))
             return np.column_stack([x, y])
 
-        src = polys.geometries
-    elif polys.rpcs is not None:
+    elif rpcs is not None:
         from rasterio.transform import RPCTransformer
 
-        rt = RPCTransformer(polys.rpcs)
+        rt = RPCTransformer(rpcs)
 
         def fn(xy: np.ndarray) -> np.ndarray:
             xs, ys = rt.xy(xy[:, 1], xy[:, 0], offset="ul")
             return np.column_stack([np.asarray(xs, float), np.asarray(ys, float)])
 
-        src = polys.pixel_geometries
     else:
         raise InputError(
             "the mask has no CRS and no RPCs, so its clouds cannot be placed on Earth; "
             "GeoJSON (RFC 7946) needs WGS84: write --products vector with gpkg only, or georeference the scene"
         )
-    out = []
-    for g in src:
-        w = shapely.transform(g, fn)
-        if not w.is_valid:
-            w = shapely.make_valid(w)
-        w = shapely.orient_polygons(w, exterior_cw=False)
-        out.append(w)
-    return out
+    w = shapely.transform(geom, fn)
+    if not w.is_valid:
+        w = shapely.make_valid(w)
+    return shapely.orient_polygons(w, exterior_cw=False)
+
+
+def _affine_xy(xy: np.ndarray, t: Any) -> tuple[np.ndarray, np.ndarray]:
+    x, y = xy[:, 0], xy[:, 1]
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+
+
+def to_wgs84(polys: CloudPolygons) -> list[Any]:
+    """The polygons in WGS84 lon/lat, valid, exterior rings counter-clockwise."""
+    crs = polys.crs
+    return [pixels_to_wgs84(g, crs, polys.transform, polys.rpcs) for g in polys.pixel_geometries]
 
 
 def _round_coords(obj: Any, nd: int) -> Any:

@@ -1,0 +1,127 @@
+"""``geocloud catalog``: a cloud-cover catalogue of many scenes, in parallel, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from geocloud.catalog import CATALOG_FORMATS, CatalogConfig, build_catalog
+from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
+from geocloud.errors import ConfigError
+from geocloud.products import PRODUCTS
+
+from .main import setup_logging
+from .options import model_options, scene_options
+from .process import parse_products
+
+_DEFAULTS = CatalogConfig()
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "-o",
+    "--output",
+    "catalog",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"Catalogue file: {', '.join('*' + s for s in CATALOG_FORMATS)} (gpkg footprints in WGS84).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    default=_DEFAULTS.workers,
+    show_default=True,
+    help="Worker processes of a local dask cluster (0: serial, in this process).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Use an existing dask scheduler (e.g. tcp://host:8786) instead of a local cluster.",
+)
+@click.option(
+    "--products",
+    default=",".join(_DEFAULTS.process.output.products),
+    show_default=True,
+    help=f"Per-scene products (mask is required): {', '.join(PRODUCTS)}.",
+)
+@click.option(
+    "--outputs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the per-scene products (default: <catalogue stem>_scenes beside it).",
+)
+@click.option(
+    "--hash",
+    "use_hash",
+    is_flag=True,
+    help="Judge 'unchanged' by SHA-256 instead of size + mtime when resuming.",
+)
+@click.option("--no-resume", is_flag=True, help="Reprocess every scene, ignoring the journal.")
+@click.option("--retry-errors", is_flag=True, help="Reprocess scenes whose previous row is an error.")
+@click.option(
+    "--thumb-size",
+    type=click.IntRange(16),
+    default=_DEFAULTS.thumb_size,
+    show_default=True,
+    help="Long side of the thumbnails in the HTML page (pixels).",
+)
+@click.option("--no-html", is_flag=True, help="Do not write <catalogue>.html.")
+@model_options
+@scene_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, errors only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+def catalog(inputs: tuple[str, ...], catalog: Path, workers: int, scheduler: str | None, products: str,
+            outputs: Path | None, use_hash: bool, no_resume: bool, retry_errors: bool, thumb_size: int,
+            no_html: bool, model: str, block_size: int, halo: int | None, feather: int, device: str,
+            batch_size: int, threshold: float | None, k: float | None, sensor: str | None, bands: str | None,
+            scale: float | None, offset: float, sun_elevation: float | None, quiet: bool, debug: bool) -> None:  # fmt: skip
+    """Catalogue the cloud cover of every scene under INPUT (files, folders, globs).
+
+    One row per scene (id, path, sensor, acquisition time, valid-data footprint, cloud %,
+    threshold, model, status, error...).  Finished rows go to <catalogue>.journal.jsonl at
+    once, so an interrupted run resumes where it stopped; a bad scene gives an error row.
+    Also writes <catalogue>.html with thumbnails and a cloud-cover histogram.
+    """
+    setup_logging(quiet, debug)
+    band_idx = None
+    if bands:
+        if not all(b.strip().isdigit() for b in bands.split(",")):
+            raise ConfigError(f"--bands {bands!r} is not a list of band numbers; pass e.g. --bands 1,2,3,4")
+        band_idx = tuple(int(b) for b in bands.split(","))
+    process = ProcessConfig(
+        model=model,
+        sensor=sensor,
+        bands=band_idx,
+        tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
+        inference=InferenceConfig(device=device, batch_size=batch_size),
+        threshold=ThresholdConfig(value=threshold, k=k),
+        output=OutputConfig(products=parse_products(products), overwrite=True),
+    )
+    kwargs = {"scale": scale, "offset": offset, "sun_elevation": sun_elevation}
+    cfg = CatalogConfig(
+        process=process, workers=workers, scheduler=scheduler, fingerprint="hash" if use_hash else "stat",
+        resume=not no_resume, retry_errors=retry_errors, outputs_dir=outputs, thumb_size=thumb_size,
+        html=not no_html, scene_kwargs=kwargs,
+    )  # fmt: skip
+    bar = (
+        None if quiet else tqdm(desc="catalogue", unit="scene", leave=False, dynamic_ncols=True, disable=None)
+    )
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        result = build_catalog(inputs, catalog, cfg, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        click.echo(json.dumps(result.as_dict()), err=True)
