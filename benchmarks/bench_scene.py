@@ -114,16 +114,25 @@ def io_floor(scene: Path, outdir: Path, products: tuple[str, ...], block: int = 
     t0 = time.perf_counter()
     with SceneReader(info, tuple(range(1, min(info.count, 4) + 1))) as reader:
         for r in range(0, info.height, block):
+            n = min(block, info.height - r)
+            # read the strip block by block (the engine's 512 blocks), write it as one strip
+            score = np.empty((n, info.width), dtype=np.float32)
             for c in range(0, info.width, block):
-                w = Window(c, r, min(block, info.width - c), min(block, info.height - r))
+                w = Window(c, r, min(block, info.width - c), n)
                 data, valid = reader.read(w)
                 # outputs that compress like real ones: a score from the blue band, a mask from it
-                score = np.where(valid, data[0].astype(np.float32) * np.float32(1 / 4096), np.float32(np.nan))
-                for name, sink in sinks.items():
-                    if layouts[name][0] == "uint8":
-                        sink.write(np.where(valid, (score > 0.25).astype(np.uint8), np.uint8(255))[None], w)
-                    else:
-                        sink.write(score[None], w)
+                score[:, c : c + w.width] = np.where(
+                    valid, data[0].astype(np.float32) * np.float32(1 / 4096), np.float32(np.nan)
+                )
+            for name, sink in sinks.items():
+                if layouts[name][0] == "uint8":
+                    out = np.where(np.isnan(score), np.uint8(255), (score > 0.25).astype(np.uint8))[None]
+                else:
+                    out = score[None]
+                if hasattr(sink, "write_rows"):  # strip-streaming sink (builds overviews on the way)
+                    sink.write_rows(out, r)
+                else:
+                    sink.write(out, Window(0, r, info.width, n))
     t_read = time.perf_counter() - t0
     for name, sink in sinks.items():
         sink.finalize({"GEOCLOUD_PRODUCT": name})
