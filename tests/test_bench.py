@@ -1,0 +1,31 @@
+"""Smoke test of benchmarks/bench_scene.py on a tiny scene (the real run is documented in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_scene", REPO / "benchmarks" / "bench_scene.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_scene_runs_end_to_end(tmp_path: Path, capsys) -> None:
+    bench = load_bench()
+    rc = bench.main(["--size", "300", "--cache-dir", str(tmp_path), "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    res = json.loads(out)
+    assert res["scene"]["size"] == 300
+    assert res["engine"]["mpx_s"] > 0 and res["engine"]["peak_rss_mb"] > 0
+    assert res["io_floor"]["wall_s"] > 0 and res["engine_over_floor"] > 0
+    assert set(res["targets"]) == {"mpx_s>=15", "rss<=1GB", "within_2x_floor"}
+    # the scene is cached, the outputs are cleaned up
+    assert list(tmp_path.glob("GF1_WFV1_bench_300_*.tif")) and not list(tmp_path.glob("out-*"))
