@@ -76,7 +76,7 @@ def histogram_svg(values: list[float], bins: int = 10, width: int = 420, height:
     top = max(counts) or 1
     pad_l, pad_b, pad_t = 30, 28, 10
     bw = (width - pad_l - 8) / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+    parts = [f'<svg width="{width}" height="{height}" role="img" '
              f'aria-label="histogram of cloud cover">']  # fmt: skip
     h_av = height - pad_b - pad_t
     for i, c in enumerate(counts):
@@ -120,7 +120,7 @@ def footprints_svg(rows: list[dict[str, Any]], width: int = 420, height: int = 2
     minx, miny, maxx, maxy = shapely.bounds(shapely.union_all([s[0] for s in shapes]))
     dx, dy = max(maxx - minx, 1e-9), max(maxy - miny, 1e-9)
     k = min((width - 20) / dx, (height - 20) / dy)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+    parts = [f'<svg width="{width}" height="{height}" role="img" '
              'aria-label="map of footprints"><rect width="100%" height="100%" fill="#eef2f6"/>']  # fmt: skip
     for g, pct, sid in shapes:
         a = 0.15 + 0.75 * ((pct or 0) / 100)
