@@ -25,10 +25,19 @@ def parse_products(text: str) -> tuple[str, ...]:
 
 @click.command()
 @click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output directory (created if needed).")
-@click.option("--products", default=",".join(OutputConfig.products), show_default=True,
-              help=f"Comma-separated products: {', '.join(PRODUCTS)}.")
+@click.option(
+    "-o",
+    "--outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory (created if needed).",
+)
+@click.option(
+    "--products",
+    default=",".join(OutputConfig.products),
+    show_default=True,
+    help=f"Comma-separated products: {', '.join(PRODUCTS)}.",
+)
 @model_options
 @scene_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
@@ -47,7 +56,9 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
     config = ProcessConfig(
         model=model,
         sensor=sensor,
-        bands=tuple(int(b) for b in bands.split(",")) if bands and all(b.strip().isdigit() for b in bands.split(",")) else None,
+        bands=tuple(int(b) for b in bands.split(","))
+        if bands and all(b.strip().isdigit() for b in bands.split(","))
+        else None,
         tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
         inference=InferenceConfig(device=device, batch_size=batch_size),
         threshold=ThresholdConfig(value=threshold, k=k),

@@ -20,8 +20,14 @@ class ProgressBar:
         if stage != self.stage:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=total, desc=f"{self.label}: {STAGES.get(stage, stage)}", unit="blk" if stage == "infer" else "step",
-                            leave=False, dynamic_ncols=True, disable=None)  # fmt: skip  (None: off when stderr is not a terminal)
+            self.bar = tqdm(
+                total=total,
+                desc=f"{self.label}: {STAGES.get(stage, stage)}",
+                unit="blk" if stage == "infer" else "step",
+                leave=False,
+                dynamic_ncols=True,
+                disable=None,
+            )  # fmt: skip  (None: off when stderr is not a terminal)
         assert self.bar is not None  # noqa: S101 - set just above
         self.bar.n = done
         self.bar.refresh()

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -20,14 +21,16 @@ from .models.base import CloudModel
 from .sensors import Radiometry
 from .tiling import Block, Tiling
 
-#: name of the internal map that carries pixel validity through the mosaic.
-VALID_MAP = "_valid"
-
 
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when a CUDA GPU is visible, else ``cpu``; checks explicit choices."""
     if name == "cpu":
         return "cpu"
+    import os
+    import sys
+
+    if name == "auto" and "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version"):
+        return "cpu"  # no NVIDIA driver: skip importing torch (seconds) just to learn that
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -39,7 +42,9 @@ def resolve_device(name: str) -> str:
         return "cuda" if has_cuda else "cpu"
     if name.startswith("cuda"):
         if not has_cuda:
-            raise ConfigError(f"--device {name} was asked for but no CUDA GPU is visible; pass --device cpu or auto")
+            raise ConfigError(
+                f"--device {name} was asked for but no CUDA GPU is visible; pass --device cpu or auto"
+            )
         return name
     raise ConfigError(f"device {name!r} is unknown; pass --device auto, cpu or cuda")
 
@@ -47,27 +52,42 @@ def resolve_device(name: str) -> str:
 @dataclass
 class BlockResult:
     block: Block
-    #: name -> (k, h, w) float32; includes VALID_MAP (1, h, w)
+    #: name -> (k, h, w) float32 views into the batch's output
     maps: dict[str, np.ndarray]
+    #: (h, w) bool: where the input has data
+    valid: np.ndarray
     block_prob: float | None
     #: how many valid pixel-band reflectances fell outside the physical range, and how many were checked
     out_of_range: int
     checked: int
 
 
-def _read(reader: SceneReader, radiometry: Radiometry, block: Block,
-          lo: float, hi: float) -> tuple[Block, np.ndarray, np.ndarray, int, int]:  # fmt: skip
-    dn, valid = reader.read(block.window)
-    x = radiometry.to_reflectance(dn)
+class _Batch:
+    """Preallocated arrays that the reader threads fill slot by slot."""
+
+    def __init__(self, blocks: list[Block], bands: int):
+        h, w = blocks[0].shape
+        self.blocks = blocks
+        self.x = np.empty((len(blocks), bands, h, w), dtype=np.float32)
+        self.valid = np.empty((len(blocks), h, w), dtype=bool)
+
+
+def _read_into(reader: SceneReader, radiometry: Radiometry, batch: _Batch, i: int,
+               lo: float, hi: float) -> tuple[int, int]:  # fmt: skip
+    """Read block ``i`` of ``batch`` as reflectance into its slot; return (out of range, checked)."""
+    dn, valid = reader.read(batch.blocks[i].window)
+    x = batch.x[i]
+    np.multiply(dn, np.asarray(radiometry.a, np.float32)[:, None, None], out=x, casting="unsafe")
+    x += np.asarray(radiometry.b, np.float32)[:, None, None]
+    batch.valid[i] = valid
+    if valid.all():
+        bad = int(np.count_nonzero((x < lo) | (x > hi)))
+        return bad, x.size
     x[:, ~valid] = 0.0
-    n_valid = int(valid.sum())
-    if n_valid:
-        sub = x[:, valid]
-        bad = int(np.count_nonzero((sub < lo) | (sub > hi)))
-        checked = sub.size
-    else:
-        bad = checked = 0
-    return block, x, valid, bad, checked
+    if not valid.any():
+        return 0, 0
+    sub = x[:, valid]
+    return int(np.count_nonzero((sub < lo) | (sub > hi))), sub.size
 
 
 def predict_blocks(
@@ -80,36 +100,43 @@ def predict_blocks(
     readers: int = 2,
     reflectance_range: tuple[float, float] = (-0.05, 1.6),
 ) -> Iterator[BlockResult]:
-    """Yield every block's model maps, in row-major order."""
+    """Yield every block's model maps, in row-major order.
+
+    Reads run ahead by up to two batches on ``readers`` threads, each writing its block
+    straight into the batch array the model will see.
+    """
     lo, hi = reflectance_range
     blocks = iter(tiling)
-    lookahead = max(2 * batch_size, readers + batch_size)
-    pending: deque[Future[tuple[Block, np.ndarray, np.ndarray, int, int]]] = deque()
+    bands = len(radiometry.indexes)
+    pending: deque[tuple[_Batch, list[Future[tuple[int, int]]]]] = deque()
     with ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="geocloud-read") as pool:
 
         def refill() -> None:
-            while len(pending) < lookahead:
-                b = next(blocks, None)
-                if b is None:
+            while len(pending) < 2:
+                chunk = list(islice(blocks, batch_size))
+                if not chunk:
                     return
-                pending.append(pool.submit(_read, reader, radiometry, b, lo, hi))
+                batch = _Batch(chunk, bands)
+                futures = [
+                    pool.submit(_read_into, reader, radiometry, batch, i, lo, hi) for i in range(len(chunk))
+                ]
+                pending.append((batch, futures))
 
         refill()
         while pending:
-            batch = []
-            while pending and len(batch) < batch_size:
-                batch.append(pending.popleft().result())
-                refill()
-            x = np.stack([b[1] for b in batch])
-            valid = np.stack([b[2] for b in batch])
-            if not valid.any():
-                pred_maps = {k: np.zeros((len(batch), n) + x.shape[2:], np.float32) for k, n in model.spec.outputs.items()}
+            batch, futures = pending.popleft()
+            counts = [f.result() for f in futures]
+            refill()
+            if not batch.valid.any():
+                n = len(batch.blocks)
+                pred_maps = {
+                    k: np.zeros((n, c) + batch.x.shape[2:], np.float32) for k, c in model.spec.outputs.items()
+                }
                 block_prob = None
             else:
-                pred = model.predict(x, valid)
+                pred = model.predict(batch.x, batch.valid)
                 pred_maps, block_prob = pred.maps, pred.block_prob
-            for i, (block, _, v, bad, checked) in enumerate(batch):
-                maps = {k: np.asarray(m[i], dtype=np.float32) for k, m in pred_maps.items()}
-                maps[VALID_MAP] = v[None].astype(np.float32)
+            for i, block in enumerate(batch.blocks):
+                maps = {k: m[i] for k, m in pred_maps.items()}
                 prob = None if block_prob is None else float(block_prob[i])
-                yield BlockResult(block, maps, prob, bad, checked)
+                yield BlockResult(block, maps, batch.valid[i], prob, *counts[i])

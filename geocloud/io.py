@@ -134,7 +134,9 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
             f"{str(p)!r} cannot be read ({msg}); the file is probably truncated or corrupt: re-download or re-export it"
         ) from None
     if len(dtypes) > 1:
-        raise InputError(f"scene {str(p)!r} mixes band dtypes {sorted(dtypes)}; convert it to one dtype (gdal_translate -ot)")
+        raise InputError(
+            f"scene {str(p)!r} mixes band dtypes {sorted(dtypes)}; convert it to one dtype (gdal_translate -ot)"
+        )
     if info.dtype not in SUPPORTED_DTYPES:
         raise InputError(
             f"scene dtype {info.dtype} is not supported; convert it to one of {', '.join(SUPPORTED_DTYPES)} "
@@ -282,11 +284,74 @@ def atomic_write_text(final: Path, text: str) -> None:
             tmp.unlink()
 
 
-class RasterSink:
-    """Stream windows into a temporary GeoTIFF; :meth:`finalize` makes the COG.
+def _halve(a: np.ndarray, resampling: str) -> np.ndarray:
+    """2x reduction of (k, h, w) with h even: mean of 2x2 (NaN if any is NaN) or nearest."""
+    if a.shape[2] % 2:
+        a = np.concatenate([a, a[:, :, -1:]], axis=2)
+    if resampling == "nearest":
+        return a[:, ::2, ::2].copy()
+    out = a[:, 0::2, 0::2].astype(np.float32)
+    out += a[:, 1::2, 0::2]
+    out += a[:, 0::2, 1::2]
+    out += a[:, 1::2, 1::2]
+    out *= np.float32(0.25)
+    return out.astype(a.dtype, copy=False)
 
-    ``workdir`` holds the intermediate file (it must be on the same file system as
-    ``final`` for the final rename to be atomic; the pipeline uses a hidden folder in the
+
+class _Level:
+    """One streamed raster (full resolution or an overview level) and the next level down."""
+
+    def __init__(self, path: Path, width: int, height: int, spec: RasterSpec, min_size: int):
+        self.path, self.width, self.height = path, width, height
+        self.row = 0
+        self.carry: np.ndarray | None = None
+        profile: dict[str, Any] = {
+            "driver": "GTiff", "width": width, "height": height, "count": spec.count,
+            "dtype": spec.dtype, "nodata": spec.nodata, "tiled": True, "blockxsize": 512,
+            "blockysize": 512, "compress": "NONE", "BIGTIFF": "IF_SAFER", "SPARSE_OK": "TRUE",
+        }  # fmt: skip
+        self.ds = rasterio.open(path, "w+", **profile)
+        self.spec = spec
+        self.next: _Level | None = None
+        if max(width, height) > min_size:
+            w2, h2 = -(-width // 2), -(-height // 2)
+            self.next = _Level(path.with_suffix(f".{w2}.tif"), w2, h2, spec, min_size)
+
+    def push(self, a: np.ndarray) -> None:
+        """Append rows (k, n, width) below what was written."""
+        self.ds.write(
+            a.astype(self.spec.dtype, copy=False), window=Window(0, self.row, self.width, a.shape[1])
+        )
+        self.row += a.shape[1]
+        if self.next is None:
+            return
+        if self.carry is not None:
+            a = np.concatenate([self.carry, a], axis=1)
+            self.carry = None
+        if self.row == self.height and a.shape[1] % 2:
+            a = np.concatenate([a, a[:, -1:]], axis=1)  # odd last row: pair it with itself
+        even = a.shape[1] - a.shape[1] % 2
+        if a.shape[1] > even:
+            self.carry = a[:, even:].copy()
+        if even:
+            self.next.push(_halve(a[:, :even], self.spec.resampling))
+
+    def levels(self) -> list[_Level]:
+        return [self] + (self.next.levels() if self.next else [])
+
+    def close(self) -> None:
+        for lv in self.levels():
+            if not lv.ds.closed:
+                lv.ds.close()
+
+
+class RasterSink:
+    """Stream full-width strips of rows into a temporary GeoTIFF, building its overview
+    pyramid on the way (2x2 mean, or nearest for classes); :meth:`finalize` assembles the
+    COG from them without recomputing anything.
+
+    ``workdir`` holds the intermediate files; it must be on the same file system as
+    ``final`` for the final rename to be atomic (the pipeline uses a hidden folder in the
     output directory).
     """
 
@@ -297,73 +362,103 @@ class RasterSink:
         self.compress = compress
         self.blocksize = blocksize
         self.tmp = workdir / (final.stem + ".stream.tif")
-        profile: dict[str, Any] = {
-            "driver": "GTiff", "width": spec.width, "height": spec.height, "count": spec.count,
-            "dtype": spec.dtype, "nodata": spec.nodata, "tiled": True, "blockxsize": 512,
-            "blockysize": 512, "compress": "NONE", "BIGTIFF": "IF_SAFER", "SPARSE_OK": "TRUE",
-        }  # fmt: skip
-        if spec.crs is not None:
-            profile["crs"] = spec.crs
-        if spec.transform != Affine.identity() or spec.crs is not None:
-            profile["transform"] = spec.transform
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self._ds = rasterio.open(self.tmp, "w+", **profile)
-        if spec.rpcs is not None:
-            self._ds.rpcs = spec.rpcs
-        for i, d in enumerate(spec.descriptions, start=1):
-            self._ds.set_band_description(i, d)
+        self._top = _Level(self.tmp, spec.width, spec.height, spec, blocksize)
         self._lock = threading.Lock()
 
-    def write(self, array: np.ndarray, window: Window) -> None:
+    def write_rows(self, array: np.ndarray, row0: int) -> None:
+        """Write rows ``row0..`` (k, n, width); strips must come in order, top to bottom."""
         with self._lock:
-            self._ds.write(array.astype(self.spec.dtype, copy=False), window=window)
+            if row0 != self._top.row:
+                raise ValueError(f"strip at row {row0} out of order (expected row {self._top.row})")
+            self._top.push(array)
 
     def read(self, window: Window) -> np.ndarray:
         """Read back what was written (used by the second pass)."""
         with self._lock:
-            return self._ds.read(window=window)
+            return self._top.ds.read(window=window)
 
     def close(self) -> None:
-        if not self._ds.closed:
-            self._ds.close()
+        self._top.close()
+
+    def _vrt(self, tags: Mapping[str, str]) -> str:
+        from xml.sax.saxutils import escape
+
+        spec = self.spec
+        gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}[spec.dtype]
+        parts = [f'<VRTDataset rasterXSize="{spec.width}" rasterYSize="{spec.height}">']
+        if spec.crs is not None:
+            parts.append(f"<SRS>{escape(spec.crs.to_wkt())}</SRS>")
+        if spec.crs is not None or spec.transform != Affine.identity():
+            parts.append(
+                f"<GeoTransform>{', '.join(repr(v) for v in spec.transform.to_gdal())}</GeoTransform>"
+            )
+        md = "".join(f'<MDI key="{escape(k)}">{escape(str(v))}</MDI>' for k, v in tags.items())
+        parts.append(f"<Metadata>{md}</Metadata>")
+        if spec.rpcs is not None:
+            rpc = "".join(f'<MDI key="{k}">{escape(str(v))}</MDI>' for k, v in spec.rpcs.to_gdal().items())
+            parts.append(f'<Metadata domain="RPC">{rpc}</Metadata>')
+        nodata = ""
+        if spec.nodata is not None:
+            nodata = f"<NoDataValue>{'nan' if isinstance(spec.nodata, float) and np.isnan(spec.nodata) else spec.nodata}</NoDataValue>"
+        levels = self._top.levels()
+        for b in range(1, spec.count + 1):
+            desc = spec.descriptions[b - 1] if b <= len(spec.descriptions) else ""
+            ovr = "".join(
+                f'<Overview><SourceFilename relativeToVRT="0">{escape(str(lv.path))}</SourceFilename>'
+                f"<SourceBand>{b}</SourceBand></Overview>"
+                for lv in levels[1:]
+            )
+            parts.append(
+                f'<VRTRasterBand dataType="{gdal_type}" band="{b}"><Description>{escape(desc)}</Description>{nodata}'
+                f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(self.tmp))}</SourceFilename>'
+                f"<SourceBand>{b}</SourceBand></SimpleSource>{ovr}</VRTRasterBand>"
+            )
+        parts.append("</VRTDataset>")
+        return "".join(parts)
 
     def finalize(self, tags: Mapping[str, str], dest: Path | None = None) -> Path:
-        """Turn the streamed file into a COG.
+        """Assemble the COG (tiled, compressed, with the streamed overviews).
 
         With ``dest`` the COG is written there (the caller renames it into place later);
         without, it goes to a temporary name beside ``final`` and is renamed to ``final``.
         """
         from rasterio.shutil import copy as rio_copy
 
-        if not self._ds.closed:
-            self._ds.update_tags(**{k: str(v) for k, v in tags.items()})
-            self._ds.close()
+        self.close()
+        if self._top.row != self.spec.height:
+            raise ValueError(
+                f"{self.final.name}: only {self._top.row} of {self.spec.height} rows were written"
+            )
+        vrt = self.tmp.with_suffix(".vrt")
+        vrt.write_text(self._vrt(tags))
         out_tmp = dest if dest is not None else partial_name(self.final)
         opts: dict[str, Any] = {
             "COMPRESS": self.compress, "BLOCKSIZE": self.blocksize, "BIGTIFF": "IF_SAFER",
-            "OVERVIEW_RESAMPLING": self.spec.resampling.upper(), "NUM_THREADS": "ALL_CPUS",
+            "OVERVIEWS": "FORCE_USE_EXISTING", "NUM_THREADS": "ALL_CPUS",
         }  # fmt: skip
-        if self.compress in ("ZSTD", "DEFLATE", "LZW"):
+        if self.compress == "ZSTD":
+            opts["LEVEL"] = 1
+        if self.compress in ("ZSTD", "DEFLATE", "LZW") and self.spec.dtype != "float32":
             opts["PREDICTOR"] = "YES"
-            if self.compress == "ZSTD":
-                opts["LEVEL"] = 1
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                rio_copy(self.tmp, out_tmp, driver="COG", **opts)
+                rio_copy(vrt, out_tmp, driver="COG", **opts)
             if dest is None:
                 os.replace(out_tmp, self.final)
         except (OSError, RasterioIOError) as exc:
             if out_tmp.exists():
                 out_tmp.unlink()
-            raise OutputError(f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions") from None
+            raise OutputError(
+                f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions"
+            ) from None
         finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
+            self.discard()
+            vrt.unlink(missing_ok=True)
         return out_tmp if dest is not None else self.final
 
     def discard(self) -> None:
+        """Close and delete the intermediate files."""
         self.close()
-        if self.tmp.exists():
-            self.tmp.unlink()
+        for lv in self._top.levels():
+            lv.path.unlink(missing_ok=True)

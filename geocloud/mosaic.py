@@ -29,6 +29,7 @@ class Strip:
     row0: int
     row1: int
     maps: dict[str, np.ndarray]  # name -> (k, rows, width) float32
+    valid: np.ndarray  # (rows, width) bool
 
 
 class StripAccumulator:
@@ -42,6 +43,8 @@ class StripAccumulator:
         self.top = 0  # scene row of accumulator row 0
         self.sums = {k: np.zeros((n, self.rows, width), dtype=np.float32) for k, n in channels.items()}
         self.weight = np.zeros((self.rows, width), dtype=np.float32)
+        # validity comes from the input, the same in every block: assigned, not blended
+        self.valid = np.zeros((self.rows, width), dtype=bool)
 
     def _flush(self, upto: int) -> Strip | None:
         upto = min(upto, self.height)
@@ -49,29 +52,31 @@ class StripAccumulator:
         if n <= 0:
             return None
         w = self.weight[:n]
-        has = w > 0
+        valid = self.valid[:n].copy()
         out: dict[str, np.ndarray] = {}
         for k, s in self.sums.items():
-            v = np.empty_like(s[:, :n])
-            # division (not multiplication by 1/w) keeps exact values exact
-            np.divide(s[:, :n], w, out=v, where=has)
-            v[:, ~has] = np.nan
+            # every scene pixel has positive weight (tiling guarantees it); division, not
+            # multiplication by 1/w, keeps exact values exact
+            v = np.divide(s[:, :n], w)
+            v[:, ~valid] = np.nan
             out[k] = v
-        strip = Strip(self.top, upto, out)
+        strip = Strip(self.top, upto, out, valid)
         # slide the strip down
         keep = self.rows - n
         if keep > 0:
             self.weight[:keep] = self.weight[n:]
+            self.valid[:keep] = self.valid[n:]
             for s in self.sums.values():
                 s[:, :keep] = s[:, n:]
         self.weight[keep:] = 0
+        self.valid[keep:] = False
         for s in self.sums.values():
             s[:, keep:] = 0
         self.top = upto
         return strip
 
-    def add(self, block: Block, maps: dict[str, np.ndarray]) -> Iterator[Strip]:
-        """Add one block's maps ((k, h, w) each); yield the strips this makes final."""
+    def add(self, block: Block, maps: dict[str, np.ndarray], valid: np.ndarray) -> Iterator[Strip]:
+        """Add one block's maps ((k, h, w) each) and validity (h, w); yield the strips this makes final."""
         r0, c0 = int(block.window.row_off), int(block.window.col_off)
         h, w = block.shape
         if r0 > self.top:
@@ -85,10 +90,25 @@ class StripAccumulator:
         if bh <= 0 or bw <= 0:
             return
         a0 = r0 - self.top
-        weights = block.weights()[:bh, :bw]
-        self.weight[a0 : a0 + bh, c0:cc1] += weights
+        wr, wc = block.weight_rows[:bh], block.weight_cols[:bw]
+        self.weight[a0 : a0 + bh, c0:cc1] += np.outer(wr, wc)
+        self.valid[a0 : a0 + bh, c0:cc1] = valid[:bh, :bw]
+        # the inner rectangle where the weight is exactly 1 is added without multiplying
+        ones_r, ones_c = np.flatnonzero(wr == 1), np.flatnonzero(wc == 1)
+        if len(ones_r) and len(ones_c):
+            i0, i1, j0, j1 = ones_r[0], ones_r[-1] + 1, ones_c[0], ones_c[-1] + 1
+        else:
+            i0 = i1 = j0 = j1 = 0
+        frame = [(0, i0, 0, bw), (i1, bh, 0, bw), (i0, i1, 0, j0), (i0, i1, j1, bw)]
         for k, s in self.sums.items():
-            s[:, a0 : a0 + bh, c0:cc1] += maps[k][:, :bh, :bw] * weights
+            m = maps[k]
+            if i1 > i0 and j1 > j0:
+                s[:, a0 + i0 : a0 + i1, c0 + j0 : c0 + j1] += m[:, i0:i1, j0:j1]
+            for y0, y1, x0, x1 in frame:
+                if y1 > y0 and x1 > x0:
+                    s[:, a0 + y0 : a0 + y1, c0 + x0 : c0 + x1] += m[:, y0:y1, x0:x1] * np.outer(
+                        wr[y0:y1], wc[x0:x1]
+                    )
 
     def finish(self) -> Iterator[Strip]:
         """Flush what is left once every block has been added."""

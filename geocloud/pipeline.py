@@ -30,11 +30,11 @@ from rasterio.windows import Window
 from ._version import __version__
 from .config import ProcessConfig
 from .errors import ConfigError, InputError, OutputError
-from .inference import VALID_MAP, predict_blocks, resolve_device
+from .inference import predict_blocks, resolve_device
 from .io import RasterSink, RasterSpec, SceneInfo, SceneReader, check_writable_dir, open_scene, partial_name
 from .models import build_model
 from .models.base import CloudModel
-from .mosaic import StripAccumulator
+from .mosaic import Strip, StripAccumulator
 from .products import FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
 from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: progress(stage, done, total); stages: "infer", "classify", "write".
 ProgressCallback = Callable[[str, int, int], None]
+
+#: GDAL block cache (MB) unless the user sets GDAL_CACHEMAX: GDAL's default (5% of RAM)
+#: would let the cache alone outgrow the memory budget on large machines.
+GDAL_CACHE_MB = 256
 
 #: rows per window in the second pass.
 PASS2_ROWS = 512
@@ -152,6 +156,10 @@ def process_scene(
     model); otherwise ``config.model`` is loaded on ``config.inference.device``.
     """
     t_start = time.perf_counter()
+    if "GDAL_CACHEMAX" not in os.environ:
+        from rasterio.env import set_gdal_config
+
+        set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB * 1024 * 1024)
     config = config or ProcessConfig()
     config.validate()
     warnings_out: list[str] = []
@@ -175,7 +183,9 @@ def process_scene(
         for paths in wanted.values():
             for p in paths:
                 if p.exists():
-                    raise OutputError(f"output {str(p)!r} already exists; pass --overwrite to replace it, or another -o")
+                    raise OutputError(
+                        f"output {str(p)!r} already exists; pass --overwrite to replace it, or another -o"
+                    )
 
     raster_products, file_products, needed_maps = plan_products(config.output.products)
     device = resolve_device(config.inference.device)
@@ -188,7 +198,9 @@ def process_scene(
             f"model {spec.name!r} does not produce {sorted(missing)}; choose other --products or another --model"
         )
     if tuple(spec.bands[:4]) != ("blue", "green", "red", "nir"):
-        raise ConfigError(f"model {spec.name!r} expects bands {spec.bands}; geocloud feeds blue, green, red, nir")
+        raise ConfigError(
+            f"model {spec.name!r} expects bands {spec.bands}; geocloud feeds blue, green, red, nir"
+        )
     halo = spec.halo if config.tiling.halo is None else config.tiling.halo
     if halo < spec.halo:
         raise ConfigError(
@@ -222,50 +234,55 @@ def process_scene(
             if rp:
                 sinks[rp.name] = map_sinks[name]
 
-        acc = StripAccumulator(info.width, info.height, tiling.block_shape[0], {**map_channels, VALID_MAP: 1})
+        acc = StripAccumulator(info.width, info.height, tiling.block_shape[0], map_channels)
         score_stats = ScoreStats(info.height, info.width, cloudy_above=spec.default_threshold)
-        out_of_range = checked = 0
+        out_of_range = checked = valid_seen = 0
         block_probs: list[float] = []
         writer = _Writer()
         n_blocks = len(tiling)
 
-        def handle(strip_row0: int, strip_row1: int, maps: dict[str, np.ndarray]) -> None:
-            valid = maps.pop(VALID_MAP)[0] > 0.5
-            for m in maps.values():
-                m[:, ~valid] = np.nan
+        def handle(strip: Strip) -> None:
+            nonlocal valid_seen
+            valid_seen += int(np.count_nonzero(strip.valid))
+            maps, strip_row0 = strip.maps, strip.row0
             score_stats.update(strip_row0, maps["score"][0])
-            window = Window(0, strip_row0, info.width, strip_row1 - strip_row0)
 
             def job() -> None:
                 for name, m in maps.items():
-                    map_sinks[name].write(m, window)
+                    map_sinks[name].write_rows(m, strip_row0)
 
             writer.put(job)
 
         t0 = time.perf_counter()
         try:
             for done, res in enumerate(
-                predict_blocks(reader, radiometry, tiling, model, batch_size=config.inference.batch_size,
-                               readers=config.inference.readers, reflectance_range=REFLECTANCE_RANGE),  # fmt: skip
+                predict_blocks(
+                    reader,
+                    radiometry,
+                    tiling,
+                    model,
+                    batch_size=config.inference.batch_size,
+                    readers=config.inference.readers,
+                    reflectance_range=REFLECTANCE_RANGE,
+                ),  # fmt: skip
                 start=1,
             ):
                 out_of_range += res.out_of_range
                 checked += res.checked
                 if res.block_prob is not None:
                     block_probs.append(res.block_prob)
-                for strip in acc.add(res.block, res.maps):
-                    handle(strip.row0, strip.row1, strip.maps)
+                for strip in acc.add(res.block, res.maps, res.valid):
+                    handle(strip)
                 if progress:
                     progress("infer", done, n_blocks)
             for strip in acc.finish():
-                handle(strip.row0, strip.row1, strip.maps)
+                handle(strip)
         finally:
             writer.close()
         del acc
         timings["read_infer_mosaic"] = time.perf_counter() - t0
 
-        valid_pixels = score_stats.valid_pixels
-        if valid_pixels == 0:
+        if valid_seen == 0:
             raise InputError(
                 f"scene {info.path.name} is entirely nodata (nodata={info.nodata}); "
                 "check the nodata value (gdal_edit.py -a_nodata) or pass another scene"
@@ -299,7 +316,7 @@ def process_scene(
             counts += np.bincount(mask.ravel(), minlength=256)
             ctx = WindowContext(window, maps, valid, threshold, mask, info, radiometry, reader)
             for p, compute in pass2:
-                sinks[p.name].write(compute(ctx), window)
+                sinks[p.name].write_rows(compute(ctx), row0)
             if progress:
                 progress("classify", i, n_windows)
         timings["classify"] = time.perf_counter() - t0
@@ -351,14 +368,20 @@ def process_scene(
             "cloud_fraction": (counts[CLOUD] / valid_n) if valid_n else None,
             "threshold": threshold.as_dict(),
             "block_prob_mean": float(np.mean(block_probs)) if block_probs else None,
-            "tiling": {"block_size": tiling.block_shape[0], "halo": halo, "feather": tiling.feather,
-                       "blocks": n_blocks},  # fmt: skip
+            "tiling": {
+                "block_size": tiling.block_shape[0],
+                "halo": halo,
+                "feather": tiling.feather,
+                "blocks": n_blocks,
+            },  # fmt: skip
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "throughput_mpx_s": round(info.pixels / 1e6 / timings["total"], 3) if timings["total"] else None,
             "warnings": warnings_out,
             "outputs": {name: [p.name for p in paths] for name, paths in wanted.items()},
         }
-        stats["cloud_fraction"] = float(stats["cloud_fraction"]) if stats["cloud_fraction"] is not None else None
+        stats["cloud_fraction"] = (
+            float(stats["cloud_fraction"]) if stats["cloud_fraction"] is not None else None
+        )
 
         # ---- file products (each writes to temporary paths)
         fctx = FileContext(info, stem, outdir, raster_done, stats)
@@ -416,4 +439,12 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
     }
 
 
-__all__ = ["load_model_for", "plan_products", "ProgressCallback", "SceneResult", "describe_scene", "output_paths", "process_scene"]
+__all__ = [
+    "load_model_for",
+    "plan_products",
+    "ProgressCallback",
+    "SceneResult",
+    "describe_scene",
+    "output_paths",
+    "process_scene",
+]

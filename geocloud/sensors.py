@@ -228,7 +228,9 @@ def parse_bands(text: str, count: int) -> tuple[int, ...]:
         )
     bad = [i for i in idx if not 1 <= i <= count]
     if bad:
-        raise InputError(f"--bands {text!r}: band {bad[0]} does not exist in a {count}-band file; pass numbers 1..{count}")
+        raise InputError(
+            f"--bands {text!r}: band {bad[0]} does not exist in a {count}-band file; pass numbers 1..{count}"
+        )
     return idx
 
 
@@ -302,14 +304,18 @@ def resolve_radiometry(
 
     if scale is not None:
         if scale <= 0:
-            raise SensorError(f"--scale {scale} must be positive, e.g. --scale 0.0001 for reflectance x 10000")
+            raise SensorError(
+                f"--scale {scale} must be positive, e.g. --scale 0.0001 for reflectance x 10000"
+            )
         n = len(indexes)
         return Radiometry(profile.name, indexes, (scale,) * n, (offset,) * n, "--scale/--offset", sun_el)
     if any(s != 1.0 for s in sel_scales) or any(o != 0.0 for o in sel_offsets):
         return Radiometry(profile.name, indexes, sel_scales, sel_offsets, "GDAL band scale/offset", sun_el)
     if dtype.startswith("float"):
         n = len(indexes)
-        return Radiometry(profile.name, indexes, (1.0,) * n, (0.0,) * n, "float input taken as reflectance", sun_el)
+        return Radiometry(
+            profile.name, indexes, (1.0,) * n, (0.0,) * n, "float input taken as reflectance", sun_el
+        )
 
     gains = getattr(vendor, "gains", None) if vendor is not None else None
     esun = getattr(vendor, "esun", None) if vendor is not None else None

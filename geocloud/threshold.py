@@ -53,39 +53,57 @@ class ThresholdResult:
 
 
 class ScoreStats:
-    """Per-cell running statistics of the mosaicked score."""
+    """Per-cell running statistics of the mosaicked score.
+
+    Only pixels at even scene rows and columns are counted (a fixed 1-in-4 sample, the same
+    whatever the block size), which keeps the statistics cheap on 100+ megapixel scenes.
+    """
 
     def __init__(self, height: int, width: int, cloudy_above: float, cell: int = CELL_SIZE):
         self.cell = cell
         self.ncols = -(-width // cell)
         self.nrows = -(-height // cell)
         n = self.nrows * self.ncols
-        self.cloudy_above = cloudy_above
+        self.cloudy_above = np.float32(cloudy_above)
         self.count = np.zeros(n, dtype=np.int64)
         self.total = np.zeros(n, dtype=np.float64)
         self.total_sq = np.zeros(n, dtype=np.float64)
         self.above = np.zeros(n, dtype=np.int64)
-        self.cell_cols = (np.arange(width) // cell).astype(np.int64)
+        # sampled columns 0, 2, 4...: where each cell starts among them
+        self.col_edges = np.arange(0, width, cell) // 2
 
     def update(self, row0: int, score: np.ndarray) -> None:
         """Add full-width rows ``row0..`` of the score (NaN = nodata)."""
-        rows = np.arange(row0, row0 + score.shape[0]) // self.cell
-        ids = rows[:, None] * self.ncols + self.cell_cols[None, :]
-        ok = np.isfinite(score)
-        ids_v = ids[ok]
-        s = score[ok].astype(np.float64)
-        n = len(self.count)
-        self.count += np.bincount(ids_v, minlength=n)
-        self.total += np.bincount(ids_v, weights=s, minlength=n)
-        self.total_sq += np.bincount(ids_v, weights=s * s, minlength=n)
-        self.above += np.bincount(ids_v[s > self.cloudy_above], minlength=n)
+        first = row0 % 2
+        sub = score[first::2, ::2]
+        if sub.size == 0:
+            return
+        rows = np.arange(row0 + first, row0 + score.shape[0], 2) // self.cell
+        ok = np.isfinite(sub)
+        s = np.where(ok, sub, np.float32(0))
+        per_row = [
+            np.add.reduceat(a, self.col_edges, axis=1, dtype=dt)
+            for a, dt in (
+                (ok, np.int64),
+                (s, np.float64),
+                (s * s, np.float64),
+                (s > self.cloudy_above, np.int64),
+            )
+        ]
+        # rows of the strip that fall in the same row of cells are summed together
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        for acc, a in zip((self.count, self.total, self.total_sq, self.above), per_row, strict=True):
+            grouped = np.add.reduceat(a, starts, axis=0)
+            for g, r in enumerate(rows[starts]):
+                acc[r * self.ncols : (r + 1) * self.ncols] += grouped[g]
 
     @property
     def valid_pixels(self) -> int:
+        """Valid pixels in the sample (about a quarter of the scene's)."""
         return int(self.count.sum())
 
     def clear_cells(self) -> np.ndarray:
-        full = self.cell * self.cell
+        full = (self.cell // 2) ** 2
         frac = np.divide(self.above, self.count, out=np.ones(len(self.count)), where=self.count > 0)
         return (self.count >= full // 2) & (frac < CLEAR_CELL_MAX_CLOUDY)
 
@@ -104,7 +122,9 @@ def _statistical(stats: ScoreStats, spec: ModelSpec, cfg: ThresholdConfig) -> Th
     else:
         mu, sigma = spec.clear_mu, spec.clear_sigma
         method = "statistical: mu + k*sigma from the model's training statistics (too few clear-sky cells)"
-    value = float(np.clip(mu + k * sigma, CLAMP_LOW * spec.default_threshold, CLAMP_HIGH * spec.default_threshold))
+    value = float(
+        np.clip(mu + k * sigma, CLAMP_LOW * spec.default_threshold, CLAMP_HIGH * spec.default_threshold)
+    )
     return ThresholdResult(value, method, float(mu), float(sigma), float(k), n_clear, cells)
 
 

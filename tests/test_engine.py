@@ -17,10 +17,21 @@ from geocloud.pipeline import process_scene
 from geocloud.products import PRODUCTS, RasterLayout, RasterProduct
 
 
-def write_scene(path, data, *, nodata=0, crs="EPSG:32650", transform=None, descriptions=("blue", "green", "red", "nir")):
+def write_scene(
+    path, data, *, nodata=0, crs="EPSG:32650", transform=None, descriptions=("blue", "green", "red", "nir")
+):
     count, h, w = data.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype, nodata=nodata,
-                   tiled=True, blockxsize=128, blockysize=128)
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=count,
+        dtype=data.dtype,
+        nodata=nodata,
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+    )
     if crs:
         profile.update(crs=CRS.from_string(crs), transform=transform or from_origin(500000, 4000000, 16, 16))
     with rasterio.open(path, "w", **profile) as ds:
@@ -43,8 +54,13 @@ class IdentityModel(CloudModel):
     """Returns its input bands (and a dummy score): the mosaic must give them back exactly."""
 
     def __init__(self, halo=0, multiple=1):
-        self.spec = ModelSpec(name="identity", halo=halo, block_multiple=multiple,
-                              outputs={"score": 1, "bands": 4}, default_threshold=0.5)
+        self.spec = ModelSpec(
+            name="identity",
+            halo=halo,
+            block_multiple=multiple,
+            outputs={"score": 1, "bands": 4},
+            default_threshold=0.5,
+        )
 
     def predict(self, x, valid):
         return Prediction({"score": np.zeros_like(x[:, :1]), "bands": x.copy()})
@@ -54,8 +70,9 @@ class BoxModel(CloudModel):
     """A local model with context: 9x9 mean of the normalised blue band (zero padded) -> score."""
 
     def __init__(self):
-        self.spec = ModelSpec(name="box", halo=4, outputs={"score": 1}, default_threshold=0.5,
-                              clear_mu=0.1, clear_sigma=0.1)
+        self.spec = ModelSpec(
+            name="box", halo=4, outputs={"score": 1}, default_threshold=0.5, clear_mu=0.1, clear_sigma=0.1
+        )
 
     def predict(self, x, valid):
         s = np.stack([ndimage.uniform_filter(b[0] / 2500.0, size=9, mode="constant") for b in x])
@@ -66,26 +83,39 @@ class PoolModel(CloudModel):
     """Works at 1/4 resolution (4x4 mean, nearest upsampling): needs block origins aligned to 4."""
 
     def __init__(self):
-        self.spec = ModelSpec(name="pool", halo=0, block_multiple=4, outputs={"score": 1}, default_threshold=0.5)
+        self.spec = ModelSpec(
+            name="pool", halo=0, block_multiple=4, outputs={"score": 1}, default_threshold=0.5
+        )
 
     def predict(self, x, valid):
         b, c, h, w = x.shape
         low = x[:, 0].reshape(b, h // 4, 4, w // 4, 4).mean(axis=(2, 4)) / 2500.0
-        return Prediction({"score": np.clip(np.repeat(np.repeat(low, 4, 1), 4, 2), 0, 1)[:, None].astype(np.float32)})
+        return Prediction(
+            {"score": np.clip(np.repeat(np.repeat(low, 4, 1), 4, 2), 0, 1)[:, None].astype(np.float32)}
+        )
 
 
 @pytest.fixture
 def bands_product(monkeypatch):
     """Register a product that writes the identity model's 'bands' map."""
-    prod = RasterProduct("bands", "_bands.tif", "test: the model's input bands", ("bands",),
-                         lambda info, outs: RasterLayout(4, "float32", float("nan")), from_map="bands")
+    prod = RasterProduct(
+        "bands",
+        "_bands.tif",
+        "test: the model's input bands",
+        ("bands",),
+        lambda info, outs: RasterLayout(4, "float32", float("nan")),
+        from_map="bands",
+    )
     monkeypatch.setitem(PRODUCTS, "bands", prod)
     return prod
 
 
 def run(scene, out, model, block, products=("mask", "score", "stats"), **cfg):
-    config = ProcessConfig(tiling=TilingConfig(block_size=block, feather=cfg.pop("feather", 16)),
-                           output=OutputConfig(products=products, overwrite=True), **cfg)
+    config = ProcessConfig(
+        tiling=TilingConfig(block_size=block, feather=cfg.pop("feather", 16)),
+        output=OutputConfig(products=products, overwrite=True),
+        **cfg,
+    )
     return process_scene(scene, out, config, model=model, scale=cfg.pop("scale", 1.0))
 
 

@@ -65,9 +65,12 @@ class SpectralModel(CloudModel):
         )
 
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
-        score = spectral_score(x)
-        score[~valid] = 0.0
-        return Prediction(maps={"score": score[:, None]})
+        # block by block: the temporaries stay small enough for the CPU caches
+        score = np.empty((x.shape[0], 1) + x.shape[2:], dtype=np.float32)
+        for i in range(x.shape[0]):
+            score[i, 0] = spectral_score(x[i])
+            score[i, 0][~valid[i]] = 0.0
+        return Prediction(maps={"score": score})
 
 
 def load(device: str = "cpu") -> SpectralModel:
