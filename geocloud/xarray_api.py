@@ -1,0 +1,190 @@
+"""A lazy xarray/dask API for notebooks: the same clouds as ``geocloud process``.
+
+>>> import geocloud.xarray_api as gx
+>>> scene = gx.open_scene("GF1_WFV3_....tif", chunks=1024)    # lazy DataArray (band, y, x) of DN
+>>> ds = gx.detect_clouds("GF1_WFV3_....tif")                  # lazy Dataset: score, mask, threshold
+>>> ds.mask.rio.to_raster("mask.tif")  # or ds.mask.sel(x=..., y=...).plot(); ds.compute()
+
+How it maps onto the engine:
+
+* the scene's band order and DN -> reflectance conversion are decided exactly as the CLI
+  does (:func:`geocloud.pipeline.scene_radiometry`: vendor XML, tags, --sensor...);
+* pixel validity is GDAL's mask for the selected bands (plus finiteness), as
+  :class:`geocloud.io.SceneReader` decides it, read lazily chunk by chunk;
+* the model runs on every chunk grown by the model's halo (``dask.array.overlap`` with
+  zero, invalid padding beyond the scene, like the engine's edge blocks) and the halo is
+  trimmed.  Models are *local* (see :mod:`geocloud.models.base`), so this equals the
+  engine's feathered mosaic up to float rounding;
+* the scene threshold is a lazy reduction of :class:`geocloud.threshold.ScoreStats` over
+  full-width strips, then :func:`geocloud.threshold.fit_threshold`; the mask is
+  :func:`geocloud.threshold.classify` with it (0 clear, 1 cloud, 255 nodata).
+
+Everything stays lazy until computed; results carry the input's x/y coordinates and CRS.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .config import ProcessConfig
+from .errors import ConfigError
+
+
+def open_scene(path: str | os.PathLike[str], chunks: int | dict[str, int] = 1024, **kwargs: Any):
+    """The scene as a lazy (band, y, x) DataArray of its stored values (rioxarray).
+
+    ``chunks`` is the chunk side in pixels (bands are always one chunk) or a rioxarray
+    chunks dict.  Extra keywords go to :func:`rioxarray.open_rasterio`.
+    """
+    import rioxarray
+
+    from .io import open_scene as _check
+
+    info = _check(path)  # the engine's checks and error messages (missing, not a raster...)
+    ch = chunks if isinstance(chunks, dict) else {"band": -1, "y": int(chunks), "x": int(chunks)}
+    da = rioxarray.open_rasterio(info.path, chunks=ch, **kwargs)
+    da.attrs["geocloud_path"] = str(info.path)
+    return da
+
+
+def _valid_block(
+    block: np.ndarray, path: str, indexes: tuple[int, ...], block_info: Any = None
+) -> np.ndarray:
+    from rasterio.windows import Window
+
+    from .io import SceneReader
+    from .io import open_scene as _open
+
+    (r0, r1), (c0, c1) = block_info[None]["array-location"]
+    with SceneReader(_open(path), indexes) as reader:
+        _, valid = reader.read(Window(c0, r0, c1 - c0, r1 - r0))
+    return valid
+
+
+def _score_block(x: np.ndarray, model: Any, n_bands: int) -> np.ndarray:
+    """(bands + 1, h, w): reflectance bands and validity -> (h, w) score, NaN where invalid."""
+    valid = x[n_bands] > 0.5
+    refl = np.ascontiguousarray(x[:n_bands], dtype=np.float32)
+    refl[:, ~valid] = 0.0
+    if not valid.any():
+        return np.full(valid.shape, np.nan, np.float32)
+    score = model.predict(refl[None], valid[None]).maps["score"][0, 0].astype(np.float32)
+    score[~valid] = np.nan
+    return score
+
+
+def _partial_stats(strip: np.ndarray, row0: int, height: int, width: int, cloudy_above: float) -> np.ndarray:
+    from .threshold import ScoreStats
+
+    st = ScoreStats(height, width, cloudy_above)
+    st.update(row0, strip)
+    return np.stack([st.count.astype(np.float64), st.total, st.total_sq, st.above.astype(np.float64)])
+
+
+def _fit(parts: list[np.ndarray], height: int, width: int, spec: Any, threshold_cfg: Any) -> Any:
+    from .threshold import ScoreStats, fit_threshold
+
+    st = ScoreStats(height, width, spec.default_threshold)
+    total = np.sum(parts, axis=0)
+    st.count = total[0].astype(np.int64)
+    st.total, st.total_sq = total[1], total[2]
+    st.above = total[3].astype(np.int64)
+    return fit_threshold(st, spec, threshold_cfg)
+
+
+def detect_clouds(
+    scene: Any,
+    config: ProcessConfig | None = None,
+    *,
+    chunks: int = 1024,
+    model: Any = None,
+    scale: float | None = None,
+    offset: float = 0.0,
+    sun_elevation: float | None = None,
+):
+    """Lazy cloud score and mask of a scene (path, or a DataArray from :func:`open_scene`).
+
+    Returns an ``xarray.Dataset`` with ``score`` (float32, NaN nodata), ``mask`` (uint8:
+    0 clear, 1 cloud, 255 nodata) and ``threshold`` (0-d), with the scene's coordinates
+    and CRS, all lazy.  ``config`` is the same :class:`~geocloud.config.ProcessConfig`
+    the CLI builds (model, sensor, bands, threshold options).
+    """
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    from .io import open_scene as _open
+    from .pipeline import load_model_for, scene_radiometry
+    from .threshold import classify
+
+    cfg = config or ProcessConfig()
+    cfg.validate()
+    arr = scene if isinstance(scene, xr.DataArray) else open_scene(scene, chunks)
+    path = arr.attrs.get("geocloud_path")
+    if path is None:
+        raise ConfigError(
+            "this DataArray does not come from geocloud.xarray_api.open_scene, so its file (for the vendor "
+            "XML, tags and nodata mask) is unknown; open it with open_scene(path) first"
+        )
+    info = _open(path)
+    radiometry = scene_radiometry(info, cfg, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    model = model or load_model_for(cfg)
+    spec = model.spec
+    halo = spec.halo if cfg.tiling.halo is None else cfg.tiling.halo
+
+    dn = arr.data
+    if dn.chunks[0] != (dn.shape[0],):
+        dn = dn.rechunk({0: -1})
+    sel = dn[[i - 1 for i in radiometry.indexes]]
+    a = np.asarray(radiometry.a, np.float32)[:, None, None]
+    b = np.asarray(radiometry.b, np.float32)[:, None, None]
+    refl = sel.astype(np.float32) * a + b
+    plane = dn[0]
+    valid = plane.map_blocks(_valid_block, path=str(info.path), indexes=tuple(radiometry.indexes), dtype=bool)
+    stack = da.concatenate([refl, valid[None].astype(np.float32)], axis=0).rechunk({0: -1})
+    n_bands = len(radiometry.indexes)
+    if halo > 0:
+        grown = da.overlap.overlap(stack, depth={0: 0, 1: halo, 2: halo}, boundary={0: "none", 1: 0, 2: 0})
+    else:
+        grown = stack
+    score_g = grown.map_blocks(_score_block, model=model, n_bands=n_bands, drop_axis=0, dtype=np.float32)
+    score = (
+        da.overlap.trim_internal(score_g, {0: halo, 1: halo}, boundary={0: 0, 1: 0}) if halo > 0 else score_g
+    )
+
+    h, w = score.shape
+    strips = score.rechunk({0: 512, 1: -1})
+    offsets = np.cumsum((0,) + strips.chunks[0][:-1])
+    parts = [
+        dask.delayed(_partial_stats)(blk, int(r0), h, w, spec.default_threshold)
+        for blk, r0 in zip(strips.to_delayed().ravel(), offsets, strict=True)
+    ]
+    result = dask.delayed(_fit)(parts, h, w, spec, cfg.threshold)
+    thr = da.from_delayed(dask.delayed(lambda r: np.float64(r.value))(result), shape=(), dtype=np.float64)
+    mask = da.map_blocks(lambda s, t: classify(s, float(t)), score, thr, dtype=np.uint8)
+
+    coords = {"y": arr.coords["y"], "x": arr.coords["x"]}
+    ds = xr.Dataset(
+        {
+            "score": (("y", "x"), score, {"long_name": "cloud score", "_FillValue": np.nan}),
+            "mask": (
+                ("y", "x"),
+                mask,
+                {"long_name": "cloud mask", "flag_values": "0 clear, 1 cloud, 255 nodata", "_FillValue": 255},
+            ),  # fmt: skip
+            "threshold": ((), thr, {"long_name": "scene threshold on the score"}),
+        },
+        coords=coords,
+        attrs={"model": spec.name, "sensor": radiometry.sensor, "scene": info.path.name, "halo": halo},
+    )
+    if "spatial_ref" in arr.coords:
+        ds = ds.assign_coords(spatial_ref=arr.coords["spatial_ref"])
+    if arr.rio.crs is not None:
+        ds = ds.rio.write_crs(arr.rio.crs)
+    return ds
+
+
+__all__ = ["detect_clouds", "open_scene"]

@@ -1,0 +1,106 @@
+"""The lazy xarray/dask API gives the CLI's results (spectral model, and a model with a halo)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+import geocloud.xarray_api as gx
+from geocloud.config import OutputConfig, ProcessConfig, TilingConfig
+from geocloud.errors import ConfigError
+from geocloud.models.base import CloudModel, ModelSpec, Prediction
+from geocloud.pipeline import process_scene
+from geocloud.synthetic import make_scene
+
+
+class BoxModel(CloudModel):
+    """A local model with context: score = mean blue reflectance over a (2h+1)^2 box."""
+
+    def __init__(self, halo: int = 3):
+        self.spec = ModelSpec(name="box", halo=halo, clear_mu=0.1, clear_sigma=0.05, threshold_k=2.0,
+                              default_threshold=0.25)  # fmt: skip
+
+    def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
+        h = self.spec.halo
+        blue = x[:, 0]
+        p = np.pad(blue.astype(np.float64), ((0, 0), (h, h), (h, h)))  # float64: block-size independent sums
+        c = p.cumsum(1).cumsum(2)
+        c = np.pad(c, ((0, 0), (1, 0), (1, 0)))
+        n = 2 * h + 1
+        s = c[:, n:, n:] - c[:, :-n, n:] - c[:, n:, :-n] + c[:, :-n, :-n]
+        score = np.clip(s / n**2, 0, 1).astype(np.float32)
+        return Prediction({"score": score[:, None]})
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    d = tmp_path_factory.mktemp("xa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_scene(d / "s.tif", 600, 450, seed=11, cloud_cover=0.08, thin_cover=0.05, write_truth=False,
+                          blocksize=128, cloud_scale=256)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def clear_scene(tmp_path_factory):
+    """Mostly clear, no collar: enough clear-sky cells for the scene-statistics threshold."""
+    d = tmp_path_factory.mktemp("xa_clear")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_scene(d / "c.tif", 768, 600, seed=1, cloud_cover=0.03, thin_cover=0.0, write_truth=False,
+                          blocksize=128, cloud_scale=256, collar=False)  # fmt: skip
+
+
+def _cli(scene, outdir, cfg, model=None):
+    cfg = ProcessConfig(model=cfg.model, tiling=cfg.tiling,
+                        output=OutputConfig(products=("mask", "score", "stats"), overwrite=True))  # fmt: skip
+    r = process_scene(scene, outdir, cfg, model=model)
+    with rasterio.open(r.outputs["mask"][0]) as m, rasterio.open(r.outputs["score"][0]) as s:
+        return m.read(1), s.read(1), r.stats, m.transform, m.crs
+
+
+def test_spectral_equals_cli(scene, tmp_path):
+    cfg = ProcessConfig(tiling=TilingConfig(block_size=256))
+    mask, score, stats, transform, crs = _cli(scene, tmp_path, cfg)
+    ds = gx.detect_clouds(scene, cfg, chunks=200)
+    assert ds.score.chunks is not None and ds.mask.chunks is not None  # lazy
+    c = ds.compute()
+    assert float(c.threshold) == pytest.approx(stats["threshold"]["value"], abs=1e-9)
+    assert np.array_equal(np.isnan(c.score.values), np.isnan(score))
+    np.testing.assert_allclose(c.score.values, score, atol=1e-6, equal_nan=True)
+    assert np.array_equal(c.mask.values, mask)
+    assert ds.rio.crs == crs
+    assert tuple(ds.rio.transform())[:6] == pytest.approx(tuple(transform)[:6])
+    assert int((c.mask == 1).sum()) == stats["pixels"]["cloud"]
+
+
+@pytest.mark.parametrize("which", ["scene", "clear_scene"])
+def test_model_with_halo_equals_cli(which, request, tmp_path):
+    scene = request.getfixturevalue(which)
+    model = BoxModel(halo=3)
+    cfg = ProcessConfig(tiling=TilingConfig(block_size=64))
+    mask, score, stats, _, _ = _cli(scene, tmp_path, cfg, model=model)
+    if which == "clear_scene":  # the lazy ScoreStats reduction is exercised, not the fallback
+        assert "clear-sky cells" in stats["threshold"]["method"] and stats["threshold"]["clear_cells"] >= 4
+    c = gx.detect_clouds(scene, cfg, chunks=90, model=model).compute()  # chunks unlike the CLI's blocks
+    np.testing.assert_allclose(c.score.values, score, atol=1e-5, equal_nan=True)
+    thr = float(c.threshold)
+    assert thr == pytest.approx(stats["threshold"]["value"], abs=1e-6)
+    near = np.abs(score - thr) < 1e-5
+    assert np.array_equal(c.mask.values[~near], mask[~near])
+
+
+def test_open_scene_is_lazy_with_crs(scene):
+    da = gx.open_scene(scene, chunks=128)
+    assert da.chunks is not None and da.shape == (4, 450, 600)
+    assert da.rio.crs.to_epsg() == 32650
+
+
+def test_foreign_dataarray_refused():
+    arr = xr.DataArray(np.zeros((4, 8, 8), np.uint16), dims=("band", "y", "x"))
+    with pytest.raises(ConfigError, match="open_scene"):
+        gx.detect_clouds(arr)
