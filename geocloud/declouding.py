@@ -1,0 +1,284 @@
+"""Declouding: the ``clear`` product, its quality band, and local-smoothness refinement.
+
+With the imaging model of :mod:`geocloud.compositing`, ``y = r_c + (1 - alpha) * x``,
+the background is recovered as ``x_hat = (y - r_c) / (1 - alpha)`` wherever
+``alpha <= alpha_max`` (default :data:`geocloud.compositing.ALPHA_MAX` = 0.8: above it the
+division amplifies errors in y, alpha and r_c by more than 5x).  Elsewhere the clear
+product is nodata.
+
+* :func:`clear_reflectance`: x_hat in TOA reflectance (NaN where not recovered);
+* :func:`reflectance_to_dn`: back to the input's dtype and DN scale (the inverse of the
+  scene's :class:`~geocloud.sensors.Radiometry`), nodata where not recovered;
+* :func:`clear_quality`: per-pixel confidence, uint8: 0 nodata / not recovered, else
+  ``round(100 * (1 - alpha / alpha_max))`` clipped to 1..100 (100 = cloud-free pixel,
+  returned unchanged; 1 = at the recovery limit);
+* :func:`refine_matte`: re-estimates the cloud colour and the background under a local
+  smoothness prior weighted by alpha (Wang et al. 2021, "Improving deep image matting via
+  local smoothness assumption"; solved by multi-level Jacobi iterations as in Germer et
+  al. 2020, "Fast multi-level foreground estimation"), behind ``--refine``.
+
+Thin versus thick cloud (stats): a cloud pixel is *thin* when its alpha is below
+:attr:`DecloudConfig.thin_tau` (default 0.5: at most half the ground signal is lost, and
+the background is recovered with at most 2x error amplification), *thick* otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compositing import ALPHA_MAX, invert
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DecloudConfig:
+    """Every default of declouding and refinement."""
+
+    #: largest alpha at which the background is recovered (above: nodata).
+    alpha_max: float = ALPHA_MAX
+    #: thin cloud is cloud with alpha < thin_tau (stats).
+    thin_tau: float = 0.5
+    #: run :func:`refine_matte` (``--refine``).
+    refine: bool = False
+    #: guided-filter refinement of alpha (local linear model alpha ~ a.y + b, Levin et al.):
+    #: window radii (pixels, applied coarse to fine) and regularisation.
+    refine_radii: tuple[int, ...] = (16, 4)
+    refine_eps: float = 1e-3
+    #: pyramid levels of the colour/background solve (full resolution plus levels-1 halvings).
+    refine_levels: int = 4
+    #: Jacobi iterations per level (coarsest ... finest get the same count).
+    refine_iters: int = 8
+    #: smoothness weight of the cloud colour (large: one colour per cloud).
+    colour_smoothness: float = 0.05
+    #: smoothness weight of the background: eps + gain * |grad alpha| (Germer et al.).
+    background_eps: float = 1e-4
+    background_grad_gain: float = 1.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha_max < 1.0:
+            raise ConfigError(f"alpha_max {self.alpha_max} is outside [0, 1); pass --alpha-max e.g. 0.8")
+        if not 0.0 < self.thin_tau <= 1.0:
+            raise ConfigError(f"thin_tau {self.thin_tau} is outside (0, 1]; pass e.g. 0.5")
+        if self.refine_levels < 1 or self.refine_iters < 0:
+            raise ConfigError("refine_levels must be >= 1 and refine_iters >= 0")
+
+
+# --------------------------------------------------------------------------- inversion
+def clear_reflectance(
+    y: np.ndarray, alpha: np.ndarray, r_c: np.ndarray, valid: np.ndarray | None = None, alpha_max: float = ALPHA_MAX
+) -> np.ndarray:
+    """x_hat (C, H, W) float32 reflectance; NaN where alpha > alpha_max or not ``valid``.
+
+    ``alpha`` is (H, W) or (1, H, W).  ``alpha = 0`` and ``r_c = 0`` return ``y`` exactly.
+    """
+    a = np.asarray(alpha, np.float32)
+    if a.ndim == y.ndim - 1:
+        a = a[None]
+    x = invert(y, a, r_c, alpha_max)
+    if valid is not None:
+        x[:, ~valid] = np.nan
+    return x
+
+
+def clear_nodata(dtype: np.dtype | str, input_nodata: float | int | None) -> float | int:
+    """The nodata value of the clear raster: the input's, else NaN (float), 0 (unsigned), dtype min (signed)."""
+    dt = np.dtype(dtype)
+    if input_nodata is not None:
+        return input_nodata
+    if np.issubdtype(dt, np.floating):
+        return float("nan")
+    if np.issubdtype(dt, np.unsignedinteger):
+        return 0
+    return int(np.iinfo(dt).min)
+
+
+def reflectance_to_dn(
+    x: np.ndarray,
+    a: np.ndarray | tuple[float, ...],
+    b: np.ndarray | tuple[float, ...],
+    dtype: np.dtype | str,
+    nodata: float | int,
+) -> np.ndarray:
+    """Invert ``rho = a * DN + b`` band by band and cast to ``dtype``.
+
+    NaN pixels (not recovered) become ``nodata``.  Integer outputs are rounded and clipped
+    to the dtype's range; a recovered pixel that would equal ``nodata`` is nudged by one
+    DN towards the valid range, so it is never read as nodata.
+    """
+    dt = np.dtype(dtype)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    av = np.asarray(a, np.float64).reshape(shape)
+    bv = np.asarray(b, np.float64).reshape(shape)
+    dn = (x.astype(np.float64) - bv) / av
+    bad = ~np.isfinite(dn)
+    if np.issubdtype(dt, np.floating):
+        out = dn.astype(dt)
+        out[bad] = nodata
+        return out
+    info = np.iinfo(dt)
+    dn = np.clip(np.rint(np.where(bad, 0, dn)), info.min, info.max)
+    if nodata is not None and np.isfinite(nodata) and info.min <= nodata <= info.max:
+        nd = int(nodata)
+        step = 1 if nd < info.max else -1
+        dn = np.where(dn == nd, nd + step, dn)
+    out = dn.astype(dt)
+    out[bad] = nodata
+    return out
+
+
+def clear_quality(alpha: np.ndarray, valid: np.ndarray, alpha_max: float = ALPHA_MAX) -> np.ndarray:
+    """uint8 confidence of the clear product: 0 nodata, else 1..100 = 100 * (1 - alpha/alpha_max)."""
+    a = np.asarray(alpha, np.float32)
+    if a.ndim == 3:
+        a = a[0]
+    q = np.clip(np.rint(100.0 * (1.0 - a / max(alpha_max, 1e-6))), 1, 100).astype(np.uint8)
+    q[(a > alpha_max) | ~valid | ~np.isfinite(a)] = 0
+    return q
+
+
+def thin_thick(alpha: np.ndarray, cloud: np.ndarray, thin_tau: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Split a boolean cloud mask into (thin, thick) by ``alpha < thin_tau``."""
+    a = np.asarray(alpha)
+    if a.ndim == 3:
+        a = a[0]
+    thin = cloud & (a < thin_tau)
+    return thin, cloud & ~thin
+
+
+# --------------------------------------------------------------------------- refinement
+def _box(a: np.ndarray, r: int) -> np.ndarray:
+    from scipy.ndimage import uniform_filter
+
+    size = [1] * (a.ndim - 2) + [2 * r + 1, 2 * r + 1]
+    return uniform_filter(a, size=size, mode="nearest")
+
+
+def guided_alpha(y: np.ndarray, alpha: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Guided filter of ``alpha`` (H, W) with the C-band guide ``y`` (He et al. 2013).
+
+    In each (2r+1)^2 window alpha is modelled as linear in the bands, the local
+    smoothness (colour-line) assumption of closed-form matting: where the matte is flat
+    the slope is ~0 and alpha is kept; across cloud edges the slope follows y and the
+    upsampled matte regains full-resolution edges.
+    """
+    c = y.shape[0]
+    mean_y = _box(y, radius)
+    mean_a = _box(alpha, radius)
+    cov_ya = _box(y * alpha[None], radius) - mean_y * mean_a[None]
+    # C x C covariance of the guide per pixel
+    var = np.empty((c, c) + alpha.shape, np.float32)
+    for i in range(c):
+        for j in range(i, c):
+            v = _box(y[i] * y[j], radius) - mean_y[i] * mean_y[j]
+            var[i, j] = v
+            var[j, i] = v
+    var += eps * np.eye(c, dtype=np.float32)[:, :, None, None]
+    a = np.linalg.solve(np.moveaxis(var, (0, 1), (-2, -1)), np.moveaxis(cov_ya, 0, -1)[..., None])[..., 0]
+    a = np.moveaxis(a, -1, 0).astype(np.float32)
+    b = mean_a - (a * mean_y).sum(0)
+    out = (_box(a, radius) * y).sum(0) + _box(b, radius)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _down(a: np.ndarray) -> np.ndarray:
+    """2x2 mean (odd edges replicated)."""
+    h, w = a.shape[-2:]
+    if h % 2 or w % 2:
+        a = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, h % 2), (0, w % 2)], mode="edge")
+    return 0.25 * (a[..., ::2, ::2] + a[..., 1::2, ::2] + a[..., ::2, 1::2] + a[..., 1::2, 1::2])
+
+
+def _up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest 2x upsampling cropped to ``shape``."""
+    return np.repeat(np.repeat(a, 2, axis=-2), 2, axis=-1)[..., : shape[0], : shape[1]]
+
+
+def _neighbours(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 4-neighbours of every pixel (edges replicated): up, down, left, right."""
+    p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+    return p[..., :-2, 1:-1], p[..., 2:, 1:-1], p[..., 1:-1, :-2], p[..., 1:-1, 2:]
+
+
+def _solve_level(
+    y: np.ndarray, alpha: np.ndarray, colour: np.ndarray, x: np.ndarray, cfg: DecloudConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    a = alpha[None]
+    na = _neighbours(alpha)
+    wb = [cfg.background_eps + cfg.background_grad_gain * np.abs(alpha - q)[None] for q in na]
+    wb_sum = sum(wb)
+    wc = cfg.colour_smoothness
+    a00 = a * a + 4 * wc
+    a01 = a * (1 - a)
+    a11 = (1 - a) * (1 - a) + wb_sum
+    det = a00 * a11 - a01 * a01
+    for _ in range(cfg.refine_iters):
+        nc = _neighbours(colour)
+        nx = _neighbours(x)
+        r0 = a * y + wc * (nc[0] + nc[1] + nc[2] + nc[3])
+        r1 = (1 - a) * y + sum(w * q for w, q in zip(wb, nx, strict=True))
+        colour = (a11 * r0 - a01 * r1) / det
+        x = (a00 * r1 - a01 * r0) / det
+        np.clip(colour, 0.0, 2.0, out=colour)
+        np.clip(x, 0.0, 2.0, out=x)
+    return colour.astype(np.float32), x.astype(np.float32)
+
+
+def refine_matte(
+    y: np.ndarray,
+    alpha: np.ndarray,
+    r_c: np.ndarray,
+    valid: np.ndarray | None = None,
+    cfg: DecloudConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-estimate r_c (and implicitly x) under an alpha-weighted local-smoothness prior.
+
+    Minimises, per band, ``sum_p (alpha c + (1 - alpha) x - y)^2`` plus
+    ``colour_smoothness * sum_pq (c_p - c_q)^2`` (one colour per cloud) plus
+    ``sum_pq (eps + gain |alpha_p - alpha_q|) (x_p - x_q)^2`` (the background is smoothed
+    only where the matte changes, and where alpha is high, the data term (1-alpha)^2
+    vanishes so the background is filled from its neighbours), by Jacobi iterations on a
+    pyramid from coarse to fine, started from the network's estimate.
+
+    ``y`` (C, H, W) reflectance, ``alpha`` (H, W) or (1, H, W), ``r_c`` (C, H, W).  Returns
+    ``(alpha, r_c)`` with ``r_c = alpha * c``; alpha is unchanged.
+    """
+    cfg = cfg or DecloudConfig()
+    a = np.asarray(alpha, np.float32)
+    squeeze = a.ndim == 3
+    if squeeze:
+        a = a[0]
+    y = np.asarray(y, np.float32)
+    a_net = a
+    for r in cfg.refine_radii:
+        a = guided_alpha(y, a, r, cfg.refine_eps)
+    # r_c moves with alpha: keep the network's colour where alpha changed.
+    r_c = np.where(a_net[None] > 0.02, r_c / np.maximum(a_net, 1e-6)[None], 0.0) * a[None]
+    # initial colour: r_c / alpha where the cloud is visible, its alpha-weighted mean elsewhere.
+    wsum = max(float(a.sum()), 1e-6)
+    mean_c = (r_c.reshape(r_c.shape[0], -1).sum(1) / wsum).astype(np.float32)
+    colour = np.where(a[None] > 0.02, r_c / np.maximum(a, 1e-6)[None], mean_c[:, None, None]).astype(np.float32)
+    x0 = np.where(a[None] < 0.95, (y - r_c) / np.maximum(1 - a, 0.05)[None], y).astype(np.float32)
+    if valid is not None:
+        colour[:, ~valid] = mean_c[:, None]
+        x0[:, ~valid] = 0.0
+    # pyramid (coarse to fine), started from the network's estimate at each level.
+    ys, alphas, colours, xs = [y], [a], [colour], [x0]
+    for _ in range(cfg.refine_levels - 1):
+        if min(ys[-1].shape[-2:]) < 8:
+            break
+        ys.append(_down(ys[-1]))
+        alphas.append(_down(alphas[-1]))
+        colours.append(_down(colours[-1]))
+        xs.append(_down(xs[-1]))
+    c, x = colours[-1], xs[-1]
+    for lvl in range(len(ys) - 1, -1, -1):
+        if lvl < len(ys) - 1:
+            shape = ys[lvl].shape[-2:]
+            # carry the coarse correction up, keep the level's own detail.
+            c = colours[lvl] + _up(c - _down(colours[lvl]), shape)
+            x = xs[lvl] + _up(x - _down(xs[lvl]), shape)
+        c, x = _solve_level(ys[lvl], alphas[lvl], c, x, cfg)
+    r_new = (a[None] * c).astype(np.float32)
+    return (a[None] if squeeze else a), r_new

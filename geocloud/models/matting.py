@@ -1,0 +1,320 @@
+"""Cloud matting: predict cloud opacity ``alpha`` and cloud reflectance ``r_c``.
+
+After Zou et al., "Generative Adversarial Training for Weakly Supervised Cloud Matting"
+(ICCV 2019), with the imaging model of :mod:`geocloud.compositing`:
+``y = r_c + (1 - alpha) * x``.  Three networks:
+
+* :class:`CloudGenerator` (G): conditioned on a *real* cloudy block (plus noise), it
+  paints a cloud layer (alpha, cloud colour) that is composited over a real clear block;
+* :class:`CloudDiscriminator` (D): an LSGAN critic telling those composites from real
+  cloudy blocks;
+* :class:`MattingNet` (F): predicts (alpha, r_c) from a (synthetic) cloudy block; trained
+  with L1 on alpha, r_c and the recomposed y (:mod:`geocloud.training.matting`).
+
+All three work at reduced resolution: the block is average-pooled by :data:`POOL`
+(alpha and r_c are smooth fields), per cell we keep the band means and the band
+standard deviations (sub-cell texture).  F's low-resolution maps are brought back to
+pixel resolution inside :meth:`MattingModel.predict` by a learned local linear model
+(alpha follows the pixel's bands within a cell, coefficients interpolated bilinearly),
+which keeps inference at a few hundredths of a second per megapixel on a CPU.
+
+The cloud reflectance is parameterised as ``r_c = alpha * c`` with a per-band cloud
+colour ``c`` (so ``r_c = 0`` wherever ``alpha = 0``, and a thick cloud shows its own
+colour); a spectral-flatness prior during training keeps ``c`` grey-white.
+
+Locality (see :mod:`geocloud.models.base`): the pooling grid is anchored at the block
+origin, which the engine aligns to ``spec.block_multiple`` (= :data:`POOL`), so a pixel's
+cells are the same in every block; F's receptive field is :data:`NET_RADIUS` cells and
+bilinear interpolation of its coefficients reaches one cell further, so the output at a pixel depends on input
+within ``(NET_RADIUS + 2) * POOL`` = :data:`HALO` pixels.  No per-block normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from ..errors import ModelError
+from .base import CANONICAL_BANDS, CloudModel, ModelSpec, Prediction
+
+#: average-pooling factor between the input block and the networks' grid.
+POOL = 8
+#: receptive-field radius of :class:`MattingNet`, in pooled cells.
+NET_RADIUS = 6
+#: pixels of context the model needs on each side (cells of the net + cell + bilinear).
+HALO = (NET_RADIUS + 2) * POOL
+#: fixed input normalisation of the pooled features (TOA reflectance): band means ...
+FEATURE_OFFSET = 0.25
+FEATURE_SCALE = 0.25
+#: ... and the sub-cell standard deviations, as log(sqrt(var + eps**2)).
+STD_EPS = 0.005
+#: largest cloud colour (reflectance) the networks can produce.
+C_MAX = 1.6
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_FILE = WEIGHTS_DIR / "matting.safetensors"
+SIDECAR_FILE = WEIGHTS_DIR / "matting.json"
+
+
+# --------------------------------------------------------------------------- features
+def pooled_features(x: torch.Tensor, valid: torch.Tensor | None = None, pool: int = POOL) -> torch.Tensor:
+    """(B, C, H, W) reflectance -> (B, 2C, H/pool, W/pool) normalised cell features.
+
+    Per cell: the mean of each band over valid pixels, normalised with the fixed
+    :data:`FEATURE_OFFSET` / :data:`FEATURE_SCALE`, and ``log(sqrt(var + STD_EPS**2))``.
+    ``H`` and ``W`` must be multiples of ``pool``.  Cells with no valid pixel get the
+    features of a black cell (the engine ignores their outputs).
+    """
+    if valid is None:
+        mean = nnf.avg_pool2d(x, pool)
+        sq = nnf.avg_pool2d(x * x, pool)
+    else:
+        v = valid.unsqueeze(1).to(x.dtype)
+        frac = nnf.avg_pool2d(v, pool).clamp_min(1e-6)
+        xv = x * v
+        mean = nnf.avg_pool2d(xv, pool) / frac
+        sq = nnf.avg_pool2d(xv * x, pool) / frac
+    var = (sq - mean * mean).clamp_min(0)
+    log_std = 0.5 * torch.log(var + STD_EPS * STD_EPS)  # log of a softened std (smooth at 0)
+    return torch.cat([(mean - FEATURE_OFFSET) / FEATURE_SCALE, log_std], dim=1)
+
+
+def _block(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, padding_mode="replicate"),
+        nn.LeakyReLU(0.1),
+    )
+
+
+# --------------------------------------------------------------------------- networks
+class MattingNet(nn.Module):
+    """F: pooled features (B, 2C, h, w) -> per cell (alpha, cloud colour c, slopes a).
+
+    Four 3x3 convolutions with dilations 1, 1, 2, 2: a receptive-field radius of
+    :data:`NET_RADIUS` cells.  Replicate padding, so block edges look like more of the same.
+
+    Full-resolution alpha uses a learned *local linear model* (a deep guided filter,
+    after the colour-line assumption of closed-form matting): within a cell
+    ``alpha(p) = alpha_cell + a . (y(p) - mean_cell(y))``, with ``a`` and the offset
+    interpolated bilinearly between cells (see :func:`matte`), so cloud edges and
+    texture regain pixel resolution at the cost of upsampling 9 channels.
+    """
+
+    def __init__(self, bands: int = 4, width: int = 32) -> None:
+        super().__init__()
+        self.bands = bands
+        self.body = nn.Sequential(
+            _block(2 * bands, width, 1),
+            _block(width, width, 1),
+            _block(width, width, 2),
+            _block(width, width, 2),
+        )
+        self.head = nn.Conv2d(width, 1 + 2 * bands, 1)
+        with torch.no_grad():  # slopes start at 0: plain bilinear upsampling of alpha
+            self.head.weight[1 + bands :].zero_()
+            self.head.bias[1 + bands :].zero_()
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.head(self.body(feats))
+        nb = self.bands
+        alpha = torch.sigmoid(out[:, :1])
+        colour = C_MAX * torch.sigmoid(out[:, 1 : 1 + nb])
+        slope = out[:, 1 + nb :]
+        return alpha, colour, slope
+
+
+class CloudGenerator(nn.Module):
+    """G: a real cloudy block's pooled features + noise -> a cloud layer (alpha, colour).
+
+    Conditioning on real cloudy blocks lets G copy the shapes, opacities and colours of
+    real clouds; the noise channels let it vary them.  Works on the pooled grid; the
+    layer is upsampled bilinearly before being composited over a full-resolution
+    clear block.
+    """
+
+    def __init__(self, bands: int = 4, width: int = 32, noise: int = 4) -> None:
+        super().__init__()
+        self.noise = noise
+        self.body = nn.Sequential(
+            _block(2 * bands + noise, width, 1),
+            _block(width, width, 2),
+            _block(width, width, 4),
+            _block(width, width, 1),
+        )
+        self.head = nn.Conv2d(width, 1 + bands, 1)
+
+    def forward(self, feats: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if z is None:
+            b, _, h, w = feats.shape
+            z = torch.randn(b, self.noise, h, w, device=feats.device, dtype=feats.dtype)
+        out = self.head(self.body(torch.cat([feats, z], dim=1)))
+        alpha = torch.sigmoid(out[:, :1])
+        colour = C_MAX * torch.sigmoid(out[:, 1:])
+        return alpha, colour
+
+
+class CloudDiscriminator(nn.Module):
+    """D: pooled features of a block -> a patch map of LSGAN scores (real 1, fake 0)."""
+
+    def __init__(self, bands: int = 4, width: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * bands, width, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 1, 3, padding=1),
+        )
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net(feats)
+
+
+def upsample(t: torch.Tensor, pool: int = POOL) -> torch.Tensor:
+    """Bilinear upsampling of a pooled map back to the pixel grid (cell centres)."""
+    return nnf.interpolate(t, scale_factor=pool, mode="bilinear", align_corners=False)
+
+
+def matte(net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-resolution (alpha (B,1,H,W), r_c (B,C,H,W)) for reflectance ``x`` (H, W multiples of POOL)."""
+    feats = pooled_features(x, valid)
+    if not bool(torch.isfinite(feats).all()):  # NaN/inf in the input: treat as 0 (cheap check at low res)
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        feats = pooled_features(x, valid)
+    alpha_lo, colour_lo, slope_lo = net(feats)
+    nb = colour_lo.shape[1]
+    cell_mean = feats[:, :nb] * FEATURE_SCALE + FEATURE_OFFSET
+    offset_lo = alpha_lo - (slope_lo * cell_mean).sum(dim=1, keepdim=True)
+    up = upsample(torch.cat([offset_lo, slope_lo, colour_lo], dim=1))
+    alpha = (up[:, 1 : 1 + nb] * x).sum(dim=1, keepdim=True).add_(up[:, :1]).clamp_(0.0, 1.0)
+    return alpha, alpha * up[:, 1 + nb :]
+
+
+# --------------------------------------------------------------------------- the model
+def matting_spec(**extra: Any) -> ModelSpec:
+    """The :class:`ModelSpec` of the matting model (``extra`` goes into ``spec.extra``)."""
+    return ModelSpec(
+        name="matting",
+        bands=CANONICAL_BANDS,
+        halo=HALO,
+        block_multiple=POOL,
+        block_size=512,
+        outputs={"score": 1, "alpha": 1, "reflectance": len(CANONICAL_BANDS)},
+        clear_mu=0.0,
+        clear_sigma=0.1,
+        threshold_k=3.0,
+        default_threshold=0.5,
+        extra=dict(extra),
+    )
+
+
+class MattingModel(CloudModel):
+    """F wrapped in the :class:`CloudModel` contract.
+
+    ``predict`` returns the maps ``alpha`` (B,1,H,W) in [0, 1], ``reflectance`` (B,4,H,W)
+    = r_c in TOA reflectance, and ``score`` = alpha (so the model can also run alone).
+    """
+
+    def __init__(self, net: MattingNet, spec: ModelSpec | None = None, device: str = "cpu") -> None:
+        self.net = net.eval().to(device)
+        self.device = torch.device(device)
+        self.spec = spec if spec is not None else matting_spec()
+
+    @torch.inference_mode()
+    def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
+        if x.ndim != 4 or x.shape[1] != len(self.spec.bands):
+            raise ModelError(
+                f"matting model got an array of shape {x.shape}; expected (B, {len(self.spec.bands)}, H, W) "
+                f"reflectance in band order {','.join(self.spec.bands)}"
+            )
+        b, _, h, w = x.shape
+        ph, pw = (-h) % POOL, (-w) % POOL
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        vt = torch.from_numpy(np.ascontiguousarray(valid, dtype=bool)).to(self.device)
+        all_valid = bool(vt.all())
+        if ph or pw:  # the engine pads to block_multiple; be safe when called directly
+            xt = nnf.pad(xt, (0, pw, 0, ph), mode="replicate")
+            vt = nnf.pad(vt[:, None].float(), (0, pw, 0, ph), mode="replicate")[:, 0] > 0.5
+        alpha, r_c = matte(self.net, xt, None if all_valid else vt)
+        alpha = alpha[:, :, :h, :w]
+        r_c = r_c[:, :, :h, :w]
+        a = alpha.float().cpu().numpy()
+        # block_prob: a per-block summary only (mean opacity over valid pixels).
+        v = valid.reshape(b, -1)
+        denom = np.maximum(v.sum(axis=1), 1)
+        block_prob = (a.reshape(b, -1) * v).sum(axis=1) / denom
+        return Prediction(
+            maps={"score": a, "alpha": a, "reflectance": r_c.float().cpu().numpy()},
+            block_prob=block_prob.astype(np.float32),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update({"pool": POOL, "alpha_max_default": self.spec.extra.get("alpha_max")})
+        return d
+
+
+# --------------------------------------------------------------------------- weights
+def save_weights(net: MattingNet, meta: dict[str, Any], weights: Path = WEIGHTS_FILE, sidecar: Path | None = None) -> None:
+    """Write ``net`` as safetensors plus a JSON sidecar (``meta`` + the spec)."""
+    from safetensors.torch import save_file
+
+    weights = Path(weights)
+    sidecar = Path(sidecar) if sidecar is not None else weights.with_suffix(".json")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(weights))
+    spec = matting_spec()
+    doc = {
+        "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items() if k != "extra"},
+        "pool": POOL,
+        "width": net.head.in_channels,
+        "normalisation": {
+            "input": "TOA reflectance, bands " + ",".join(spec.bands),
+            "features": f"per {POOL}x{POOL} cell: (band mean - {FEATURE_OFFSET}) / {FEATURE_SCALE}, "
+            f"0.5*log(band variance + {STD_EPS}**2)",
+        },
+        **meta,
+    }
+    sidecar.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def load_net(weights: Path = WEIGHTS_FILE, sidecar: Path | None = None, device: str = "cpu") -> tuple[MattingNet, dict[str, Any]]:
+    """Load F and its sidecar metadata (safetensors: no pickle)."""
+    weights = Path(weights)
+    sidecar = Path(sidecar) if sidecar is not None else weights.with_suffix(".json")
+    if not weights.exists() or not sidecar.exists():
+        raise ModelError(
+            f"matting weights {weights} (or sidecar {sidecar.name}) are missing; reinstall geocloud "
+            f"or train them with 'geocloud train matting --data DIR --out {weights.parent}'"
+        )
+    from safetensors.torch import load_file
+
+    meta = json.loads(sidecar.read_text())
+    bands = meta.get("spec", {}).get("bands", list(CANONICAL_BANDS))
+    if tuple(bands) != CANONICAL_BANDS or meta.get("pool", POOL) != POOL:
+        raise ModelError(
+            f"matting sidecar {sidecar} describes bands {bands} / pool {meta.get('pool')}; this geocloud "
+            f"expects {list(CANONICAL_BANDS)} / {POOL}; retrain with 'geocloud train matting'"
+        )
+    net = MattingNet(bands=len(bands), width=int(meta.get("width", 32)))
+    net.load_state_dict(load_file(str(weights), device="cpu"))
+    return net.to(device), meta
+
+
+def load(device: str = "cpu", weights: Path | None = None) -> MattingModel:
+    """Registry factory: the shipped matting model on ``device``."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    net, meta = load_net(weights or WEIGHTS_FILE, device=device)
+    extra = {k: v for k, v in meta.items() if k not in ("spec",)}
+    return MattingModel(net, matting_spec(**extra), device=device)

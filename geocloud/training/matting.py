@@ -1,0 +1,422 @@
+"""Training the cloud-matting networks (G, D, F of :mod:`geocloud.models.matting`).
+
+Recipe (weak supervision, after Zou et al. ICCV 2019):
+
+1. **Data.** Real chips are split with :func:`geocloud.training.data.split_chips` (the
+   same seeded split as the CAM model, so validation chips are never trained on).  From
+   the training chips: *clear backgrounds* (blocks labelled clear, plus unlabelled
+   imagery that :func:`~geocloud.training.data.looks_clear` accepts) and *real cloudy
+   blocks* (blocks labelled cloudy; from ``good`` chips with their pixel labels).
+2. **GAN.** G paints a cloud layer (alpha, colour) conditioned on a real cloudy block
+   plus noise; the layer is composited over a random clear background; D (LSGAN) tells
+   composites from real cloudy blocks.  G's loss adds a spectral-flatness prior on the
+   cloud colour (the bands of ``r_c / alpha`` should be nearly equal: white-grey) and a
+   weak coverage prior (mean alpha follows the real block's labelled cloud fraction).
+3. **Matting net F**, trained on triplets (x, alpha, r_c) where the layer comes from G
+   or from the procedural generator (:func:`geocloud.training.synth.cloud_layer`), or is
+   empty (clear blocks): L1 on alpha, on r_c and on the recomposed y.  A small hinge term
+   on real ``good``-labelled cloudy blocks keeps alpha high on labelled cloud and low on
+   labelled clear pixels.
+
+Everything is seeded: same data, seed and step counts give the same weights (on the
+same torch build and thread count).  Library code: no printing, progress through a
+callback and ``logging``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+
+from ..compositing import ALPHA_MAX, compose
+from ..errors import InputError
+from ..models.matting import (
+    POOL,
+    SIDECAR_FILE,
+    WEIGHTS_FILE,
+    CloudDiscriminator,
+    CloudGenerator,
+    MattingNet,
+    matte,
+    pooled_features,
+    save_weights,
+    upsample,
+)
+from .data import (
+    CLEAR,
+    CLOUD,
+    NODATA,
+    THIN,
+    BlockRule,
+    Blocks,
+    chip_list_hash,
+    extract_blocks,
+    load_catalog,
+    read_chip,
+    split_chips,
+    unlabelled_clear_blocks,
+)
+from .synth import CloudStyle, cloud_layer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class MattingTrainConfig:
+    """Every default of ``geocloud train matting``."""
+
+    seed: int = 0
+    #: the chip split (shared with the CAM trainer: same function, same defaults).
+    val_fraction: float = 0.5
+    split_seed: int = 0
+    #: training block side (pixels; a multiple of the model's pooling factor).
+    block: int = 128
+    block_stride: int = 32
+    batch: int = 32
+    #: GAN phase.
+    gan_steps: int = 1500
+    gan_lr: float = 2e-4
+    flat_weight: float = 10.0
+    coverage_weight: float = 1.0
+    #: matting-net phase.
+    f_steps: int = 6000
+    f_lr: float = 2e-3
+    width: int = 32
+    #: mix of the layers F is trained on: share from G, share procedural; the rest is clear.
+    p_gan_layer: float = 0.35
+    p_procedural: float = 0.5
+    #: weights of the F losses.
+    w_alpha: float = 1.0
+    w_rc: float = 1.0
+    w_recompose: float = 1.0
+    w_real: float = 0.2
+    #: procedural layers are drawn once into a bank (then flipped/rotated/scaled).
+    bank_size: int = 1200
+    threads: int = 1
+    alpha_max: float = ALPHA_MAX
+
+    def validate(self) -> None:
+        if self.block % (4 * POOL) != 0:
+            raise InputError(f"block {self.block} must be a multiple of {4 * POOL}; pass e.g. --block 128")
+        if self.p_gan_layer + self.p_procedural > 1.0:
+            raise InputError("p_gan_layer + p_procedural must be at most 1")
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class MattingData:
+    """Training material: clear backgrounds and real cloudy blocks (with pixel labels)."""
+
+    backgrounds: np.ndarray  # (N, 4, s, s) reflectance
+    cloudy: np.ndarray  # (M, 4, s, s)
+    cloudy_label: np.ndarray  # (M, s, s) uint8: 0 clear 1 cloud 2 thin 255 unknown (coarse chips: all 255)
+    cloudy_frac: np.ndarray  # (M,)
+    train_keys: list[str] = field(default_factory=list)
+    val_keys: list[str] = field(default_factory=list)
+    train_hash: str = ""
+
+
+def _labelled_blocks(refl: np.ndarray, label: np.ndarray, quality: str, rule: BlockRule, key: str) -> Blocks:
+    # extract_blocks slices every leading channel alike, so the label rides along as a 5th.
+    stacked = np.concatenate([refl, label[None].astype(np.float32)])
+    return extract_blocks(stacked, label, quality=quality, rule=rule, source=key)
+
+
+def load_matting_data(data_dir: str | Path, cfg: MattingTrainConfig) -> MattingData:
+    """Cut the training chips of the shared split into backgrounds and real cloudy blocks."""
+    chips = load_catalog(data_dir, four_band_only=True)
+    if not chips:
+        raise InputError(f"no 4-band chips in {data_dir}/catalog.csv; pass --data with the shared data folder")
+    split = split_chips(chips, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+    rule = BlockRule(size=cfg.block, stride=cfg.block_stride)
+    bgs: list[np.ndarray] = []
+    cl: list[np.ndarray] = []
+    cl_lab: list[np.ndarray] = []
+    cl_frac: list[float] = []
+    for chip in split.train:
+        refl, label = read_chip(chip)
+        b = _labelled_blocks(refl, label, chip.label_quality, rule, chip.key)
+        for x, y, f in zip(b.x, b.y, b.cloud_frac, strict=True):
+            if y == 0:
+                bgs.append(x[:4])
+            else:
+                cl.append(x[:4])
+                lab = x[4].astype(np.uint8)
+                cl_lab.append(lab if chip.label_quality == "good" else np.full_like(lab, NODATA))
+                cl_frac.append(float(f))
+    for chip in split.unlabelled:
+        refl, _ = read_chip(chip)
+        b = unlabelled_clear_blocks(refl, rule=rule, source=chip.key)
+        bgs.extend(list(b.x))
+    if not bgs or not cl:
+        raise InputError(
+            f"the training chips of {data_dir} gave {len(bgs)} clear and {len(cl)} cloudy blocks of "
+            f"{cfg.block}px; matting needs both (pass a --data folder with clear and cloudy labelled chips)"
+        )
+    return MattingData(
+        backgrounds=np.stack(bgs).astype(np.float32),
+        cloudy=np.stack(cl).astype(np.float32),
+        cloudy_label=np.stack(cl_lab),
+        cloudy_frac=np.asarray(cl_frac, np.float32),
+        train_keys=[c.key for c in split.train] + [c.key for c in split.unlabelled],
+        val_keys=[c.key for c in split.val],
+        train_hash=chip_list_hash(list(split.train) + list(split.unlabelled)),
+    )
+
+
+def _d4(x: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of the last two axes."""
+    if k >= 4:
+        x = x[..., ::-1]
+    return np.rot90(x, k % 4, axes=(-2, -1))
+
+
+class LayerBank:
+    """Procedural cloud layers drawn once, then reused with flips, rotations and brightness changes."""
+
+    def __init__(self, rng: np.random.Generator, n: int, size: int, style: CloudStyle | None = None) -> None:
+        self.rng = rng
+        self.alpha = np.empty((n, size, size), np.float32)
+        self.colour = np.empty((n, 4), np.float32)
+        for i in range(n):
+            kind = "thin" if rng.random() < 0.45 else "thick"
+            a, r_c = cloud_layer(rng, size, kind, style)
+            if rng.random() < 0.25:  # a second layer, as synth.BlockGenerator does
+                a2, r2 = cloud_layer(rng, size, "thin" if kind == "thick" else "thick", style)
+                # y = r2 + (1-a2)(r_c + (1-a)x): alpha_tot = 1-(1-a)(1-a2), r_tot = r2 + (1-a2) r_c
+                r_tot = r2 + (1 - a2)[None] * r_c
+                a = 1 - (1 - a) * (1 - a2)
+                r_c = r_tot
+            self.alpha[i] = a
+            self.colour[i] = (r_c.reshape(4, -1).sum(1) / max(float(a.sum()), 1e-6)).astype(np.float32)
+        self._rc_cache = None
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha (n,1,s,s), r_c (n,4,s,s)) with r_c = alpha * colour (colour jittered)."""
+        idx = self.rng.integers(len(self.alpha), size=n)
+        ks = self.rng.integers(8, size=n)
+        a = np.stack([_d4(self.alpha[i], k) for i, k in zip(idx, ks, strict=True)])[:, None]
+        gain = self.rng.uniform(0.8, 1.25, size=(n, 1)).astype(np.float32)
+        colour = np.clip(self.colour[idx] * gain, 0.2, 1.5)
+        return np.ascontiguousarray(a), (a * colour[:, :, None, None]).astype(np.float32)
+
+
+def _augment_batch(x: np.ndarray, rng: np.random.Generator, gain: float = 0.15) -> np.ndarray:
+    ks = rng.integers(8, size=len(x))
+    g = rng.uniform(1 - gain, 1 + gain, size=(len(x), 1)) * rng.uniform(0.96, 1.04, size=(len(x), 4))
+    out = np.stack([_d4(b, k) for b, k in zip(x, ks, strict=True)])
+    return np.ascontiguousarray(out * g.astype(np.float32)[:, :, None, None], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- losses
+def spectral_flatness(colour: torch.Tensor) -> torch.Tensor:
+    """Mean squared relative deviation of a cloud colour's bands from their mean (0 = grey)."""
+    mean = colour.mean(dim=1, keepdim=True)
+    return (((colour - mean) / mean.clamp_min(0.05)) ** 2).mean()
+
+
+def _lsgan(pred: torch.Tensor, target: float) -> torch.Tensor:
+    return ((pred - target) ** 2).mean()
+
+
+def real_label_hinge(alpha: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Hinge on labelled pixels: cloud alpha >= 0.5, thin >= 0.15, clear <= 0.05."""
+    lab = label[:, None]
+    terms = [
+        (nnf.relu(0.5 - alpha), lab == CLOUD),
+        (nnf.relu(0.15 - alpha), lab == THIN),
+        (nnf.relu(alpha - 0.05), lab == CLEAR),
+    ]
+    total = alpha.new_zeros(())
+    count = alpha.new_zeros(())
+    for value, mask in terms:
+        m = mask.to(alpha.dtype)
+        total = total + (value * m).sum()
+        count = count + m.sum()
+    return total / count.clamp_min(1.0)
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    net: MattingNet
+    generator: CloudGenerator
+    meta: dict[str, Any]
+
+
+def _gan_phase(
+    data: MattingData, cfg: MattingTrainConfig, rng: np.random.Generator, progress: Progress | None, total: int
+) -> tuple[CloudGenerator, dict[str, float]]:
+    g = CloudGenerator(width=cfg.width)
+    d = CloudDiscriminator(width=cfg.width)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.999))
+    stats = {"d_loss": float("nan"), "g_adv": float("nan"), "g_flat": float("nan")}
+    for step in range(cfg.gan_steps):
+        ci = rng.integers(len(data.cloudy), size=cfg.batch)
+        cond = torch.from_numpy(_augment_batch(data.cloudy[ci], rng))
+        real = torch.from_numpy(_augment_batch(data.cloudy[rng.integers(len(data.cloudy), size=cfg.batch)], rng))
+        bg = torch.from_numpy(_augment_batch(data.backgrounds[rng.integers(len(data.backgrounds), size=cfg.batch)], rng))
+        frac = torch.from_numpy(data.cloudy_frac[ci])
+        z = torch.from_numpy(
+            rng.standard_normal((cfg.batch, g.noise, cfg.block // POOL, cfg.block // POOL)).astype(np.float32)
+        )
+        a_lo, c_lo = g(pooled_features(cond), z)
+        alpha = upsample(a_lo)
+        r_c = upsample(a_lo * c_lo)
+        fake = compose(bg, alpha, r_c)
+        # D step
+        opt_d.zero_grad()
+        d_loss = 0.5 * (_lsgan(d(pooled_features(real)), 1.0) + _lsgan(d(pooled_features(fake.detach())), 0.0))
+        d_loss.backward()
+        opt_d.step()
+        # G step
+        opt_g.zero_grad()
+        adv = _lsgan(d(pooled_features(fake)), 1.0)
+        flat = spectral_flatness(c_lo[:, :3])  # visible bands flat; nir free-ish
+        flat_nir = spectral_flatness(c_lo)
+        cover = ((a_lo.mean(dim=(1, 2, 3)) - 0.8 * frac) ** 2).mean()
+        g_loss = adv + cfg.flat_weight * (flat + 0.25 * flat_nir) + cfg.coverage_weight * cover
+        g_loss.backward()
+        opt_g.step()
+        stats = {"d_loss": float(d_loss.detach()), "g_adv": float(adv.detach()), "g_flat": float(flat.detach())}
+        if progress is not None:
+            progress(step + 1, total)
+        if step % 250 == 0:
+            log.info("gan step %d: %s", step, stats)
+    return g.eval(), stats
+
+
+def _f_batch(
+    data: MattingData, g: CloudGenerator, bank: LayerBank, cfg: MattingTrainConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = cfg.batch
+    s = cfg.block
+    x = torch.from_numpy(_augment_batch(data.backgrounds[rng.integers(len(data.backgrounds), size=n)], rng))
+    alpha = torch.zeros(n, 1, s, s)
+    r_c = torch.zeros(n, 4, s, s)
+    u = rng.random(n)
+    use_g = np.flatnonzero(u < cfg.p_gan_layer)
+    use_p = np.flatnonzero((u >= cfg.p_gan_layer) & (u < cfg.p_gan_layer + cfg.p_procedural))
+    if len(use_p):
+        a, r = bank.sample(len(use_p))
+        alpha[use_p] = torch.from_numpy(a)
+        r_c[use_p] = torch.from_numpy(r)
+    if len(use_g):
+        cond = torch.from_numpy(_augment_batch(data.cloudy[rng.integers(len(data.cloudy), size=len(use_g))], rng))
+        z = torch.from_numpy(rng.standard_normal((len(use_g), g.noise, s // POOL, s // POOL)).astype(np.float32))
+        with torch.no_grad():
+            a_lo, c_lo = g(pooled_features(cond), z)
+        alpha[use_g] = upsample(a_lo)
+        r_c[use_g] = upsample(a_lo * c_lo)
+    y = compose(x, alpha, r_c)
+    return x, y, alpha, r_c
+
+
+def train_matting(
+    data_dir: str | Path,
+    cfg: MattingTrainConfig | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train G, D (GAN phase) then F; returns F, G and the sidecar metadata."""
+    cfg = cfg or MattingTrainConfig()
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.perf_counter()
+    data = load_matting_data(data_dir, cfg)
+    log.info("matting data: %d backgrounds, %d cloudy blocks", len(data.backgrounds), len(data.cloudy))
+    bank = LayerBank(np.random.default_rng([cfg.seed, 1]), cfg.bank_size, cfg.block)
+    total = cfg.gan_steps + cfg.f_steps
+    g, gan_stats = _gan_phase(data, cfg, rng, progress, total)
+
+    net = MattingNet(width=cfg.width)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.f_lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, cfg.f_steps) / max(cfg.f_steps, 1)))
+    )
+    good = np.flatnonzero((data.cloudy_label != NODATA).any(axis=(1, 2)))
+    f_stats: dict[str, float] = {}
+    for step in range(cfg.f_steps):
+        x, y, alpha, r_c = _f_batch(data, g, bank, cfg, rng)
+        a_hat, r_hat = matte(net, y)
+        l_alpha = (a_hat - alpha).abs().mean()
+        l_rc = (r_hat - r_c).abs().mean()
+        l_y = (compose(x, a_hat, r_hat) - y).abs().mean()
+        loss = cfg.w_alpha * l_alpha + cfg.w_rc * l_rc + cfg.w_recompose * l_y
+        l_real = torch.zeros(())
+        if cfg.w_real > 0 and len(good):
+            k = rng.choice(good, size=min(8, len(good)))
+            ks = rng.integers(8, size=len(k))
+            xr = torch.from_numpy(np.ascontiguousarray(np.stack([_d4(data.cloudy[i], j) for i, j in zip(k, ks, strict=True)])))
+            lr = torch.from_numpy(np.ascontiguousarray(np.stack([_d4(data.cloudy_label[i], j) for i, j in zip(k, ks, strict=True)])))
+            ar, _ = matte(net, xr)
+            l_real = real_label_hinge(ar, lr)
+            loss = loss + cfg.w_real * l_real
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        f_stats = {
+            "alpha_l1": float(l_alpha.detach()),
+            "rc_l1": float(l_rc.detach()),
+            "y_l1": float(l_y.detach()),
+            "real_hinge": float(l_real.detach()),
+        }
+        if progress is not None:
+            progress(cfg.gan_steps + step + 1, total)
+        if step % 500 == 0:
+            log.info("F step %d: %s", step, f_stats)
+    minutes = (time.perf_counter() - t0) / 60
+    meta: dict[str, Any] = {
+        "model": "CloudMattingGAN-style matting net F (Zou et al. ICCV 2019), pooled x%d" % POOL,
+        "alpha_max": cfg.alpha_max,
+        "training": {
+            "config": asdict(cfg),
+            "train_chips": data.train_keys,
+            "val_chips": data.val_keys,
+            "train_chip_hash": data.train_hash,
+            "n_backgrounds": int(len(data.backgrounds)),
+            "n_cloudy_blocks": int(len(data.cloudy)),
+            "gan_final": gan_stats,
+            "f_final": f_stats,
+            "minutes": round(minutes, 1),
+            "torch": torch.__version__,
+        },
+    }
+    return TrainResult(net=net.eval(), generator=g, meta=meta)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_result(result: TrainResult, out_dir: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``matting.safetensors`` + ``matting.json`` (and G as ``matting_generator.safetensors``)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(result.meta)
+    if metrics is not None:
+        meta["validation"] = metrics
+    weights = out / WEIGHTS_FILE.name
+    save_weights(result.net, meta, weights, out / SIDECAR_FILE.name)
+    save_file(
+        {k: v.detach().contiguous() for k, v in result.generator.state_dict().items()},
+        str(out / "matting_generator.safetensors"),
+    )
+    return weights

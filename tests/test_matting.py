@@ -1,0 +1,235 @@
+"""Cloud matting: compositing/inversion identities, declouding, the model contract, training steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geocloud.compositing import ALPHA_MAX, compose, invert
+from geocloud.declouding import (
+    DecloudConfig,
+    clear_nodata,
+    clear_quality,
+    clear_reflectance,
+    reflectance_to_dn,
+    refine_matte,
+    thin_thick,
+)
+from geocloud.models.matting import (
+    HALO,
+    POOL,
+    CloudDiscriminator,
+    CloudGenerator,
+    MattingModel,
+    MattingNet,
+    load_net,
+    matte,
+    matting_spec,
+    pooled_features,
+    save_weights,
+)
+
+
+def _scene(rng: np.random.Generator, h: int = 64, w: int = 64) -> np.ndarray:
+    return rng.uniform(0.02, 0.6, size=(4, h, w)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- identities
+def test_compose_invert_roundtrip_exact_where_recoverable() -> None:
+    rng = np.random.default_rng(0)
+    x = _scene(rng)
+    alpha = rng.uniform(0, 1, size=(1, 64, 64)).astype(np.float32)
+    r_c = (alpha * np.float32(0.8)).astype(np.float32) * np.ones((4, 1, 1), np.float32)
+    y = compose(x, alpha, r_c)
+    x_hat = invert(y, alpha, r_c)
+    ok = np.broadcast_to(alpha <= ALPHA_MAX, x.shape)
+    np.testing.assert_allclose(x_hat[ok], x[ok], rtol=0, atol=2e-6)
+    assert np.isnan(x_hat[~ok]).all()
+
+
+def test_alpha_zero_returns_input_unchanged() -> None:
+    rng = np.random.default_rng(1)
+    y = _scene(rng)
+    zero_a = np.zeros((64, 64), np.float32)
+    x_hat = clear_reflectance(y, zero_a, np.zeros_like(y))
+    assert np.array_equal(x_hat, y)  # bit for bit
+    # and through DN: an integer scene comes back identical
+    dn = rng.integers(1, 10000, size=(4, 64, 64)).astype(np.uint16)
+    refl = dn.astype(np.float32) * np.float32(1e-4)
+    back = reflectance_to_dn(clear_reflectance(refl, zero_a, np.zeros_like(refl)), (1e-4,) * 4, (0,) * 4, "uint16", 0)
+    assert back.dtype == np.uint16
+    assert np.array_equal(back, dn)
+
+
+def test_alpha_above_max_is_nodata() -> None:
+    y = np.full((4, 4, 4), 0.5, np.float32)
+    alpha = np.full((4, 4), 0.5, np.float32)
+    alpha[0, 0] = ALPHA_MAX + 1e-3
+    alpha[1, 1] = ALPHA_MAX  # the limit itself is recovered
+    x = clear_reflectance(y, alpha, 0.5 * alpha[None] * np.ones((4, 1, 1), np.float32))
+    assert np.isnan(x[:, 0, 0]).all()
+    assert np.isfinite(x[:, 1, 1]).all()
+    dn = reflectance_to_dn(x, (1e-4,) * 4, (0,) * 4, "uint16", 0)
+    assert (dn[:, 0, 0] == 0).all() and (dn[:, 1, 1] > 0).all()
+    q = clear_quality(alpha, np.ones((4, 4), bool))
+    assert q[0, 0] == 0 and q[1, 1] == 1 and q.dtype == np.uint8
+    assert clear_quality(np.zeros((2, 2)), np.ones((2, 2), bool)).min() == 100
+
+
+def test_invalid_pixels_are_nodata_and_valid_never_equals_nodata() -> None:
+    y = np.zeros((4, 2, 2), np.float32)  # reflectance 0 -> DN 0 == nodata: must be nudged to 1
+    valid = np.array([[True, False], [True, True]])
+    x = clear_reflectance(y, np.zeros((2, 2), np.float32), np.zeros_like(y), valid)
+    dn = reflectance_to_dn(x, (1e-4,) * 4, (0,) * 4, np.uint16, 0)
+    assert (dn[:, 0, 1] == 0).all()
+    assert (dn[:, valid] == 1).all()
+    f = reflectance_to_dn(x, (1.0,) * 4, (0,) * 4, np.float32, float("nan"))
+    assert f.dtype == np.float32 and np.isnan(f[:, 0, 1]).all()
+
+
+def test_clear_nodata_defaults() -> None:
+    assert clear_nodata("uint16", None) == 0
+    assert clear_nodata("int16", None) == -32768
+    assert np.isnan(clear_nodata("float32", None))
+    assert clear_nodata("uint16", 65535) == 65535
+
+
+def test_thin_thick_split() -> None:
+    alpha = np.array([[0.1, 0.6], [0.49, 0.0]], np.float32)
+    cloud = np.array([[True, True], [True, False]])
+    thin, thick = thin_thick(alpha, cloud, 0.5)
+    assert thin.tolist() == [[True, False], [True, False]]
+    assert thick.tolist() == [[False, True], [False, False]]
+
+
+def test_refine_keeps_exact_solution_and_alpha_zero() -> None:
+    rng = np.random.default_rng(2)
+    y = _scene(rng, 32, 32)
+    a = np.zeros((32, 32), np.float32)
+    a2, r2 = refine_matte(y, a, np.zeros_like(y), cfg=DecloudConfig(refine_iters=3))
+    assert np.array_equal(a2, a)
+    np.testing.assert_allclose(clear_reflectance(y, a2, r2), y, atol=1e-6)
+
+
+def test_refine_does_not_hurt_a_true_matte() -> None:
+    rng = np.random.default_rng(3)
+    x = _scene(rng, 64, 64)
+    yy, xx = np.mgrid[:64, :64]
+    alpha = np.clip(1 - np.hypot(yy - 32, xx - 32) / 30, 0, 1).astype(np.float32) * 0.7
+    r_c = alpha[None] * np.array([0.8, 0.78, 0.77, 0.75], np.float32)[:, None, None]
+    y = compose(x, alpha[None], r_c)
+    _, r2 = refine_matte(y, alpha, r_c)
+    x2 = clear_reflectance(y, alpha, r2)
+    assert np.nanmax(np.abs(x2 - x)) < 0.02
+
+
+# --------------------------------------------------------------------------- model
+def _model(seed: int = 0) -> MattingModel:
+    torch.manual_seed(seed)
+    return MattingModel(MattingNet(width=8))
+
+
+def test_predict_maps_contract() -> None:
+    m = _model()
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, size=(2, 4, 96, 80)).astype(np.float32)
+    valid = np.ones((2, 96, 80), bool)
+    valid[1, :10] = False
+    x[1, :, :10] = 0
+    p = m.predict(x, valid)
+    assert set(p.maps) == {"score", "alpha", "reflectance"}
+    assert p.maps["alpha"].shape == (2, 1, 96, 80) and p.maps["reflectance"].shape == (2, 4, 96, 80)
+    for v in p.maps.values():
+        assert v.dtype == np.float32 and np.isfinite(v).all()
+    a = p.maps["alpha"]
+    assert a.min() >= 0 and a.max() <= 1 and p.maps["reflectance"].min() >= 0
+    assert m.spec.halo == HALO and m.spec.block_multiple == POOL
+    assert set(m.spec.outputs) == {"score", "alpha", "reflectance"}
+
+
+def test_predict_is_local_within_halo() -> None:
+    """Core pixels agree whether predicted in a small block or inside a bigger one."""
+    m = _model(1)
+    rng = np.random.default_rng(5)
+    big = rng.uniform(0, 1, size=(1, 4, 320, 320)).astype(np.float32)
+    full = m.predict(big, np.ones((1, 320, 320), bool)).maps
+    o, s = 64, 192  # block origin aligned to block_multiple
+    sub = big[:, :, o : o + s, o : o + s]
+    part = m.predict(sub, np.ones((1, s, s), bool)).maps
+    h = HALO
+    for k in ("alpha", "reflectance"):
+        np.testing.assert_allclose(
+            part[k][..., h : s - h, h : s - h], full[k][..., o + h : o + s - h, o + h : o + s - h], atol=1e-5
+        )
+
+
+def test_no_per_block_normalisation() -> None:
+    """Changing far-away pixels (outside the halo) leaves a pixel's output unchanged."""
+    m = _model(2)
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0, 0.3, size=(1, 4, 256, 256)).astype(np.float32)
+    v = np.ones((1, 256, 256), bool)
+    a1 = m.predict(x, v).maps["alpha"]
+    x2 = x.copy()
+    x2[..., 200:, 200:] = 1.2
+    a2 = m.predict(x2, v).maps["alpha"]
+    np.testing.assert_allclose(a1[..., : 200 - HALO, : 200 - HALO], a2[..., : 200 - HALO, : 200 - HALO], atol=1e-6)
+
+
+def test_pooled_features_ignore_invalid() -> None:
+    x = torch.full((1, 4, 16, 16), 0.3)
+    v = torch.ones(1, 16, 16, dtype=torch.bool)
+    x[..., :4, :4] = 0
+    v[..., :4, :4] = False
+    f = pooled_features(x, v)
+    ref = pooled_features(torch.full((1, 4, 16, 16), 0.3))
+    torch.testing.assert_close(f, ref, atol=2e-3, rtol=0)  # var cancellation in float32
+
+
+def test_weights_roundtrip(tmp_path) -> None:
+    net = MattingNet(width=8)
+    save_weights(net, {"alpha_max": 0.8}, tmp_path / "m.safetensors")
+    net2, meta = load_net(tmp_path / "m.safetensors")
+    assert meta["alpha_max"] == 0.8 and meta["spec"]["halo"] == HALO
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, net2.state_dict()[k])
+
+
+def test_missing_weights_raise_model_error(tmp_path) -> None:
+    from geocloud.errors import ModelError
+
+    with pytest.raises(ModelError, match="train matting"):
+        load_net(tmp_path / "nope.safetensors")
+
+
+def test_spec_extra_is_copied() -> None:
+    s = matting_spec(alpha_max=0.7)
+    assert s.extra["alpha_max"] == 0.7 and s.outputs["reflectance"] == 4
+
+
+# --------------------------------------------------------------------------- training steps
+def test_a_few_training_steps_run_and_reduce_loss() -> None:
+    from geocloud.training.matting import LayerBank, real_label_hinge, spectral_flatness
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    bank = LayerBank(rng, 8, 64)
+    g, d, f = CloudGenerator(width=8), CloudDiscriminator(width=8), MattingNet(width=8)
+    opt = torch.optim.Adam(list(f.parameters()) + list(g.parameters()), lr=5e-3)
+    bg = torch.from_numpy(rng.uniform(0.02, 0.3, size=(4, 4, 64, 64)).astype(np.float32))
+    losses = []
+    for _ in range(15):
+        a, r = (torch.from_numpy(t) for t in bank.sample(4))
+        y = compose(bg, a, r)
+        a_hat, _ = matte(f, y)
+        loss = (a_hat - a).abs().mean()
+        ga, gc = g(pooled_features(y))
+        loss = loss + 0.1 * ((d(pooled_features(compose(bg, torch.nn.functional.interpolate(ga, scale_factor=POOL), 0 * bg))) - 1) ** 2).mean()
+        loss = loss + spectral_flatness(gc) + real_label_hinge(a_hat, torch.zeros(4, 64, 64, dtype=torch.uint8))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0]
