@@ -41,12 +41,14 @@ def parse_products(text: str) -> tuple[str, ...]:
 @model_options
 @scene_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--ortho", is_flag=True,
+              help="Warp the raster outputs of RPC-only (L1A) scenes onto a UTM grid with their RPCs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, errors only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,
             halo: int | None, feather: int, device: str, batch_size: int, threshold: float | None,
             k: float | None, sensor: str | None, bands: str | None, scale: float | None, offset: float,
-            sun_elevation: float | None, overwrite: bool, quiet: bool, debug: bool) -> None:  # fmt: skip
+            sun_elevation: float | None, overwrite: bool, ortho: bool, quiet: bool, debug: bool) -> None:  # fmt: skip
     """Find the clouds in each SCENE and write its products to OUTDIR.
 
     Outputs are named from each scene's file stem: <stem>_mask.tif (0 clear, 1 cloud,
@@ -81,6 +83,10 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
                 loaded = load_model_for(config)
             result = process_scene(scene, outdir, config, model=loaded, progress=bar.update,
                                    scale=scale, offset=offset, sun_elevation=sun_elevation)  # fmt: skip
+            if ortho:
+                from geocloud.vendor import orthorectify_outputs
+
+                orthorectify_outputs(result.outputs)
         except GeocloudError as exc:
             bar.close()
             if len(scenes) == 1:

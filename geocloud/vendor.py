@@ -687,9 +687,14 @@ def orthorectify(
     dem: str | None = None,
     height: float | None = None,
     resampling: str = "bilinear",
+    cog: bool = False,
     progress=None,
 ) -> Path:
     """Warp a scene with its RPCs onto a map grid, window by window (bounded memory).
+
+    The band descriptions and tags are kept (plus ``GEOCLOUD_ORTHO=RPC``).  ``cog=True``
+    writes a Cloud-Optimised GeoTIFF (overviews with ``nearest`` for masks, ``average``
+    otherwise).  ``dst_path`` may equal ``src_path``: the result replaces it atomically.
 
     ``dst_crs`` defaults to the UTM zone of the scene centre; ``resolution`` to the
     native GSD.  ``rpcs`` default to the dataset's own (GDAL reads a sidecar ``.rpb``)
@@ -788,7 +793,18 @@ def orthorectify(
                 dst.write(block, window=w)
                 if progress is not None:
                     progress(n + 1, len(windows))
-            dst.update_tags(geocloud_ortho="RPC", **{k: str(v) for k, v in extras.items()})
+            dst.update_tags(**src.tags(), GEOCLOUD_ORTHO="RPC", **{k: str(v) for k, v in extras.items()})
+        if cog:
+            from rasterio.shutil import copy as rio_copy
+
+            tmp_cog = dst_path.with_name(dst_path.name + ".cog.partial")
+            ovr = "NEAREST" if resampling == "nearest" else "AVERAGE"
+            try:
+                rio_copy(tmp, tmp_cog, driver="COG", COMPRESS="ZSTD", BLOCKSIZE=512, OVERVIEW_RESAMPLING=ovr,
+                         BIGTIFF="IF_SAFER")  # fmt: skip
+            finally:
+                tmp.unlink(missing_ok=True)
+            tmp = tmp_cog
         os.replace(tmp, dst_path)
     return dst_path
 
@@ -805,6 +821,43 @@ class ExtractLimits:
     max_total_bytes: int = 64 * 1024**3
     max_member_bytes: int = 32 * 1024**3
     max_members: int = 10_000
+
+
+def orthorectify_outputs(
+    outputs: dict[str, list[Path]],
+    *,
+    dst_crs: str | None = None,
+    resolution: float | None = None,
+    dem: str | None = None,
+    height: float | None = None,
+) -> dict[str, list[Path]]:
+    """``--ortho``: warp the raster outputs of :func:`geocloud.pipeline.process_scene` with
+    their RPCs, in place, as COGs (masks with nearest neighbour, maps bilinear).
+
+    Cloud detection runs in the sensor geometry (no resampling of the input); only the
+    products are warped.  Vector products are already in WGS84 (placed through the RPCs).
+    Outputs that have a CRS already are left as they are.  Returns the warped paths.
+    """
+    import rasterio
+
+    done: dict[str, list[Path]] = {}
+    for name, paths in outputs.items():
+        for p in paths:
+            if p.suffix.lower() not in RASTER_SUFFIXES:
+                continue
+            with rasterio.open(p) as ds:
+                if ds.crs is not None:
+                    continue
+                if ds.rpcs is None:
+                    raise InputError(
+                        f"{p.name} has neither a CRS nor RPCs, so --ortho cannot place it; keep the vendor .rpb "
+                        "file beside the scene (GDAL reads it) or drop --ortho"
+                    )
+                nearest = ds.dtypes[0] == "uint8"
+            orthorectify(p, p, dst_crs=dst_crs, resolution=resolution, dem=dem, height=height,
+                         resampling="nearest" if nearest else "bilinear", cog=True)  # fmt: skip
+            done.setdefault(name, []).append(p)
+    return done
 
 
 def _check_member(m: tarfile.TarInfo, archive: Path) -> None:

@@ -395,3 +395,30 @@ def test_real_vendor_xml_when_available(shared_data):
         assert abs(zen - m.sun_zenith) < 1.0
     for r in sorted((shared_data / "gf_products" / "GAOFEN-1").rglob("*.rpb")):
         assert read_rpb(r).line_scale > 0
+
+
+def test_cli_ortho_warps_rpc_outputs(tmp_path):
+    """geocloud process --ortho: detection in sensor geometry, raster outputs warped to UTM as COGs."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from geocloud.synthetic import make_scene
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scene = make_scene(tmp_path / "GF1_WFV1_x_20200523_L1A01.tif", 200, 160, seed=2, georef="rpc",
+                           vendor_xml=True, write_truth=False, blocksize=32)  # fmt: skip
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--products", "mask,score,stats", "--ortho",
+                                 "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for name, dtype in (("mask", "uint8"), ("score", "float32")):
+        with rasterio.open(out / f"{scene.stem}_{name}.tif") as ds:
+            assert ds.crs.to_epsg() == 32650  # UTM zone of 117E
+            assert ds.dtypes[0] == dtype and ds.tags()["GEOCLOUD_ORTHO"] == "RPC"
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            assert 15 < ds.res[0] < 17
+    with rasterio.open(out / f"{scene.stem}_mask.tif") as ds:
+        assert set(np.unique(ds.read(1))) <= {0, 1, 255}
