@@ -82,14 +82,11 @@ def run_child(cmd: list[str]) -> dict[str, Any]:
 def io_floor(scene: Path, outdir: Path, products: tuple[str, ...], block: int = 512) -> dict[str, Any]:
     """Read ``scene`` window by window and write equally sized outputs (runs in the child),
     with the engine's GDAL block cache size."""
-    import rasterio
+    from geocloud.io import open_scene
+    from geocloud.pipeline import size_gdal_cache
 
-    from geocloud import pipeline
-
-    cache_mb = getattr(pipeline, "GDAL_CACHE_MB", None)
-    env = {} if cache_mb is None or "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": int(cache_mb)}
-    with rasterio.Env(**env):
-        return _io_floor(scene, outdir, products, block)
+    size_gdal_cache(open_scene(scene), block)
+    return _io_floor(scene, outdir, products, block)
 
 
 def _io_floor(scene: Path, outdir: Path, products: tuple[str, ...], block: int) -> dict[str, Any]:

@@ -37,8 +37,13 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         [
             click.option("--model", type=click.Choice(sorted(MODELS)), default=DEFAULT_MODEL, show_default=True,
                          help="Cloud model."),
-            click.option("--block-size", type=click.IntRange(16), default=TilingConfig.block_size, show_default=True,
-                         help="Side of the square blocks the model sees, halo included."),
+            click.option(
+                "--block-size",
+                type=click.IntRange(16),
+                default=TilingConfig.block_size,
+                help=f"Side of the square blocks the model sees, halo included "
+                f"(default: a {TilingConfig.step} px step plus the overlap).",
+            ),
             click.option("--halo", type=click.IntRange(0), default=None,
                          help="Overlap on each side of a block (default: the model's receptive field)."),
             click.option("--feather", type=click.IntRange(0), default=TilingConfig.feather, show_default=True,

@@ -17,26 +17,31 @@ class TilingConfig:
     """How a scene is cut into blocks.
 
     ``block_size`` is the side of the square window a model sees (core plus halo);
-    ``halo`` is the overlap on each side.  ``halo=None`` means "the model's own
-    receptive-field halo".
+    ``None`` means ``step + 2 * halo + feather``, so that blocks advance by exactly
+    ``step`` pixels and line up with the 512 px internal tiles most GeoTIFFs use (each
+    input tile is then decompressed once).  ``halo`` is the overlap on each side;
+    ``None`` means "the model's own receptive-field halo".
     """
 
-    block_size: int = 512
+    block_size: int | None = None
+    step: int = 512
     halo: int | None = None
     #: width of the linear blend between neighbouring blocks (0: hard seams in the middle
     #: of the overlap, i.e. crop).  Multiples of 1/16 keep exact values exact.
     feather: int = 16
 
+    def resolve_block_size(self, halo: int) -> int:
+        """The block side for a model needing ``halo`` px of context."""
+        return self.block_size if self.block_size is not None else self.step + 2 * halo + self.feather
+
     def validate(self) -> None:
-        if self.block_size < 16:
-            raise ConfigError(
-                f"block size {self.block_size} is too small; pass --block-size 16 or more (default 512)"
-            )
+        if self.block_size is not None and self.block_size < 16:
+            raise ConfigError(f"block size {self.block_size} is too small; pass --block-size 16 or more")
         if self.feather < 0:
             raise ConfigError(f"feather {self.feather} is negative; pass --feather 0 or more")
         if self.halo is not None and self.halo < 0:
             raise ConfigError(f"halo {self.halo} is negative; pass --halo 0 or more")
-        if self.halo is not None and 2 * self.halo >= self.block_size:
+        if self.halo is not None and self.block_size is not None and 2 * self.halo >= self.block_size:
             raise ConfigError(
                 f"halo {self.halo} leaves no core in a {self.block_size}px block; "
                 f"pass --halo below {self.block_size // 2} or a larger --block-size"

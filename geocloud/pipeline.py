@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 #: progress(stage, done, total); stages: "infer", "classify", "write".
 ProgressCallback = Callable[[str, int, int], None]
 
-#: GDAL block cache (MB) unless the user sets GDAL_CACHEMAX: GDAL's default (5% of RAM)
-#: would let the cache alone outgrow the memory budget on large machines.
-GDAL_CACHE_MB = 256
+#: GDAL block cache bounds (MB) unless the user sets GDAL_CACHEMAX.  GDAL's default (5%
+#: of RAM) would let the cache alone outgrow the memory budget on large machines; too
+#: small a cache decompresses each input tile several times.
+GDAL_CACHE_MB = (96, 512)
 
 #: rows per window in the second pass.
 PASS2_ROWS = 512
@@ -83,6 +84,18 @@ def scene_radiometry(info: SceneInfo, config: ProcessConfig, *, scale: float | N
         sensor=config.sensor, bands=config.bands, scale=scale, offset=offset,
         sun_elevation=sun_elevation, vendor=vendor,
     )  # fmt: skip
+
+
+def size_gdal_cache(info: SceneInfo, block_size: int) -> None:
+    """Enough cache for two rows of blocks of the input (and some for the outputs)."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return
+    from rasterio.env import set_gdal_config
+
+    itemsize = np.dtype(info.dtype).itemsize
+    need_mb = 2 * block_size * info.width * info.count * itemsize / 2**20 + 48
+    mb = int(min(max(need_mb, GDAL_CACHE_MB[0]), GDAL_CACHE_MB[1]))
+    set_gdal_config("GDAL_CACHEMAX", mb * 2**20)
 
 
 def plan_products(names: tuple[str, ...]) -> tuple[list[RasterProduct], list[FileProduct], set[str]]:
@@ -156,10 +169,6 @@ def process_scene(
     model); otherwise ``config.model`` is loaded on ``config.inference.device``.
     """
     t_start = time.perf_counter()
-    if "GDAL_CACHEMAX" not in os.environ:
-        from rasterio.env import set_gdal_config
-
-        set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB * 1024 * 1024)
     config = config or ProcessConfig()
     config.validate()
     warnings_out: list[str] = []
@@ -207,7 +216,8 @@ def process_scene(
             f"halo {halo} is smaller than model {spec.name!r}'s receptive field ({spec.halo} px); "
             f"pass --halo {spec.halo} or more, or leave it out"
         )
-    block_size = config.tiling.block_size
+    block_size = config.tiling.resolve_block_size(halo)
+    size_gdal_cache(info, block_size)
     tiling = make_tiling(info.height, info.width, block_size=block_size, halo=halo,
                          feather=config.tiling.feather, multiple=spec.block_multiple)  # fmt: skip
 
@@ -417,7 +427,7 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
 
     plan: dict[str, Any] = {
         "model": config.model if config.model in MODELS else f"{config.model} (unknown)",
-        "block_size": config.tiling.block_size,
+        "block_size": config.tiling.block_size or f"auto ({config.tiling.step} px step + overlap)",
         "products": list(config.output.products),
     }
     return {

@@ -200,6 +200,17 @@ def detect_sensor(tags: Mapping[str, str], filename: str) -> str | None:
     return None
 
 
+def _acquired_from_tags(tags: Mapping[str, str]) -> datetime | None:
+    """ACQUISITION_TIME / ACQUISITION_DATE / DATE_ACQUIRED tags (ISO 8601), if any."""
+    for k, v in tags.items():
+        if k.upper() in ("ACQUISITION_TIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "ACQUISITIONTIME"):
+            try:
+                return datetime.fromisoformat(str(v).strip().replace("Z", "+00:00"))
+            except ValueError:
+                log.warning("ignoring unparseable %s tag %r; expected ISO 8601 like 2020-06-01T03:12:00Z", k, v)
+    return None
+
+
 def _band_indexes_from_descriptions(descriptions: tuple[str | None, ...]) -> tuple[int, ...] | None:
     found: dict[str, int] = {}
     for i, desc in enumerate(descriptions, start=1):
@@ -301,6 +312,8 @@ def resolve_radiometry(
                     with contextlib.suppress(ValueError):
                         sun_el = float(v)
     when = acquired or (getattr(vendor, "acquired", None) if vendor is not None else None)
+    if when is None:
+        when = _acquired_from_tags(tags)
 
     if scale is not None:
         if scale <= 0:

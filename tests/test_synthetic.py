@@ -210,11 +210,6 @@ def test_bad_options_are_refused(tmp_path) -> None:
         syn.make_scene(tmp_path / "x.tif", 10, 10, georef="gcps")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="geocloud.pipeline.scene_radiometry does not pass the ACQUISITION_TIME tag as `acquired`, "
-    "so the Earth-Sun distance is taken as 1 AU (2.4% reflectance error in May); remove this marker once fixed",
-)
 def test_engine_uses_the_acquisition_time_tag(tmp_path) -> None:
     from geocloud.pipeline import describe_scene
 
