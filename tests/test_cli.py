@@ -1,0 +1,95 @@
+"""The command line through click's CliRunner: help, info, process on several scenes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geocloud.cli.main import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("args", [[], ["process"], ["info"]])
+def test_help(args):
+    r = CliRunner().invoke(cli, [*args, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage:" in r.output
+
+
+def test_python_dash_m_geocloud_help():
+    r = subprocess.run([sys.executable, "-m", "geocloud", "--help"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "process" in r.stdout and "info" in r.stdout
+
+
+def test_info_reports_sensor_bands_scaling(make_raster):
+    scene = make_raster("GF1_WFV1_scene.tif", width=64, height=48)
+    r = CliRunner().invoke(cli, ["info", str(scene), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["sensor"] == "gf1_wfv"
+    assert d["bands_used"] == {"blue": 1, "green": 2, "red": 3, "nir": 4}
+    assert d["crs"].startswith("EPSG:") and d["size"].startswith("64 x 48")
+    assert "calibration" in d["scaling"]
+    assert "mask" in d["plan"]["products"]
+
+
+def test_process_several_scenes_and_quiet(make_raster, tmp_path):
+    a = make_raster("a.tif", width=80, height=70, seed=1)
+    b = make_raster("b.tif", width=90, height=60, seed=2)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["process", str(a), str(b), "-o", str(out), "--model", "spectral",
+                                 "--products", "mask,stats", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert r.output == ""  # --quiet: nothing on stdout or stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["a_mask.tif", "a_stats.json", "b_mask.tif", "b_stats.json"]
+    stats = json.loads((out / "b_stats.json").read_text())
+    assert stats["size"] == {"width": 90, "height": 60, "bands": 4, "dtype": "uint16"}
+    with rasterio.open(out / "a_mask.tif") as ds:
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255
+
+
+def test_out_of_range_reflectance_warns(make_raster, tmp_path):
+    """The classic "everything is cloud" failure: a wrong scale is named in a warning."""
+    scene = make_raster("s.tif", width=64, height=64)
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "o"), "--model", "spectral",
+                                 "--scale", "0.01"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "DN scaling is probably wrong" in r.output
+    stats = json.loads((tmp_path / "o" / "s_stats.json").read_text())
+    assert any("--scale" in w for w in stats["warnings"])
+
+
+def test_unknown_product_is_a_usage_error(make_raster, tmp_path):
+    scene = make_raster("s.tif")
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "o"), "--products", "mask,bogus"])
+    assert r.exit_code == 2
+    assert "bogus" in r.output and "--products" in r.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_wheel_installs_cli_inside_the_package(tmp_path):
+    """No bare top-level ``cli`` module may land in site-packages."""
+    pytest.importorskip("setuptools")
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {r.stderr.strip().splitlines()[-1:]}")
+    (wheel,) = tmp_path.glob("geocloud-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert "cli" not in tops
+    assert "geocloud/cli/main.py" in names and "geocloud/cli/process.py" in names
+    shipped = {f"geocloud/models/weights/{p.name}" for p in (REPO / "geocloud/models/weights").glob("*.*")}
+    assert shipped <= set(names), "model weights or sidecars missing from the wheel"
