@@ -56,6 +56,8 @@ COLUMNS: tuple[str, ...] = (
 
 #: Columns that legitimately differ between two runs over the same data.
 VOLATILE_COLUMNS = ("processing_s",)
+#: Columns holding paths under the catalogue's own folders (differ between two catalogues).
+OWN_OUTPUT_COLUMNS = ("thumbnail", "preview", "mask", "stats")
 
 #: File names that are geocloud outputs or synthetic ground truth, never input scenes.
 OUTPUT_SUFFIXES = (
@@ -276,6 +278,24 @@ def catalog_scene(
 
     Runs in a dask worker; everything it needs travels in its arguments.
     """
+    import warnings
+
+    with warnings.catch_warnings():
+        # intermediate files without georeferencing are expected; workers have no CLI filter
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+        return _catalog_scene(path, scene_id, outdir, thumbs_dir, config, fingerprint, thumb_size, scene_kwargs)
+
+
+def _catalog_scene(
+    path: str | os.PathLike[str],
+    scene_id: str,
+    outdir: str | os.PathLike[str],
+    thumbs_dir: str | os.PathLike[str],
+    config: ProcessConfig,
+    fingerprint: str,
+    thumb_size: int,
+    scene_kwargs: dict[str, Any] | None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     path = Path(path)
     row: dict[str, Any] = dict.fromkeys(COLUMNS)

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from geocloud.catalog import (
+    OWN_OUTPUT_COLUMNS,
     VOLATILE_COLUMNS,
     CatalogConfig,
     Journal,
@@ -23,9 +24,6 @@ from geocloud.catalog import (
 )
 from geocloud.report import thumbnails_linked
 from geocloud.synthetic import make_scene
-
-#: columns holding paths under the catalogue's own folder (differ between two catalogues)
-OWN_PATHS = ("thumbnail", "preview", "mask", "stats")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +48,7 @@ def _cfg(**kw) -> CatalogConfig:
 
 
 def _stable(df: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in (*VOLATILE_COLUMNS, *OWN_PATHS) if c in df.columns]
+    drop = [c for c in (*VOLATILE_COLUMNS, *OWN_OUTPUT_COLUMNS) if c in df.columns]
     return df.drop(columns=drop).sort_values("path").reset_index(drop=True)
 
 
