@@ -95,12 +95,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 from .catalog import catalog  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
 from .info import info  # noqa: E402
 from .process import process  # noqa: E402
+from .train import train  # noqa: E402
 
 cli.add_command(process)
 cli.add_command(info)
 cli.add_command(catalog)
+cli.add_command(train)
+cli.add_command(evaluate)
 
 
 def main() -> None:

@@ -51,12 +51,12 @@ def fractal_noise(
 class CloudStyle:
     """Ranges the random cloud layers are drawn from."""
 
-    thick_coverage: tuple[float, float] = (0.08, 0.95)
+    thick_coverage: tuple[float, float] = (0.08, 1.0)
     thick_alpha_max: tuple[float, float] = (0.75, 1.0)
     thick_edge: tuple[float, float] = (0.03, 0.2)
     thin_alpha_max: tuple[float, float] = (0.2, 0.6)
     thin_coverage: tuple[float, float] = (0.2, 1.0)
-    brightness: tuple[float, float] = (0.35, 0.95)
+    brightness: tuple[float, float] = (0.3, 1.1)
     #: per-band relative variation of the cloud brightness (blue, green, red, nir).
     band_jitter: float = 0.04
     blue_boost: float = 0.03
@@ -76,6 +76,8 @@ def cloud_layer(
         cov = rng.uniform(*style.thick_coverage)
         t = float(np.quantile(n, 1.0 - cov))
         edge = rng.uniform(*style.thick_edge)
+        if cov > 0.95:  # overcast: the whole block under the layer
+            t -= edge
         a = np.clip((n - t) / edge, 0.0, 1.0) ** rng.uniform(0.6, 1.5)
         a *= rng.uniform(*style.thick_alpha_max)
     else:

@@ -1,0 +1,119 @@
+"""``geocloud train``: train models.  ``train cam`` trains the weakly supervised CAM detector.
+
+Other trainers add a subcommand to the ``train`` group (``train.add_command(...)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from .main import setup_logging
+
+
+@click.group()
+def train() -> None:
+    """Train a model on your own data (see docs/cam.md)."""
+
+
+def _defaults():  # type: ignore[no-untyped-def]
+    from geocloud.training.cam import CamTrainConfig
+
+    return CamTrainConfig()
+
+
+@train.command("cam")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder with catalog.csv (labelled chips, like ../shared/data) or tags.csv "
+    "(your own scenes with cloudy/clear block tags: scene,row,col,size,label[,scale]).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder for cam.safetensors and its cam.json sidecar.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the split, generator and weights."
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), default=None, help="Epochs (default: CamTrainConfig.epochs)."
+)
+@click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Batches per epoch.")
+@click.option("--batch-size", type=click.IntRange(2), default=None, help="Blocks per batch.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Peak learning rate.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Share of labelled chips held out for validation (per stratum).",
+)
+@click.option(
+    "--lpp",
+    "lpp_mode",
+    type=click.Choice(["dilate", "remove", "none"]),
+    default=None,
+    help="Local pooling pruning at inference (stored in the sidecar).",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda.")
+@click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="Also measure the spectral baseline on the validation chips.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, steps_per_epoch: int | None,
+              batch_size: int | None, lr: float | None, threads: int | None, val_fraction: float | None,
+              lpp_mode: str | None, device: str, baseline: bool, quiet: bool) -> None:  # fmt: skip
+    """Train the CAM cloud detector on block labels; writes OUT/cam.safetensors + OUT/cam.json."""
+    from tqdm import tqdm
+
+    from geocloud.training.cam import run_training
+
+    setup_logging(quiet, False)
+    changes = {
+        k: v
+        for k, v in dict(
+            epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, threads=threads,
+            val_fraction=val_fraction, lpp_mode=lpp_mode,
+        ).items()
+        if v is not None
+    }  # fmt: skip
+    cfg = dataclasses.replace(_defaults(), seed=seed, device=device, **changes)
+    base = None
+    if baseline:
+        from geocloud.models import load_model
+
+        base = load_model("spectral")
+    bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc="train cam", unit="step", disable=quiet or None)
+
+    def progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    try:
+        side = run_training(data_dir, out_dir, cfg, progress=progress, baseline=base)
+    finally:
+        bar.close()
+    if quiet:
+        return
+    click.echo(f"wrote {out_dir / 'cam.safetensors'} and cam.json")
+    val = side.get("validation", {})
+    for name in ("cam", "baseline"):
+        if name in val:
+            g = val[name]["groups"]["pooled"]
+            click.echo(
+                f"{val.get('baseline_name', 'spectral') if name == 'baseline' else 'cam':>9}: "
+                f"pooled OA {g['oa']:.4f}  F1 {g['f1']:.4f}  IoU {g['iou']:.4f}  (threshold {val[name]['threshold']:.3f})"
+            )
+    click.echo(json.dumps(side["training"]["seconds"]))

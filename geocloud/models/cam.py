@@ -1,0 +1,390 @@
+"""WDCD-style weakly supervised cloud activation maps (Li et al., RSE 250:112045, 2020).
+
+Training network (:class:`CamNet`), on blocks of ``train_block`` pixels::
+
+    x (B,4,S,S) reflectance
+    -> fixed per-band affine normalisation  (x - band_mean) / band_std   [sidecar]
+    -> stem: AvgPool 4x4 / 4                       (fixed, kept at inference)
+    -> conv3x3 4->c1, BN, ReLU                     "stage 1"   at 1/4
+    -> MaxPool 2x2 / 2                             "pool 1"    <- pruned by LPP
+    -> conv3x3 c1->c2, BN, ReLU                    "stage 2"   at 1/8
+    -> MaxPool 2x2 / 2                             "pool 2"    <- pruned by LPP
+    -> conv3x3 c2->c3, BN, ReLU                    "stage 3"   at 1/16  -> F (B,c3,h,w)
+    -> global convolutional pooling  delta_k = sum_ij W_k(i,j) F_k(i,j)   (W: c3 x h x w, learned)
+    -> linear c3 -> 2 (clear, cloudy) -> softmax, cross-entropy on block labels
+
+Local pooling pruning (LPP, inference): both MaxPool layers are removed (``mode="remove"``,
+as in WDCD) or replaced by stride-1 max pools with the following convolutions dilated
+(``mode="dilate"``, a trous: exactly the training network evaluated at every shift).
+The stem is kept, so F comes out at 1/4 of the input resolution instead of 1/16.
+The dense, class-weighted, delta-normalised CAM is::
+
+    z(p) = sum_k (w_cloudy,k - w_clear,k) * (sum_ij W_k(i,j)) * F_k(p) + (b_cloudy - b_clear)
+
+i.e. each feature is scaled by the total weight its GCP map gives it, so z(p) is the
+logit the block classifier would give a block that looks everywhere like the
+neighbourhood of p.  It is mapped to the score with FIXED constants from the sidecar,
+``score = clip((z - z_lo) / (z_hi - z_lo), 0, 1)``, and upsampled bilinearly (x4) to the
+input grid.  Nothing depends on block statistics, so the engine's mosaic is exact.
+A confidently clear neighbourhood has a strongly negative z, hence score ~ 0: that is
+the (dense, local) form of "a confidently clear block contributes no cloud".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from .base import CANONICAL_BANDS, CloudModel, ModelSpec, Prediction
+
+#: where the shipped weights live (package data).
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "cam.safetensors"
+
+LPP_MODES = ("remove", "dilate", "none")
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """Architecture of :class:`CamNet` (stored in the sidecar)."""
+
+    channels: tuple[int, int, int] = (16, 32, 32)
+    stem: int = 4
+    train_block: int = 64
+    band_mean: tuple[float, ...] = (0.15, 0.15, 0.15, 0.2)
+    band_std: tuple[float, ...] = (0.15, 0.15, 0.15, 0.15)
+
+    @property
+    def gcp_size(self) -> int:
+        return self.train_block // (self.stem * 4)
+
+
+class CamNet(nn.Module):
+    """The block classifier with global convolutional pooling (see module docstring)."""
+
+    def __init__(self, config: CamConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or CamConfig()
+        c1, c2, c3 = cfg.channels
+        self.register_buffer("mean", torch.tensor(cfg.band_mean, dtype=torch.float32).view(1, 4, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.band_std, dtype=torch.float32).view(1, 4, 1, 1))
+        self.conv1 = nn.Conv2d(4, c1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c3)
+        g = cfg.gcp_size
+        #: GCP spatial weights W_k(i, j), one map per channel; start as a plain mean.
+        self.gcp = nn.Parameter(torch.full((c3, g, g), 1.0 / (g * g)))
+        self.fc = nn.Linear(c3, 2)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Training path: F (B, c3, S/16, S/16)."""
+        x = (x - self.mean) / self.std
+        x = F.avg_pool2d(x, self.config.stem)
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return F.relu(self.bn3(self.conv3(x)))
+
+    def pool(self, f: torch.Tensor) -> torch.Tensor:
+        """Global convolutional pooling: delta (B, c3)."""
+        if f.shape[-2:] != self.gcp.shape[-2:]:
+            raise ModelError(
+                f"GCP expects {tuple(self.gcp.shape[-2:])} feature cells, got {tuple(f.shape[-2:])}; "
+                f"train on blocks of {self.config.train_block} px"
+            )
+        return (f * self.gcp.unsqueeze(0)).sum(dim=(-2, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Block logits (B, 2)."""
+        return self.fc(self.pool(self.features(x)))
+
+    def cam_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-weighted, delta-normalised CAM weights: v_k = (w_cloudy,k - w_clear,k) * sum_ij W_k(i,j), and bias."""
+        v = (self.fc.weight[1] - self.fc.weight[0]) * self.gcp.sum(dim=(-2, -1))
+        return v, self.fc.bias[1] - self.fc.bias[0]
+
+    def cell_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """The CAM z at the feature cells of the training path: (B, h, w)."""
+        v, b = self.cam_weights()
+        return torch.einsum("bkhw,k->bhw", f, v) + b
+
+    def logits_and_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block logits (B, 2) and cell CAM (B, h, w) from one pass."""
+        f = self.features(x)
+        return self.fc(self.pool(f)), self.cell_logits(f)
+
+
+# --------------------------------------------------------------------------- LPP
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+class DenseCam(nn.Module):
+    """The pruned network: z map (B, 1, H/stem, W/stem) from the weights of a trained :class:`CamNet`.
+
+    ``mode``: ``"remove"`` (WDCD: pooling layers removed), ``"dilate"`` (stride-1 pools and
+    dilated convolutions: exact dense evaluation), or ``"none"`` (no pruning: z at 1/16,
+    upsampled x4 to 1/4).  BatchNorm is folded into the convolutions.
+    """
+
+    def __init__(self, net: CamNet, mode: str = "remove") -> None:
+        super().__init__()
+        if mode not in LPP_MODES:
+            raise ModelError(f"LPP mode {mode!r} is unknown; use one of {', '.join(LPP_MODES)}")
+        self.mode = mode
+        self.stem = net.config.stem
+        with torch.no_grad():
+            net = net.eval()
+            w1, b1 = _fold(net.conv1, net.bn1)
+            w2, b2 = _fold(net.conv2, net.bn2)
+            w3, b3 = _fold(net.conv3, net.bn3)
+            # fold the fixed input normalisation into conv1: conv((x - m)/s) = conv'(x) + b'
+            # (exact in the interior; zero padding at block edges differs, and lies in the halo)
+            m, s = net.mean.view(1, 4, 1, 1), net.std.view(1, 4, 1, 1)
+            w1n = w1 / s
+            b1n = b1 - (w1 * (m / s)).sum(dim=(1, 2, 3))
+            cam_w, cam_b = net.cam_weights()
+        self.register_buffer("w1", w1n.detach().clone())
+        self.register_buffer("b1", b1n.detach().clone())
+        self.register_buffer("w2", w2.detach().clone())
+        self.register_buffer("b2", b2.detach().clone())
+        self.register_buffer("w3", w3.detach().clone())
+        self.register_buffer("b3", b3.detach().clone())
+        self.register_buffer("cam_w", cam_w.detach().clone().view(1, -1, 1, 1))
+        self.register_buffer("cam_b", cam_b.detach().clone().view(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(x, self.stem)
+        x = F.relu(F.conv2d(x, self.w1, self.b1, padding=1))
+        if self.mode == "remove":
+            x = F.relu(F.conv2d(x, self.w2, self.b2, padding=1))
+            x = F.relu(F.conv2d(x, self.w3, self.b3, padding=1))
+        elif self.mode == "dilate":
+            x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+            x = F.relu(F.conv2d(x, self.w2, self.b2, padding=2, dilation=2))
+            x = F.max_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 2, stride=1, dilation=2)
+            x = F.relu(F.conv2d(x, self.w3, self.b3, padding=4, dilation=4))
+        else:
+            x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = F.relu(F.conv2d(x, self.w2, self.b2, padding=1))
+            x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = F.relu(F.conv2d(x, self.w3, self.b3, padding=1))
+        z = (x * self.cam_w).sum(dim=1, keepdim=True) + self.cam_b
+        if self.mode == "none":
+            z = F.interpolate(z, scale_factor=4, mode="bilinear", align_corners=False)
+        return z
+
+    def receptive_radius(self) -> int:
+        """Receptive-field radius of z, in input pixels (upper bound, incl. the stem)."""
+        cells = {"remove": 3, "dilate": 1 + 1 + 2 + 2 + 4, "none": 1 * 1 + 1 + 2 + 2 + 4 + 8}[self.mode]
+        return self.stem * (cells + 1)
+
+
+# --------------------------------------------------------------------------- wrapper
+
+
+@dataclass
+class CamSidecar:
+    """The JSON sidecar of a CAM weight file."""
+
+    config: CamConfig
+    lpp_mode: str = "remove"
+    z_lo: float = -8.0
+    z_hi: float = 4.0
+    spec: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["config"].items()}
+        return d
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> CamSidecar:
+        cfg = d["config"]
+        config = CamConfig(
+            channels=tuple(cfg["channels"]),
+            stem=int(cfg["stem"]),
+            train_block=int(cfg["train_block"]),
+            band_mean=tuple(cfg["band_mean"]),
+            band_std=tuple(cfg["band_std"]),
+        )
+        return CamSidecar(
+            config=config,
+            lpp_mode=d.get("lpp_mode", "remove"),
+            z_lo=float(d["z_lo"]),
+            z_hi=float(d["z_hi"]),
+            spec=d.get("spec", {}),
+            training=d.get("training", {}),
+            validation=d.get("validation", {}),
+        )
+
+
+def upsample_factor(mode: str, stem: int) -> int:
+    return stem
+
+
+def build_spec(sidecar: CamSidecar, dense: DenseCam) -> ModelSpec:
+    s = sidecar.spec
+    halo = int(s.get("halo", 0)) or int(np.ceil((dense.receptive_radius() + 2 * dense.stem) / 8) * 8)
+    return ModelSpec(
+        name=s.get("name", "cam"),
+        bands=tuple(s.get("bands", CANONICAL_BANDS)),
+        halo=halo,
+        block_multiple=int(s.get("block_multiple", 16 if sidecar.lpp_mode == "none" else dense.stem)),
+        block_size=int(s.get("block_size", 512)),
+        outputs={"score": 1},
+        clear_mu=float(s.get("clear_mu", 0.1)),
+        clear_sigma=float(s.get("clear_sigma", 0.1)),
+        threshold_k=float(s.get("threshold_k", 3.0)),
+        default_threshold=float(s.get("default_threshold", 0.5)),
+        extra={
+            "lpp_mode": sidecar.lpp_mode,
+            "z_lo": sidecar.z_lo,
+            "z_hi": sidecar.z_hi,
+            "training": sidecar.training,
+            "validation": sidecar.validation,
+        },
+    )
+
+
+class CamModel(CloudModel):
+    """A trained :class:`CamNet`, served through LPP as a dense cloud score (see module docstring)."""
+
+    def __init__(self, net: CamNet, sidecar: CamSidecar, device: str = "cpu", *, lpp_mode: str | None = None):
+        self.sidecar = sidecar
+        self.device = torch.device(device)
+        self.dense = DenseCam(net, lpp_mode or sidecar.lpp_mode).to(self.device).eval()
+        self.spec = build_spec(sidecar, self.dense)
+        self.z_lo = float(sidecar.z_lo)
+        self.z_hi = float(sidecar.z_hi)
+
+    def check_bands(self, bands: tuple[str, ...] | list[str]) -> None:
+        """Raise :class:`ModelError` unless ``bands`` are the sidecar's bands, in order."""
+        bands = tuple(b.lower() for b in bands)
+        if bands != tuple(self.spec.bands):
+            raise ModelError(
+                f"model {self.spec.name!r} expects bands {','.join(self.spec.bands)} but the input has "
+                f"{','.join(bands) or 'none'}; pass --bands to name the scene's bands in order "
+                f"(a 3-band RGB scene cannot be used: use a 4-band blue,green,red,nir scene)"
+            )
+
+    @torch.no_grad()
+    def score_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Score (B, 1, H, W) in [0, 1] for reflectance ``x`` (B, 4, H, W) on the model's device."""
+        h, w = x.shape[-2:]
+        m = self.spec.block_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        z = self.dense(x)
+        s = ((z - self.z_lo) / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
+        s = F.interpolate(s, scale_factor=self.dense.stem, mode="bilinear", align_corners=False)
+        return s[..., :h, :w]
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
+        if x.ndim != 4 or x.shape[1] != len(self.spec.bands):
+            raise ModelError(
+                f"model {self.spec.name!r} expects (B, {len(self.spec.bands)}, H, W) blocks of bands "
+                f"{','.join(self.spec.bands)}, got shape {tuple(x.shape)}; give a 4-band blue,green,red,nir scene"
+            )
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        s = self.score_tensor(t)
+        score = s.float().cpu().numpy()
+        score = np.nan_to_num(score, nan=0.0, posinf=1.0, neginf=0.0)
+        v = np.asarray(valid, dtype=bool)
+        masked = np.where(v[:, None], score, 0.0)
+        block_prob = masked.reshape(masked.shape[0], -1).max(axis=1).astype(np.float32)
+        return Prediction(maps={"score": score.astype(np.float32, copy=False)}, block_prob=block_prob)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(
+            {
+                "lpp_mode": self.dense.mode,
+                "weights_sha256": self.sidecar.training.get("weights_sha256"),
+                "training_list_hash": self.sidecar.training.get("training_list_hash"),
+            }
+        )
+        return d
+
+
+# --------------------------------------------------------------------------- weights I/O
+
+
+def save_weights(net: CamNet, sidecar: CamSidecar, path: str | Path) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar; returns the sidecar path."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path))
+    sidecar.training["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    side = path.with_suffix(".json")
+    side.write_text(json.dumps(sidecar.to_json(), indent=2, sort_keys=False) + "\n")
+    return side
+
+
+def load_weights(path: str | Path | None = None) -> tuple[CamNet, CamSidecar]:
+    """Load a CAM weight file (safetensors, or a torch file with ``weights_only=True``) and its sidecar."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    side = path.with_suffix(".json")
+    if not path.is_file() or not side.is_file():
+        raise ModelError(
+            f"CAM weights {str(path)!r} (or its sidecar {side.name}) are missing; "
+            "train them with `geocloud train cam --data DIR --out DIR` or reinstall geocloud"
+        )
+    try:
+        sidecar = CamSidecar.from_json(json.loads(side.read_text()))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelError(f"sidecar {str(side)!r} is malformed ({e}); re-export the weights") from e
+    net = CamNet(sidecar.config)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad weight file
+        raise ModelError(f"CAM weights {str(path)!r} cannot be loaded ({e}); re-train or reinstall") from e
+    return net.eval(), sidecar
+
+
+def load(device: str = "cpu", weights: str | Path | None = None, lpp_mode: str | None = None) -> CamModel:
+    """Registry factory: the shipped CAM model on ``device``."""
+    net, sidecar = load_weights(weights)
+    return CamModel(net, sidecar, device, lpp_mode=lpp_mode)
+
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "LPP_MODES",
+    "CamConfig",
+    "CamModel",
+    "CamNet",
+    "CamSidecar",
+    "DenseCam",
+    "load",
+    "load_weights",
+    "save_weights",
+]

@@ -1,0 +1,501 @@
+"""Training the WDCD CAM detector on block labels (``geocloud train cam``).
+
+Recipe (see docs/cam.md):
+
+1. Real chips (``catalog.csv`` in ``data_dir``): a seeded chip-level split
+   (:func:`geocloud.training.data.split_chips`).  From the training chips, blocks are cut
+   and labelled with :class:`~geocloud.training.data.BlockRule`; clear blocks become
+   backgrounds, cloudy blocks are kept as real cloudy examples.  Chips with unreliable
+   labels contribute only blocks that :func:`~geocloud.training.data.looks_clear` accepts,
+   as clear backgrounds.  Or, for a user's own archive, a ``tags.csv`` of block tags
+   (:func:`load_tagged_archive`).
+2. A :class:`~geocloud.training.synth.BlockGenerator` composites procedural cloud layers
+   over the backgrounds (y = r_c + (1 - alpha) x) and mixes in the real cloudy blocks,
+   with flips, rotations and gain jitter.  Pixel masks never enter the loss: only the
+   block label (cross-entropy).
+3. After training: the fixed score normalisation (z_lo, z_hi) and clear-sky mu/sigma come
+   from the dense CAM of the training clear blocks; k of mu + k sigma is calibrated on the
+   training chips' pixels (a single scalar); validation chips are only measured.
+
+Library code: no click, no printing; progress goes through ``progress(step, total)`` and
+``logging``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..evaluate import confusion, metrics
+from ..models.cam import CamConfig, CamModel, CamNet, CamSidecar, save_weights
+from .data import (
+    BLOCK_CLEAR,
+    BLOCK_CLOUDY,
+    CLOUD,
+    NODATA,
+    THIN,
+    BlockRule,
+    Blocks,
+    Chip,
+    chip_list_hash,
+    extract_blocks,
+    load_catalog,
+    read_chip,
+    split_chips,
+    unlabelled_clear_blocks,
+)
+from .synth import BlockGenerator, GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CamTrainConfig:
+    """Every training default, in one place (the CLI options map onto these)."""
+
+    seed: int = 0
+    epochs: int = 12
+    steps_per_epoch: int = 150
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    threads: int = 1
+    val_fraction: float = 0.5
+    block: int = 64
+    stride: int = 32
+    channels: tuple[int, int, int] = (16, 32, 32)
+    lpp_mode: str = "dilate"
+    #: weight of the MIL consistency loss on the max cell of the CAM (block labels only).
+    max_weight: float = 1.0
+    #: score normalisation: z_lo = this quantile of clear-block z, z_hi = that of cloudy pixels.
+    z_lo_quantile: float = 0.01
+    z_hi_quantile: float = 0.9
+    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
+    device: str = "cpu"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    backgrounds: Blocks
+    cloudy: Blocks
+    train_chips: list[Chip]
+    val_chips: list[Chip]
+    description: dict[str, Any]
+
+
+def gather_catalog_blocks(data_dir: Path, cfg: CamTrainConfig) -> TrainingData:
+    """Backgrounds and real cloudy blocks from the training chips of a shared-data folder."""
+    chips = load_catalog(data_dir, four_band_only=True)
+    split = split_chips(chips, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    rule = BlockRule(size=cfg.block, stride=cfg.stride)
+    clear_parts, cloudy_parts = [], []
+    for chip in split.train:
+        refl, label = read_chip(chip)
+        b = extract_blocks(refl, label, quality=chip.label_quality, rule=rule, source=chip.key)
+        clear_parts.append(b.select(b.y == BLOCK_CLEAR))
+        cloudy_parts.append(b.select(b.y == BLOCK_CLOUDY))
+    n_unl = 0
+    for chip in split.unlabelled:
+        refl, _ = read_chip(chip)
+        b = unlabelled_clear_blocks(refl, rule=rule, source=chip.key)
+        n_unl += len(b)
+        clear_parts.append(b)
+    backgrounds = Blocks.concat(clear_parts, cfg.block)
+    cloudy = Blocks.concat(cloudy_parts, cfg.block)
+    desc = {
+        "source": str(data_dir),
+        "kind": "catalog",
+        "block_rule": dataclasses.asdict(rule),
+        "split": split.describe(),
+        "training_list_hash": chip_list_hash(list(split.train) + list(split.unlabelled)),
+        "n_clear_background_blocks": len(backgrounds),
+        "n_clear_from_unlabelled_imagery": n_unl,
+        "n_real_cloudy_blocks": len(cloudy),
+    }
+    return TrainingData(backgrounds, cloudy, list(split.train), list(split.val), desc)
+
+
+def _read_reflectance(path: Path, scale: float | None) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        if src.count < 4:
+            raise InputError(
+                f"scene {str(path)!r} has {src.count} bands; block-tag training needs 4 bands "
+                "blue,green,red,nir (in that order, or named in the band descriptions)"
+            )
+        desc = tuple((d or "").lower() for d in src.descriptions)
+        if {"blue", "green", "red", "nir"} <= set(desc):
+            idx = [desc.index(b) + 1 for b in ("blue", "green", "red", "nir")]
+        else:
+            idx = [1, 2, 3, 4]
+        data = src.read(idx)
+        tag_scale = src.scales[idx[0] - 1]
+        nod = src.nodata
+    if np.issubdtype(data.dtype, np.integer):
+        s = scale if scale is not None else (tag_scale if tag_scale not in (None, 1.0) else None)
+        if s is None:
+            raise InputError(
+                f"scene {str(path)!r} is {data.dtype} with no reflectance scale; add a 'scale' column "
+                "to tags.csv (e.g. 0.0001 for Sentinel-2 L2A) or store reflectance as float32"
+            )
+        invalid = (data == (nod if nod is not None else 0)).all(axis=0)
+        refl = data.astype(np.float32) * np.float32(s)
+        refl[:, invalid] = 0.0
+        return refl
+    refl = data.astype(np.float32)
+    if scale is not None:
+        refl *= np.float32(scale)
+    return np.nan_to_num(refl, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def load_tagged_archive(data_dir: Path, cfg: CamTrainConfig) -> TrainingData:
+    """A user's own archive: ``data_dir/tags.csv`` with ``scene,row,col,size,label[,scale]``.
+
+    ``scene`` is a path relative to ``data_dir``; ``row,col`` the block's top-left pixel;
+    ``size`` its side; ``label`` ``cloudy``/``clear`` (or 1/0).  Blocks are resampled to the
+    training block size when ``size`` differs (area average).  Clear blocks become
+    backgrounds for synthetic clouds; cloudy blocks are real cloudy examples.
+    """
+    path = data_dir / "tags.csv"
+    cache: dict[str, np.ndarray] = {}
+    clear, cloudy = [], []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"scene", "row", "col", "size", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise InputError(
+                f"{path} lacks columns {', '.join(sorted(missing))}; "
+                "expected scene,row,col,size,label[,scale] (see docs/cam.md)"
+            )
+        for i, row in enumerate(reader, start=2):
+            lab = row["label"].strip().lower()
+            if lab in ("cloudy", "cloud", "1"):
+                y = BLOCK_CLOUDY
+            elif lab in ("clear", "0"):
+                y = BLOCK_CLEAR
+            else:
+                raise InputError(f"{path} line {i}: label {row['label']!r} must be cloudy or clear (or 1/0)")
+            scene = row["scene"]
+            if scene not in cache:
+                sc = row.get("scale") or ""
+                cache[scene] = _read_reflectance(data_dir / scene, float(sc) if sc.strip() else None)
+            img = cache[scene]
+            r, c, s = int(row["row"]), int(row["col"]), int(row["size"])
+            blk = img[:, r : r + s, c : c + s]
+            if blk.shape[1:] != (s, s):
+                raise InputError(
+                    f"{path} line {i}: block {r},{c} of size {s} leaves scene {scene!r} "
+                    f"({img.shape[1]}x{img.shape[2]}); fix row/col/size"
+                )
+            if s != cfg.block:
+                t = torch.from_numpy(np.ascontiguousarray(blk))[None]
+                blk = F.interpolate(t, size=(cfg.block, cfg.block), mode="area")[0].numpy()
+            (cloudy if y == BLOCK_CLOUDY else clear).append(blk.astype(np.float32))
+    if not clear:
+        raise InputError(f"{path} has no clear blocks; at least one is needed as a background")
+
+    def _blocks(xs: list[np.ndarray], y: int) -> Blocks:
+        if not xs:
+            return Blocks.empty(cfg.block)
+        n = len(xs)
+        return Blocks(np.stack(xs), np.full(n, y, np.int64), np.zeros(n, np.float32), ["tags"] * n)
+
+    import hashlib
+
+    desc = {
+        "source": str(data_dir),
+        "kind": "block_tags",
+        "training_list_hash": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+        "n_clear_background_blocks": len(clear),
+        "n_real_cloudy_blocks": len(cloudy),
+    }
+    return TrainingData(_blocks(clear, BLOCK_CLEAR), _blocks(cloudy, BLOCK_CLOUDY), [], [], desc)
+
+
+def gather(data_dir: str | Path, cfg: CamTrainConfig) -> TrainingData:
+    data_dir = Path(data_dir)
+    if (data_dir / "catalog.csv").is_file():
+        return gather_catalog_blocks(data_dir, cfg)
+    if (data_dir / "tags.csv").is_file():
+        return load_tagged_archive(data_dir, cfg)
+    raise InputError(
+        f"{str(data_dir)!r} holds neither catalog.csv (labelled chips) nor tags.csv (block tags); "
+        "pass --data with one of them (see docs/cam.md for the tags.csv format)"
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def band_statistics(blocks: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band mean/std of clear backgrounds (rounded, stored in the sidecar)."""
+    v = blocks.transpose(1, 0, 2, 3).reshape(4, -1)
+    mean = tuple(round(float(m), 3) for m in v.mean(1))
+    std = tuple(round(max(float(s), 0.02), 3) for s in v.std(1))
+    return mean, std
+
+
+def train_net(
+    gen: BlockGenerator,
+    cfg: CamTrainConfig,
+    net_config: CamConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[CamNet, list[float]]:
+    """Train a :class:`CamNet` on generator blocks; returns the net and per-epoch mean losses."""
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    net = CamNet(net_config).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * cfg.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.15)
+    losses: list[float] = []
+    step = 0
+    for epoch in range(cfg.epochs):
+        net.train()
+        acc = 0.0
+        for _ in range(cfg.steps_per_epoch):
+            x, y = gen.sample(cfg.batch_size)
+            xt = torch.from_numpy(x).to(device)
+            yt = torch.from_numpy(y).to(device)
+            logits, cells = net.logits_and_cells(xt)
+            loss = F.cross_entropy(logits, yt)
+            if cfg.max_weight > 0:
+                # MIL consistency: a clear block has no cloudy cell, a cloudy block at least one
+                top = cells.flatten(1).amax(dim=1)
+                loss = loss + cfg.max_weight * F.binary_cross_entropy_with_logits(top, yt.float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            acc += float(loss.detach())
+            step += 1
+            if progress is not None:
+                progress(step, total)
+        losses.append(acc / max(cfg.steps_per_epoch, 1))
+        log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, losses[-1])
+    return net.eval(), losses
+
+
+# --------------------------------------------------------------------------- calibration / validation
+
+
+def _dense_z(model: CamModel, x: np.ndarray) -> np.ndarray:
+    """z at full resolution for blocks (N, 4, S, S)."""
+    with torch.no_grad():
+        out = []
+        for i in range(0, len(x), 64):
+            t = torch.from_numpy(np.ascontiguousarray(x[i : i + 64]))
+            z = model.dense(t)
+            z = F.interpolate(z, scale_factor=model.dense.stem, mode="bilinear", align_corners=False)
+            out.append(z[:, 0].numpy())
+    return np.concatenate(out)
+
+
+def cloud_truth(label: np.ndarray) -> np.ndarray:
+    """uint8 truth: 1 cloud (thick or thin), 0 not cloud (clear, shadow), 255 ignored."""
+    t = np.where((label == CLOUD) | (label == THIN), 1, 0).astype(np.uint8)
+    t[label == NODATA] = 255
+    return t
+
+
+def chip_scores(model: Any, chips: list[Chip]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Score map (H, W) and truth (H, W) of each chip for any :class:`CloudModel`."""
+    out = {}
+    for chip in chips:
+        refl, label = read_chip(chip)
+        valid = (refl != 0).any(axis=0)
+        pred = model.predict(refl[None], valid[None])
+        out[chip.key] = (pred.maps["score"][0, 0], cloud_truth(label))
+    return out
+
+
+def pooled_metrics(
+    scored: dict[str, tuple[np.ndarray, np.ndarray]], chips: list[Chip], threshold: float
+) -> dict[str, Any]:
+    """Per-chip, per-sensor, per-surface and pooled metrics at a fixed threshold."""
+    per_chip: dict[str, Any] = {}
+    groups: dict[str, dict[str, int]] = {}
+
+    def add(group: str, c: dict[str, int]) -> None:
+        g = groups.setdefault(group, {"tp": 0, "fp": 0, "fn": 0, "tn": 0})
+        for k in g:
+            g[k] += c[k]
+
+    for chip in chips:
+        score, truth = scored[chip.key]
+        pred = (score >= threshold).astype(np.uint8)
+        c = confusion(pred, truth)
+        per_chip[chip.key] = {**metrics(c), "quality": chip.label_quality}
+        add("pooled", c)
+        add(f"sensor:{chip.sensor}", c)
+        add(f"quality:{chip.label_quality}", c)
+        if chip.set == "l8_biome":
+            add(f"surface:{chip.surface}", c)
+        if chip.label_quality == "good":
+            add("pooled_good", c)
+    return {
+        "threshold": threshold,
+        "groups": {k: metrics(v) for k, v in sorted(groups.items())},
+        "chips": per_chip,
+    }
+
+
+def calibrate(
+    model: CamModel,
+    data: TrainingData,
+    cfg: CamTrainConfig,
+) -> dict[str, float]:
+    """Fix z_lo/z_hi, clear mu/sigma and k; updates ``model`` in place and returns them."""
+    bg = data.backgrounds.x
+    z_clear = _dense_z(model, bg)
+    c = cfg.block // 8  # ignore the outer ring (zero padding) of each block
+    zc = z_clear[:, c:-c, c:-c].ravel()
+    rng = np.random.default_rng(cfg.seed + 7)
+    # cloudy pixels: composited thick clouds over the backgrounds, where alpha >= 0.5
+    from .synth import cloud_layer
+
+    zs = []
+    for i in rng.choice(len(bg), size=min(200, len(bg)), replace=False):
+        a, rc = cloud_layer(rng, cfg.block, "thick")
+        y = rc + (1 - a[None]) * bg[i]
+        z = _dense_z(model, y[None].astype(np.float32))[0]
+        zs.append(z[(a >= 0.5)])
+    zcl = np.concatenate(zs) if zs else np.array([1.0])
+    z_lo = float(np.quantile(zc, cfg.z_lo_quantile))
+    z_hi = float(np.quantile(zcl, cfg.z_hi_quantile))
+    if z_hi <= z_lo + 1e-3:
+        z_hi = z_lo + 1.0
+    model.z_lo, model.z_hi = z_lo, z_hi
+    model.sidecar.z_lo, model.sidecar.z_hi = z_lo, z_hi
+    s_clear = np.clip((zc - z_lo) / (z_hi - z_lo), 0, 1)
+    mu, sigma = float(s_clear.mean()), float(max(s_clear.std(), 1e-3))
+
+    # k: maximise pooled F1+OA on the real training chips' pixels (one scalar; no loss)
+    k = 3.0
+    if data.train_chips:
+        scored = chip_scores(model, [ch for ch in data.train_chips if ch.label_quality == "good"])
+        best = -1.0
+        for kk in np.arange(0.0, 10.01, 0.25):
+            t = mu + kk * sigma
+            if t >= 1.0:
+                break
+            tot = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+            for score, truth in scored.values():
+                cc = confusion((score >= t).astype(np.uint8), truth)
+                for key in tot:
+                    tot[key] += cc[key]
+            m = metrics(tot)
+            val = m["oa"] + m["f1"]
+            if val > best:
+                best, k = val, float(kk)
+    return {"z_lo": z_lo, "z_hi": z_hi, "clear_mu": mu, "clear_sigma": sigma, "threshold_k": k}
+
+
+def run_training(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: CamTrainConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    baseline: Any | None = None,
+) -> dict[str, Any]:
+    """Train, calibrate, validate and write ``out_dir/cam.safetensors`` + ``cam.json``.
+
+    ``baseline``: an optional other CloudModel (e.g. the spectral one) measured on the same
+    validation chips at its own default threshold.  Returns the sidecar dict.
+    """
+    cfg = cfg or CamTrainConfig()
+    torch.set_num_threads(max(1, cfg.threads))
+    t0 = time.perf_counter()
+    data = gather(data_dir, cfg)
+    if len(data.backgrounds) == 0:
+        raise InputError(f"no clear background blocks found in {str(data_dir)!r}; add clear blocks")
+    mean, std = band_statistics(data.backgrounds.x)
+    net_config = CamConfig(channels=cfg.channels, train_block=cfg.block, band_mean=mean, band_std=std)
+    rng = np.random.default_rng(cfg.seed)
+    gen = BlockGenerator(data.backgrounds.x, data.cloudy.x if len(data.cloudy) else None, rng, cfg.generator)
+    t1 = time.perf_counter()
+    net, losses = train_net(gen, cfg, net_config, progress)
+    t2 = time.perf_counter()
+
+    sidecar = CamSidecar(config=net_config, lpp_mode=cfg.lpp_mode)
+    model = CamModel(net, sidecar)
+    cal = calibrate(model, data, cfg)
+    halo = model.spec.halo
+    sidecar.spec = {
+        "name": "cam",
+        "bands": ["blue", "green", "red", "nir"],
+        "halo": halo,
+        "block_multiple": model.spec.block_multiple,
+        "block_size": 512,
+        "clear_mu": cal["clear_mu"],
+        "clear_sigma": cal["clear_sigma"],
+        "threshold_k": cal["threshold_k"],
+        "default_threshold": min(0.95, cal["clear_mu"] + cal["threshold_k"] * cal["clear_sigma"]),
+    }
+    model = CamModel(net, sidecar)
+    validation: dict[str, Any] = {}
+    if data.val_chips:
+        thr = sidecar.spec["default_threshold"]
+        scored = chip_scores(model, data.val_chips)
+        validation["cam"] = pooled_metrics(scored, data.val_chips, thr)
+        validation["note"] = (
+            "held-out chips, fixed threshold clear_mu + k*clear_sigma from the sidecar "
+            "(the engine's per-scene statistics may differ); pixels compared at full resolution"
+        )
+        if baseline is not None:
+            bscored = chip_scores(baseline, data.val_chips)
+            validation["baseline"] = pooled_metrics(
+                bscored, data.val_chips, float(baseline.spec.default_threshold)
+            )
+            validation["baseline_name"] = baseline.spec.name
+    t3 = time.perf_counter()
+    sidecar.training = {
+        **data.description,
+        "config": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(cfg).items()
+            if k != "generator"
+        },
+        "generator": dataclasses.asdict(cfg.generator),
+        "losses": [round(v, 5) for v in losses],
+        "seconds": {
+            "data": round(t1 - t0, 1),
+            "train": round(t2 - t1, 1),
+            "calibrate_validate": round(t3 - t2, 1),
+        },
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+    sidecar.validation = validation
+    out = Path(out_dir)
+    save_weights(net, sidecar, out / "cam.safetensors")
+    return sidecar.to_json()
+
+
+__all__ = [
+    "CamTrainConfig",
+    "TrainingData",
+    "calibrate",
+    "chip_scores",
+    "cloud_truth",
+    "gather",
+    "load_tagged_archive",
+    "pooled_metrics",
+    "run_training",
+    "train_net",
+]

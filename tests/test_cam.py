@@ -1,0 +1,401 @@
+"""The weakly supervised CAM detector: network, LPP, training, weights, evaluate, data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from geocloud.errors import InputError, ModelError  # noqa: E402
+from geocloud.evaluate import evaluate_arrays, metrics, pair_inputs  # noqa: E402
+from geocloud.models.cam import (  # noqa: E402
+    DEFAULT_WEIGHTS,
+    CamConfig,
+    CamModel,
+    CamNet,
+    CamSidecar,
+    DenseCam,
+    load_weights,
+    save_weights,
+)
+from geocloud.training.data import BlockRule, extract_blocks  # noqa: E402
+from geocloud.training.synth import BlockGenerator, GeneratorConfig, cloud_layer  # noqa: E402
+
+
+def _net(block: int = 64, seed: int = 0) -> CamNet:
+    torch.manual_seed(seed)
+    net = CamNet(CamConfig(channels=(8, 8, 8), train_block=block))
+    # non-trivial BatchNorm statistics, so folding is actually tested
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(8, 4, block, block))
+    return net.eval()
+
+
+# --------------------------------------------------------------------------- network
+
+
+def test_gcp_shapes_and_gradients() -> None:
+    net = _net(64)
+    net.train()
+    x = torch.rand(3, 4, 64, 64, requires_grad=True)
+    f = net.features(x)
+    assert f.shape == (3, 8, 4, 4)  # 64 / (stem 4 * two 2x2 pools)
+    delta = net.pool(f)
+    assert delta.shape == (3, 8)
+    # delta_k = sum_ij W_k(i,j) F_k(i,j)
+    assert torch.allclose(delta, (f * net.gcp[None]).sum(dim=(-2, -1)))
+    logits = net.fc(delta)
+    assert logits.shape == (3, 2)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1]))
+    loss.backward()
+    assert net.gcp.grad is not None and net.gcp.grad.abs().sum() > 0
+    assert net.conv1.weight.grad is not None and net.conv1.weight.grad.abs().sum() > 0
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_gcp_rejects_other_block_sizes() -> None:
+    net = _net(64)
+    with pytest.raises(ModelError, match="train on blocks of 64"):
+        net(torch.rand(1, 4, 128, 128))
+
+
+@pytest.mark.parametrize("mode", ["remove", "dilate", "none"])
+def test_lpp_resolution_from_same_weights(mode: str) -> None:
+    net = _net(64)
+    dense = DenseCam(net, mode)
+    z = dense(torch.rand(2, 4, 128, 96))
+    assert z.shape == (2, 1, 32, 24)  # 1/4 of the input: the stem is the only stride left
+    model = CamModel(net, CamSidecar(config=net.config, lpp_mode=mode))
+    pred = model.predict(
+        np.random.default_rng(0).random((2, 4, 128, 96), dtype=np.float32), np.ones((2, 128, 96), bool)
+    )
+    s = pred.maps["score"]
+    assert s.shape == (2, 1, 128, 96) and s.dtype == np.float32
+    assert np.isfinite(s).all() and s.min() >= 0 and s.max() <= 1
+    assert pred.block_prob is not None and pred.block_prob.shape == (2,)
+    assert model.spec.halo >= dense.receptive_radius()
+
+
+def test_lpp_dilate_is_the_training_network_evaluated_densely() -> None:
+    net = _net(64)
+    x = torch.rand(2, 4, 128, 128) * 0.6
+    with torch.no_grad():
+        cells = net.cell_logits(net.features(x))  # (2, 8, 8) at 1/16
+        z = DenseCam(net, "dilate")(x)[:, 0]  # (2, 32, 32) at 1/4
+    # training cell i sits at dense position 4 i + 1; cells clear of the zero-padding
+    # border (2 cells deep) are exact
+    for i in range(2, 6):
+        for j in range(2, 6):
+            assert torch.allclose(z[:, 4 * i + 1, 4 * j + 1], cells[:, i, j], atol=1e-4)
+
+
+def test_predict_is_local_within_halo() -> None:
+    """Score at a pixel depends only on input within spec.halo (engine contract)."""
+    net = _net(64)
+    model = CamModel(net, CamSidecar(config=net.config, lpp_mode="dilate"))
+    rng = np.random.default_rng(1)
+    x = rng.random((1, 4, 256, 256), dtype=np.float32) * 0.5
+    v = np.ones((1, 256, 256), bool)
+    a = model.predict(x, v).maps["score"]
+    x2 = x.copy()
+    h = model.spec.halo
+    x2[..., : 128 - h - 4, :] = 0.9  # change everything farther than the halo from rows >= 128
+    b = model.predict(x2, v).maps["score"]
+    np.testing.assert_allclose(a[..., 128:, :], b[..., 128:, :], atol=1e-6)
+
+
+def test_block_offsets_aligned_to_block_multiple_agree() -> None:
+    net = _net(64)
+    model = CamModel(net, CamSidecar(config=net.config, lpp_mode="dilate"))
+    rng = np.random.default_rng(2)
+    x = rng.random((1, 4, 256, 256), dtype=np.float32) * 0.5
+    full = model.predict(x, np.ones((1, 256, 256), bool)).maps["score"]
+    m, h = model.spec.block_multiple, model.spec.halo
+    off = 8 * m
+    sub = model.predict(x[..., off:, off:], np.ones((1, 256 - off, 256 - off), bool)).maps["score"]
+    core = slice(h + 8, 256 - off - h - 8)
+    np.testing.assert_allclose(sub[..., core, core], full[..., off:, off:][..., core, core], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_tiny_training_converges_on_separable_task() -> None:
+    from geocloud.training.cam import CamTrainConfig, train_net
+
+    rng = np.random.default_rng(0)
+    backgrounds = rng.uniform(0.02, 0.12, (16, 4, 32, 32)).astype(np.float32)
+    gen = BlockGenerator(backgrounds, None, rng, GeneratorConfig(p_thin=0.0))
+    cfg = CamTrainConfig(epochs=3, steps_per_epoch=25, batch_size=32, lr=1e-2, block=32, threads=1)
+    net, losses = train_net(gen, cfg, CamConfig(channels=(8, 8, 8), train_block=32))
+    assert losses[-1] < losses[0]
+    x, y = gen.sample(128)
+    with torch.no_grad():
+        acc = (net(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
+    assert acc > 0.9
+
+
+def test_training_is_reproducible() -> None:
+    from geocloud.training.cam import CamTrainConfig, train_net
+
+    def run() -> torch.Tensor:
+        rng = np.random.default_rng(3)
+        bg = rng.uniform(0.02, 0.12, (8, 4, 32, 32)).astype(np.float32)
+        gen = BlockGenerator(bg, None, rng)
+        cfg = CamTrainConfig(epochs=1, steps_per_epoch=3, batch_size=8, block=32, seed=5)
+        net, _ = train_net(gen, cfg, CamConfig(channels=(4, 4, 4), train_block=32))
+        return net.conv1.weight.detach().clone()
+
+    assert torch.equal(run(), run())
+
+
+def test_cloud_layer_and_generator() -> None:
+    rng = np.random.default_rng(0)
+    for kind in ("thick", "thin"):
+        a, rc = cloud_layer(rng, 64, kind)
+        assert a.shape == (64, 64) and rc.shape == (4, 64, 64)
+        assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+        assert np.all(rc <= 1.2 * a[None] + 1e-6)  # r_c = alpha * brightness
+    bg = np.full((4, 4, 64, 64), 0.05, np.float32)
+    x, y = BlockGenerator(bg, None, np.random.default_rng(1)).sample(32)
+    assert x.shape == (32, 4, 64, 64) and set(np.unique(y)) <= {0, 1}
+    # clear blocks are backgrounds (up to gain), cloudy ones are brighter
+    assert x[y == 1].mean() > x[y == 0].mean()
+
+
+def test_block_rule() -> None:
+    refl = np.zeros((4, 128, 128), np.float32)
+    label = np.zeros((128, 128), np.uint8)
+    label[:8, :8] = 1  # 64 px: 1.6 % of a 64x64 block -> ambiguous
+    label[64:, 64:] = 2  # a fully thin-cloudy quadrant
+    label[100:110, :10] = 3  # shadow is not cloud
+    b = extract_blocks(refl, label, rule=BlockRule(size=64, stride=64))
+    # blocks: (0,0) ambiguous dropped; (0,64) clear; (64,0) clear (shadow); (64,64) cloudy
+    assert sorted(b.y.tolist()) == [0, 0, 1]
+    assert extract_blocks(refl, label, quality="unreliable").y.size == 0
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def test_weights_round_trip_and_band_check(tmp_path: Path) -> None:
+    net = _net(64)
+    side = CamSidecar(config=net.config, lpp_mode="dilate", z_lo=-3.0, z_hi=3.0)
+    save_weights(net, side, tmp_path / "cam.safetensors")
+    meta = json.loads((tmp_path / "cam.json").read_text())
+    assert meta["training"]["weights_sha256"]
+    net2, side2 = load_weights(tmp_path / "cam.safetensors")
+    x = torch.rand(1, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net2(x))
+    model = CamModel(net2, side2)
+    model.check_bands(("blue", "green", "red", "nir"))
+    with pytest.raises(ModelError, match="--bands"):
+        model.check_bands(("red", "green", "blue"))
+    with pytest.raises(ModelError, match="4-band"):
+        model.predict(np.zeros((1, 3, 64, 64), np.float32), np.ones((1, 64, 64), bool))
+
+
+def test_weights_load_safely(tmp_path: Path) -> None:
+    net = _net(64)
+    side = CamSidecar(config=net.config)
+    # a plain state dict saved with torch.save loads with weights_only=True
+    torch.save(net.state_dict(), tmp_path / "cam.pt")
+    (tmp_path / "cam.json").write_text(json.dumps(side.to_json()))
+    load_weights(tmp_path / "cam.pt")
+
+    # a pickle that would run code is refused
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "cam.pt")
+    with pytest.raises(ModelError, match="cannot be loaded"):
+        load_weights(tmp_path / "cam.pt")
+    with pytest.raises(ModelError, match="geocloud train cam"):
+        load_weights(tmp_path / "missing.safetensors")
+
+
+# --------------------------------------------------------------------------- shipped model
+
+
+needs_weights = pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="CAM weights not shipped yet")
+
+
+@needs_weights
+def test_shipped_model_is_registered_and_default() -> None:
+    from geocloud.models import DEFAULT_MODEL, MODELS, load_model
+
+    assert MODELS["cam"] == "geocloud.models.cam:load"
+    assert DEFAULT_MODEL == "cam"
+    model = load_model("cam")
+    meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    assert meta["spec"]["bands"] == ["blue", "green", "red", "nir"]
+    assert DEFAULT_WEIGHTS.stat().st_size < 20 * 2**20
+    # clear dark land scores low, a bright white block high
+    x = np.full((2, 4, 128, 128), 0.05, np.float32)
+    x[1] = 0.8
+    s = model.predict(x, np.ones((2, 128, 128), bool)).maps["score"]
+    assert s[0].mean() < s[1].mean()
+
+
+@needs_weights
+def test_default_model_runs_in_process(make_raster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+    from geocloud.cli.main import cli
+
+    scene = make_raster("scene.tif", width=96, height=80, cloud_cover=0.4)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(next(out.glob("*stats.json")).read_text())
+    assert "cam" in json.dumps(stats)
+    import rasterio
+
+    with rasterio.open(next(out.glob("*_mask.tif"))) as src:
+        m = src.read(1)
+    assert m.shape == (80, 96) and set(np.unique(m)) <= {0, 1, 255}
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_codes() -> None:
+    truth = np.array([[0, 1, 2, 3], [255, 1, 0, 0]], np.uint8)
+    pred = np.array([[1, 1, 0, 1], [1, 255, 0, 0]], np.uint8)
+    c = evaluate_arrays(pred, truth)
+    # pixels: (0,0) fp, (0,1) tp, (0,2) fn (thin is cloud), (0,3) fp (shadow is not cloud),
+    # (1,0) ignored (truth 255), (1,1) ignored (pred 255), (1,2) tn, (1,3) tn
+    assert c == {"tp": 1, "fp": 2, "fn": 1, "tn": 2}
+    m = metrics(c)
+    assert m["oa"] == pytest.approx(3 / 6) and m["iou"] == pytest.approx(1 / 4)
+    with pytest.raises(InputError, match="codes"):
+        evaluate_arrays(np.full((2, 4), 7, np.uint8), truth)
+    with pytest.raises(InputError, match="shape"):
+        evaluate_arrays(pred[:, :2], truth)
+
+
+def _write_mask(path: Path, arr: np.ndarray) -> Path:
+    import rasterio
+
+    with rasterio.open(
+        path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1, dtype="uint8"
+    ) as dst:
+        dst.write(arr, 1)
+    return path
+
+
+def test_evaluate_cli_folders_and_pairs(tmp_path: Path) -> None:
+    import warnings
+
+    from click.testing import CliRunner
+    from geocloud.cli.main import cli
+
+    warnings.filterwarnings("ignore", module="rasterio")
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    t = np.zeros((16, 16), np.uint8)
+    t[:8] = 1
+    p = t.copy()
+    p[8:10] = 1
+    _write_mask(tmp_path / "truth" / "a.tif", t)
+    _write_mask(tmp_path / "truth" / "b.tif", t)
+    _write_mask(tmp_path / "pred" / "a_mask.tif", p)
+    _write_mask(tmp_path / "pred" / "b_mask.tif", t)
+    assert len(pair_inputs([tmp_path / "pred"], [tmp_path / "truth"])) == 2
+    runner = CliRunner()
+    res = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            str(tmp_path / "pred"),
+            "--truth",
+            str(tmp_path / "truth"),
+            "--json",
+            str(tmp_path / "m.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "POOLED" in res.output
+    d = json.loads((tmp_path / "m.json").read_text())
+    assert d["scenes"]["b"]["oa"] == 1.0
+    assert d["pooled"]["fp"] == 32
+    res = runner.invoke(
+        cli,
+        ["evaluate", str(tmp_path / "pred" / "a_mask.tif"), "--truth", str(tmp_path / "truth" / "a.tif")],
+    )
+    assert res.exit_code == 0 and "a " in res.output
+    res = runner.invoke(
+        cli, ["evaluate", str(tmp_path / "pred" / "a_mask.tif"), "--truth", str(tmp_path / "nope")]
+    )
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_tagged_archive(tmp_path: Path) -> None:
+    import rasterio
+
+    from geocloud.training.cam import CamTrainConfig, gather
+
+    data = np.full((4, 128, 128), 500, np.uint16)
+    data[:, :64, :64] = 8000
+    with rasterio.open(
+        tmp_path / "s.tif", "w", driver="GTiff", width=128, height=128, count=4, dtype="uint16"
+    ) as dst:
+        dst.write(data)
+    (tmp_path / "tags.csv").write_text(
+        "scene,row,col,size,label,scale\ns.tif,0,0,64,cloudy,0.0001\ns.tif,64,64,64,clear,0.0001\n"
+        "s.tif,0,64,32,clear,0.0001\n"
+    )
+    td = gather(tmp_path, CamTrainConfig(block=64))
+    assert len(td.backgrounds) == 2 and len(td.cloudy) == 1
+    assert td.cloudy.x.shape == (1, 4, 64, 64) and td.cloudy.x.mean() == pytest.approx(0.8)
+    (tmp_path / "tags.csv").write_text("scene,row,col,size,label\ns.tif,0,0,64,cloudy\n")
+    with pytest.raises(InputError, match="scale"):
+        gather(tmp_path, CamTrainConfig(block=64))
+    (tmp_path / "tags.csv").write_text("scene,row,col,label\n")
+    with pytest.raises(InputError, match="size"):
+        gather(tmp_path, CamTrainConfig(block=64))
+
+
+@pytest.mark.shared_data
+def test_shared_catalog(shared_data: Path) -> None:
+    from geocloud.training.data import load_catalog, read_chip, split_chips
+
+    chips = load_catalog(shared_data)
+    four = [c for c in chips if c.is_4band]
+    assert len(four) >= 40
+    rgb = next(c for c in chips if not c.is_4band)
+    with pytest.raises(InputError, match="blue,green,red,nir"):
+        read_chip(rgb)
+    s2 = next(c for c in four if c.set == "s2_oncloudn" and c.label_quality == "good")
+    refl, label = read_chip(s2)
+    assert refl.shape == (4, s2.height, s2.width) and refl.dtype == np.float32
+    assert 0.0 <= float(np.median(refl)) < 1.6
+    bad = next(c for c in four if c.label_quality == "unreliable")
+    assert (read_chip(bad)[1] == 255).all()  # unreliable labels are never truth
+    a = split_chips(chips, seed=0)
+    b = split_chips(chips, seed=0)
+    assert a == b
+    assert not {c.key for c in a.train} & {c.key for c in a.val}
+    assert all(c.label_quality != "unreliable" for c in a.val + a.train)
+    assert {c.surface for c in a.val if c.set == "l8_biome"} == {
+        c.surface for c in four if c.set == "l8_biome"
+    }
+
+
+def test_train_config_is_frozen() -> None:
+    from geocloud.training.cam import CamTrainConfig
+
+    cfg = CamTrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3  # type: ignore[misc]
