@@ -81,11 +81,19 @@ def run_child(cmd: list[str]) -> dict[str, Any]:
 
 def io_floor(scene: Path, outdir: Path, products: tuple[str, ...], block: int = 512) -> dict[str, Any]:
     """Read ``scene`` window by window and write equally sized outputs (runs in the child),
-    with the engine's GDAL block cache size."""
-    from geocloud.io import open_scene
-    from geocloud.pipeline import size_gdal_cache
+    with the GDAL block cache sized as the engine sizes it."""
+    from rasterio.env import set_gdal_config
 
-    size_gdal_cache(open_scene(scene), block)
+    from geocloud import pipeline
+    from geocloud.io import open_scene
+
+    if "GDAL_CACHEMAX" not in os.environ:
+        sizer = getattr(pipeline, "size_gdal_cache", None)
+        cache_mb = getattr(pipeline, "GDAL_CACHE_MB", None)
+        if sizer is not None:
+            sizer(open_scene(scene), block)
+        elif isinstance(cache_mb, int | float):
+            set_gdal_config("GDAL_CACHEMAX", int(cache_mb) * 2**20)
     return _io_floor(scene, outdir, products, block)
 
 
