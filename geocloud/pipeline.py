@@ -423,12 +423,19 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
     config = config or ProcessConfig()
     info = open_scene(path)
     radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
-    from .models import MODELS
+    from .models import load_model
 
+    spec = load_model(config.model, "cpu").spec
+    halo = spec.halo if config.tiling.halo is None else config.tiling.halo
+    block = config.tiling.resolve_block_size(halo)
+    tiling = make_tiling(info.height, info.width, block_size=block, halo=halo,
+                         feather=config.tiling.feather, multiple=spec.block_multiple)  # fmt: skip
     plan: dict[str, Any] = {
-        "model": config.model if config.model in MODELS else f"{config.model} (unknown)",
-        "block_size": config.tiling.block_size or f"auto ({config.tiling.step} px step + overlap)",
+        "model": spec.name,
+        "blocks": f"{len(tiling)} blocks of {tiling.block_shape[0]}x{tiling.block_shape[1]} px "
+        f"(halo {halo}, feather {config.tiling.feather})",
         "products": list(config.output.products),
+        "outputs": [p.name for paths in output_paths(info.path, ".", config.output.products).values() for p in paths],
     }
     return {
         "path": str(info.path),
