@@ -315,7 +315,12 @@ def write_geojson(
     """Write RFC 7946 GeoJSON (WGS84) atomically."""
     path = Path(path)
     feats = []
-    for i, (g, area) in enumerate(zip(to_wgs84(polys), polys.areas_m2, strict=True)):
+    wgs = to_wgs84(polys)
+    for i, (g, area) in enumerate(zip(wgs, polys.areas_m2, strict=True)):
+        # snap to the output precision keeping the geometry valid, then orient (RFC 7946)
+        g = shapely.orient_polygons(shapely.set_precision(g, 10.0**-precision), exterior_cw=False)
+        if g.is_empty:  # smaller than the output precision
+            continue
         geom = mapping(g)
         geom = {
             "type": geom["type"],
@@ -329,7 +334,7 @@ def write_geojson(
     if properties:
         doc["geocloud"] = properties  # foreign member (RFC 7946 section 6.1)
     if feats:
-        b = np.array([shapely.bounds(g) for g in to_wgs84(polys)])
+        b = np.array([shapely.bounds(g) for g in wgs])
         doc["bbox"] = [round(float(b[:, 0].min()), precision), round(float(b[:, 1].min()), precision),
                        round(float(b[:, 2].max()), precision), round(float(b[:, 3].max()), precision)]  # fmt: skip
     tmp = path.with_name(path.name + ".partial")
