@@ -217,9 +217,9 @@ def _acquisition(scene: Path, tags: dict[str, str], vendor: Any) -> tuple[str | 
             except ValueError:
                 continue
             return dt.isoformat(), "tags"
-    dt = datetime_from_filename(scene.name)
-    if dt is not None:
-        return dt.date().isoformat(), "file name"
+    from_name = datetime_from_filename(scene.name)
+    if from_name is not None:
+        return from_name.date().isoformat(), "file name"
     return None, None
 
 
@@ -283,7 +283,9 @@ def catalog_scene(
     with warnings.catch_warnings():
         # intermediate files without georeferencing are expected; workers have no CLI filter
         warnings.filterwarnings("ignore", message="Dataset has no geotransform")
-        return _catalog_scene(path, scene_id, outdir, thumbs_dir, config, fingerprint, thumb_size, scene_kwargs)
+        return _catalog_scene(
+            path, scene_id, outdir, thumbs_dir, config, fingerprint, thumb_size, scene_kwargs
+        )
 
 
 def _catalog_scene(
@@ -495,7 +497,7 @@ def _write_gpkg(df: Any, path: Path) -> None:
     import shapely
     from pyogrio.raw import write
 
-    geoms = []
+    geoms: list[bytes | None] = []
     for w in df["footprint"]:
         if w is None or w != w:
             geoms.append(None)

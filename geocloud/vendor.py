@@ -651,7 +651,7 @@ def parse_rpb(text: str, path: str = "<rpb>"):  # -> rasterio.rpc.RPC
     ]
     if missing:
         raise InputError(f"RPC file {path} lacks {', '.join(missing)}; is it an RPC00B .rpb file?")
-    return RPC(**values)  # type: ignore[arg-type]
+    return RPC(**values)
 
 
 def read_rpb(path: str | os.PathLike[str]):  # -> rasterio.rpc.RPC

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .config import ProcessConfig
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 
 def open_scene(path: str | os.PathLike[str], chunks: int | dict[str, int] = 1024, **kwargs: Any):
@@ -46,6 +46,8 @@ def open_scene(path: str | os.PathLike[str], chunks: int | dict[str, int] = 1024
     info = _check(path)  # the engine's checks and error messages (missing, not a raster...)
     ch = chunks if isinstance(chunks, dict) else {"band": -1, "y": int(chunks), "x": int(chunks)}
     da = rioxarray.open_rasterio(info.path, chunks=ch, **kwargs)
+    if isinstance(da, list) or not hasattr(da, "dims") or "band" not in da.dims:
+        raise InputError(f"{info.path} did not open as one (band, y, x) raster; pass a single-image GeoTIFF")
     da.attrs["geocloud_path"] = str(info.path)
     return da
 
