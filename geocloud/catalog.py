@@ -82,6 +82,8 @@ class CatalogConfig:
     workers: int = 2
     #: address of an existing dask scheduler (overrides ``workers``).
     scheduler: str | None = None
+    #: seconds to wait for ``scheduler`` before giving up.
+    connect_timeout_s: float = 20.0
     #: "stat" (size + mtime) or "hash" (SHA-256 of the file) decides "unchanged".
     fingerprint: str = "stat"
     resume: bool = True
@@ -586,7 +588,7 @@ def _open_client(cfg: CatalogConfig):  # -> (Client, LocalCluster | None)
 
     if cfg.scheduler:
         try:
-            return Client(cfg.scheduler, timeout="20s"), None
+            return Client(cfg.scheduler, timeout=f"{cfg.connect_timeout_s}s"), None
         except OSError as exc:
             raise ConfigError(
                 f"cannot reach the dask scheduler at {cfg.scheduler!r} ({exc}); check --scheduler ADDRESS "

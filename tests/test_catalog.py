@@ -196,3 +196,18 @@ def test_cli_catalog(scenes, tmp_path):
     assert r.exit_code == 2 and "unknown extension" in r.output
     r = CliRunner().invoke(cli, ["catalog", str(tmp_path / "nope"), "-o", str(tmp_path / "d.csv")])
     assert r.exit_code == 2
+
+
+def test_existing_scheduler_address(scenes, tmp_path):
+    """--scheduler ADDRESS: tasks go to a cluster the user already runs."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        res = build_catalog([scenes / "sub"], tmp_path / "c.csv", _cfg(scheduler=cluster.scheduler_address))
+    assert (res.processed, res.failed) == (1, 0)
+    from geocloud.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot reach the dask scheduler"):
+        build_catalog(
+            [scenes / "sub"], tmp_path / "d.csv", _cfg(scheduler="tcp://127.0.0.1:9", connect_timeout_s=1)
+        )
