@@ -12,7 +12,7 @@ Safety:
   and fsynced) by the client as soon as its task completes, so a killed run loses no
   finished row; a torn last line is ignored on the next run;
 * the catalogue itself is rewritten from the journal through a temporary file and
-  ``os.replace`` (every few rows and at the end), so it is never half-written;
+  ``os.replace`` (every ``checkpoint_s`` seconds and at the end), so it is never half-written;
 * a re-run skips scenes whose journal row matches their size and mtime (or SHA-256 with
   ``fingerprint="hash"``); ``retry_errors`` re-runs failed ones;
 * a scene that fails becomes an ``error`` row with a one-line message; the batch goes on.
@@ -92,8 +92,8 @@ class CatalogConfig:
     outputs_dir: Path | None = None
     thumb_size: int = 256
     html: bool = True
-    #: rewrite the catalogue file after this many newly finished rows.
-    checkpoint_every: int = 10
+    #: rewrite the catalogue file (from the journal) at most this often while running, seconds.
+    checkpoint_s: float = 30.0
     #: extra ``process_scene`` keywords (scale, offset, sun_elevation).
     scene_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -648,6 +648,7 @@ def build_catalog(
     args = (outputs, thumbs, cfg.process, cfg.fingerprint, cfg.thumb_size, cfg.scene_kwargs)
     n_new = 0
     failed = 0
+    last_write = [time.monotonic()]
 
     def finish(row: dict[str, Any]) -> None:
         nonlocal n_new, failed
@@ -657,8 +658,9 @@ def build_catalog(
         failed += row["status"] != "ok"
         if progress is not None:
             progress(skipped + n_new, len(scenes))
-        if n_new % max(1, cfg.checkpoint_every) == 0:
+        if time.monotonic() - last_write[0] >= cfg.checkpoint_s:
             write_catalog(list(rows.values()), cat)
+            last_write[0] = time.monotonic()
 
     try:
         if todo and cfg.workers == 0 and not cfg.scheduler:
