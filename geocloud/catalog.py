@@ -256,6 +256,28 @@ def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
     return shapely.to_wkt(shapely.set_precision(out, 1e-6), rounding_precision=6)
 
 
+#: opacity range counted as thin cloud when the ``alpha`` product is made: THIN_ALPHA <= alpha < THICK_ALPHA.
+THIN_ALPHA, THICK_ALPHA = 0.1, 0.5
+
+
+def alpha_summary(alpha_path: Path, rows: int = 512) -> tuple[float | None, float | None]:
+    """(mean alpha, thin-cloud fraction) over the valid pixels of an ``_alpha.tif``, read in strips."""
+    import numpy as np
+    import rasterio
+    from rasterio.windows import Window
+
+    total = thin = 0.0
+    n = 0
+    with rasterio.open(alpha_path) as ds:
+        for r0 in range(0, ds.height, rows):
+            a = ds.read(1, window=Window(0, r0, ds.width, min(rows, ds.height - r0))).astype(np.float64)
+            ok = np.isfinite(a)
+            n += int(ok.sum())
+            total += float(a[ok].sum())
+            thin += float(((a >= THIN_ALPHA) & (a < THICK_ALPHA) & ok).sum())
+    return (total / n, thin / n) if n else (None, None)
+
+
 def _stats_value(stats: dict[str, Any], *paths: str) -> Any:
     for p in paths:
         cur: Any = stats
@@ -334,6 +356,10 @@ def _catalog_scene(
         frac = stats.get("cloud_fraction")
         thin = _stats_value(stats, "thin_cloud_fraction", "thin_fraction", "pixels.thin_fraction")
         alpha = _stats_value(stats, "alpha_mean", "mean_alpha", "alpha.mean", "matting.alpha_mean")
+        if (thin is None or alpha is None) and "alpha" in result.outputs:
+            a_mean, a_thin = alpha_summary(result.outputs["alpha"][0])
+            alpha = alpha if alpha is not None else a_mean
+            thin = thin if thin is not None else a_thin
         row.update(
             status="ok",
             error=None,

@@ -211,3 +211,21 @@ def test_existing_scheduler_address(scenes, tmp_path):
         build_catalog(
             [scenes / "sub"], tmp_path / "d.csv", _cfg(scheduler="tcp://127.0.0.1:9", connect_timeout_s=1)
         )
+
+
+def test_alpha_summary(tmp_path):
+    """mean alpha and thin-cloud fraction over valid pixels of an _alpha.tif (when matting runs)."""
+    import numpy as np
+    import rasterio
+
+    from geocloud.catalog import THICK_ALPHA, THIN_ALPHA, alpha_summary
+
+    a = np.array([[0.0, 0.05, THIN_ALPHA, 0.3], [THICK_ALPHA, 0.9, np.nan, np.nan]], np.float32)
+    p = tmp_path / "x_alpha.tif"
+    with rasterio.open(
+        p, "w", driver="GTiff", width=4, height=2, count=1, dtype="float32", nodata=np.nan
+    ) as ds:
+        ds.write(a[None])
+    mean, thin = alpha_summary(p, rows=1)
+    ok = a[np.isfinite(a)]
+    assert mean == pytest.approx(ok.mean()) and thin == pytest.approx(2 / 6)
