@@ -67,7 +67,11 @@ class DecloudConfig:
 
 # --------------------------------------------------------------------------- inversion
 def clear_reflectance(
-    y: np.ndarray, alpha: np.ndarray, r_c: np.ndarray, valid: np.ndarray | None = None, alpha_max: float = ALPHA_MAX
+    y: np.ndarray,
+    alpha: np.ndarray,
+    r_c: np.ndarray,
+    valid: np.ndarray | None = None,
+    alpha_max: float = ALPHA_MAX,
 ) -> np.ndarray:
     """x_hat (C, H, W) float32 reflectance; NaN where alpha > alpha_max or not ``valid``.
 
@@ -111,7 +115,8 @@ def reflectance_to_dn(
     shape = (-1,) + (1,) * (x.ndim - 1)
     av = np.asarray(a, np.float64).reshape(shape)
     bv = np.asarray(b, np.float64).reshape(shape)
-    dn = (x.astype(np.float64) - bv) / av
+    x = np.asarray(x, np.float32)
+    dn = (x - bv.astype(np.float32)) / av.astype(np.float32)  # float32: exact for DN < 2**24
     bad = ~np.isfinite(dn)
     if np.issubdtype(dt, np.floating):
         out = dn.astype(dt)
@@ -258,7 +263,9 @@ def refine_matte(
     # initial colour: r_c / alpha where the cloud is visible, its alpha-weighted mean elsewhere.
     wsum = max(float(a.sum()), 1e-6)
     mean_c = (r_c.reshape(r_c.shape[0], -1).sum(1) / wsum).astype(np.float32)
-    colour = np.where(a[None] > 0.02, r_c / np.maximum(a, 1e-6)[None], mean_c[:, None, None]).astype(np.float32)
+    colour = np.where(a[None] > 0.02, r_c / np.maximum(a, 1e-6)[None], mean_c[:, None, None]).astype(
+        np.float32
+    )
     x0 = np.where(a[None] < 0.95, (y - r_c) / np.maximum(1 - a, 0.05)[None], y).astype(np.float32)
     if valid is not None:
         colour[:, ~valid] = mean_c[:, None]
@@ -282,3 +289,56 @@ def refine_matte(
         c, x = _solve_level(ys[lvl], alphas[lvl], c, x, cfg)
     r_new = (a[None] * c).astype(np.float32)
     return (a[None] if squeeze else a), r_new
+
+
+# --------------------------------------------------------------------------- products
+def _window_config(ctx: object) -> DecloudConfig:
+    """The run's declouding settings: ``ctx.decloud`` when the engine passes one, else defaults."""
+    cfg = getattr(ctx, "decloud", None)
+    return cfg if isinstance(cfg, DecloudConfig) else DecloudConfig()
+
+
+def _window_matte(ctx: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, DecloudConfig]:
+    """(y reflectance, alpha, r_c, valid, config) of one pass-2 window (refined if asked)."""
+    cfg = _window_config(ctx)
+    dn, valid_in = ctx.read_input()  # type: ignore[attr-defined]
+    y = ctx.radiometry.to_reflectance(dn)  # type: ignore[attr-defined]
+    maps = ctx.maps  # type: ignore[attr-defined]
+    alpha = maps["alpha"][0]
+    r_c = maps["reflectance"]
+    valid = ctx.valid & valid_in & np.isfinite(alpha) & np.isfinite(r_c).all(axis=0)  # type: ignore[attr-defined]
+    alpha = np.where(valid, alpha, 0.0).astype(np.float32)
+    r_c = np.where(valid[None], r_c, 0.0).astype(np.float32)
+    if cfg.refine and valid.any():
+        alpha, r_c = refine_matte(np.where(valid[None], y, 0.0), alpha, r_c, valid, cfg)
+        alpha = alpha.reshape(valid.shape)
+    return y, alpha, r_c, valid, cfg
+
+
+def clear_product_nodata(info: object) -> float | int:
+    """Nodata of ``<stem>_clear.tif`` for a scene (see :func:`clear_nodata`)."""
+    return clear_nodata(info.dtype, info.nodata)  # type: ignore[attr-defined]
+
+
+def compute_clear(ctx: object) -> np.ndarray:
+    """Pass-2 window of the ``clear`` product: x_hat in the input's dtype and DN scale.
+
+    Bands are blue, green, red, nir (the bands the model read), converted back with the
+    inverse of the scene's radiometry; nodata where alpha > alpha_max or the input is nodata.
+    """
+    y, alpha, r_c, valid, cfg = _window_matte(ctx)
+    x = clear_reflectance(y, alpha, r_c, valid, cfg.alpha_max)
+    rad = ctx.radiometry  # type: ignore[attr-defined]
+    info = ctx.scene  # type: ignore[attr-defined]
+    return reflectance_to_dn(x, rad.a, rad.b, info.dtype, clear_product_nodata(info))
+
+
+def compute_quality(ctx: object) -> np.ndarray:
+    """Pass-2 window of the ``quality`` product (uint8, see :func:`clear_quality`)."""
+    cfg = _window_config(ctx)
+    maps = ctx.maps  # type: ignore[attr-defined]
+    alpha = maps["alpha"][0]
+    valid = ctx.valid & np.isfinite(alpha)  # type: ignore[attr-defined]
+    if cfg.refine:
+        _, alpha, _, valid, cfg = _window_matte(ctx)
+    return clear_quality(np.where(valid, alpha, 0.0), valid, cfg.alpha_max)[None]

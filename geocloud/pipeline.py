@@ -51,7 +51,7 @@ ProgressCallback = Callable[[str, int, int], None]
 GDAL_CACHE_MB = (96, 512)
 
 #: rows per window in the second pass.
-PASS2_ROWS = 512
+PASS2_ROWS = 256
 #: warn when more than this fraction of valid reflectances fall outside REFLECTANCE_RANGE.
 OUT_OF_RANGE_WARN = 0.02
 
@@ -124,7 +124,7 @@ class _Writer:
     """A background thread that performs queued writes; errors surface in ``put``/``close``."""
 
     def __init__(self) -> None:
-        self.q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=3)
+        self.q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)  # one strip waiting: overlap without a backlog in RAM
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, name="geocloud-write", daemon=True)
         self.t.start()

@@ -125,6 +125,16 @@ def _write_preview(ctx: FileContext, paths: list[Path]) -> None:
     write_preview_product(ctx, paths)
 
 
+def _decloud():  # lazy: declouding imports scipy only when a matting product is asked for
+    from . import declouding
+
+    return declouding
+
+
+def _clear_nodata(info: SceneInfo) -> float | int:
+    return _decloud().clear_product_nodata(info)
+
+
 def mask_rule(maps: dict[str, np.ndarray], threshold: ThresholdResult) -> np.ndarray:
     """The scene's mask for one window: cloud where the score reaches the threshold."""
     return classify(maps["score"][0], threshold.value)
@@ -148,6 +158,44 @@ PRODUCTS: dict[str, Product] = {
             needs=("score",),
             layout=lambda info, outs: RasterLayout(1, "float32", float("nan"), ("cloud score",)),
             from_map="score",
+        ),
+        # ---- cloud matting (geocloud.models.matting, geocloud.declouding)
+        RasterProduct(
+            name="alpha",
+            suffix="_alpha.tif",
+            description="float32 cloud opacity alpha 0..1 (y = r_c + (1 - alpha) x), NaN nodata",
+            needs=("alpha",),
+            layout=lambda info, outs: RasterLayout(1, "float32", float("nan"), ("cloud opacity alpha",)),
+            from_map="alpha",
+        ),
+        RasterProduct(
+            name="reflectance",
+            suffix="_reflectance.tif",
+            description="float32 cloud reflectance r_c per band (blue, green, red, nir), NaN nodata",
+            needs=("reflectance",),
+            layout=lambda info, outs: RasterLayout(
+                4, "float32", float("nan"), tuple(f"cloud reflectance {b}" for b in ("blue", "green", "red", "nir"))
+            ),
+            from_map="reflectance",
+        ),
+        RasterProduct(
+            name="clear",
+            suffix="_clear.tif",
+            description="declouded scene (blue, green, red, nir) in the input's dtype and DN scale; "
+            "nodata where alpha > alpha_max (0.8)",
+            needs=("alpha", "reflectance"),
+            layout=lambda info, outs: RasterLayout(
+                4, info.dtype, _clear_nodata(info), ("blue", "green", "red", "nir")
+            ),
+            compute=lambda ctx: _decloud().compute_clear(ctx),
+        ),
+        RasterProduct(
+            name="quality",
+            suffix="_clear_quality.tif",
+            description="uint8 confidence of the clear product: 100 (1 - alpha/alpha_max), 0 nodata",
+            needs=("alpha",),
+            layout=lambda info, outs: RasterLayout(1, "uint8", 0, ("clear quality (percent)",), "nearest"),
+            compute=lambda ctx: _decloud().compute_quality(ctx),
         ),
         FileProduct(
             name="stats",

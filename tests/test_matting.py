@@ -12,8 +12,8 @@ from geocloud.declouding import (
     clear_nodata,
     clear_quality,
     clear_reflectance,
-    reflectance_to_dn,
     refine_matte,
+    reflectance_to_dn,
     thin_thick,
 )
 from geocloud.models.matting import (
@@ -57,7 +57,9 @@ def test_alpha_zero_returns_input_unchanged() -> None:
     # and through DN: an integer scene comes back identical
     dn = rng.integers(1, 10000, size=(4, 64, 64)).astype(np.uint16)
     refl = dn.astype(np.float32) * np.float32(1e-4)
-    back = reflectance_to_dn(clear_reflectance(refl, zero_a, np.zeros_like(refl)), (1e-4,) * 4, (0,) * 4, "uint16", 0)
+    back = reflectance_to_dn(
+        clear_reflectance(refl, zero_a, np.zeros_like(refl)), (1e-4,) * 4, (0,) * 4, "uint16", 0
+    )
     assert back.dtype == np.uint16
     assert np.array_equal(back, dn)
 
@@ -112,16 +114,28 @@ def test_refine_keeps_exact_solution_and_alpha_zero() -> None:
     np.testing.assert_allclose(clear_reflectance(y, a2, r2), y, atol=1e-6)
 
 
-def test_refine_does_not_hurt_a_true_matte() -> None:
+def test_refine_raises_psnr_of_a_low_resolution_matte() -> None:
+    """The guided-filter + smoothness refinement restores the edges a x8 matte loses."""
+    import torch.nn.functional as nnf
+
+    from geocloud.models.matting import upsample
+
     rng = np.random.default_rng(3)
-    x = _scene(rng, 64, 64)
-    yy, xx = np.mgrid[:64, :64]
-    alpha = np.clip(1 - np.hypot(yy - 32, xx - 32) / 30, 0, 1).astype(np.float32) * 0.7
+    x = (0.08 + 0.04 * rng.standard_normal((4, 96, 96))).clip(0.01, None).astype(np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    alpha = (np.hypot(yy - 48, xx - 44) < 25).astype(np.float32) * 0.45  # a sharp-edged thin cloud
     r_c = alpha[None] * np.array([0.8, 0.78, 0.77, 0.75], np.float32)[:, None, None]
     y = compose(x, alpha[None], r_c)
-    _, r2 = refine_matte(y, alpha, r_c)
-    x2 = clear_reflectance(y, alpha, r2)
-    assert np.nanmax(np.abs(x2 - x)) < 0.02
+    lo = nnf.avg_pool2d(torch.from_numpy(np.concatenate([alpha[None], r_c]))[None], POOL)
+    up = upsample(lo)[0].numpy()
+    a0, r0 = up[0], up[1:]
+    a1, r1 = refine_matte(y, a0, r0)
+
+    def psnr(a, r):  # type: ignore[no-untyped-def]
+        d = clear_reflectance(y, a, r) - x
+        return -10 * np.log10(np.nanmean(d * d))
+
+    assert psnr(a1, r1) > psnr(a0, r0) + 3.0
 
 
 # --------------------------------------------------------------------------- model
@@ -174,7 +188,9 @@ def test_no_per_block_normalisation() -> None:
     x2 = x.copy()
     x2[..., 200:, 200:] = 1.2
     a2 = m.predict(x2, v).maps["alpha"]
-    np.testing.assert_allclose(a1[..., : 200 - HALO, : 200 - HALO], a2[..., : 200 - HALO, : 200 - HALO], atol=1e-6)
+    np.testing.assert_allclose(
+        a1[..., : 200 - HALO, : 200 - HALO], a2[..., : 200 - HALO, : 200 - HALO], atol=1e-6
+    )
 
 
 def test_pooled_features_ignore_invalid() -> None:
@@ -225,11 +241,130 @@ def test_a_few_training_steps_run_and_reduce_loss() -> None:
         a_hat, _ = matte(f, y)
         loss = (a_hat - a).abs().mean()
         ga, gc = g(pooled_features(y))
-        loss = loss + 0.1 * ((d(pooled_features(compose(bg, torch.nn.functional.interpolate(ga, scale_factor=POOL), 0 * bg))) - 1) ** 2).mean()
-        loss = loss + spectral_flatness(gc) + real_label_hinge(a_hat, torch.zeros(4, 64, 64, dtype=torch.uint8))
+        loss = (
+            loss
+            + 0.1
+            * (
+                (
+                    d(
+                        pooled_features(
+                            compose(bg, torch.nn.functional.interpolate(ga, scale_factor=POOL), 0 * bg)
+                        )
+                    )
+                    - 1
+                )
+                ** 2
+            ).mean()
+        )
+        loss = (
+            loss + spectral_flatness(gc) + real_label_hinge(a_hat, torch.zeros(4, 64, 64, dtype=torch.uint8))
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss))
     assert np.isfinite(losses).all()
     assert losses[-1] < losses[0]
+
+
+# --------------------------------------------------------------------------- through the engine
+class _ConstMatting:
+    """A stand-in matting helper: constant alpha, r_c = alpha * 0.7 (weights are not the point)."""
+
+    def __init__(self, alpha: float) -> None:
+        from geocloud.models.base import CloudModel
+
+        outer = self
+
+        class _M(CloudModel):
+            spec = matting_spec()
+
+            def predict(self, x, valid):  # type: ignore[no-untyped-def]
+                from geocloud.models.base import Prediction
+
+                a = np.full((x.shape[0], 1, *x.shape[2:]), outer.alpha, np.float32)
+                return Prediction(maps={"score": a, "alpha": a, "reflectance": np.repeat(a * 0.7, 4, axis=1)})
+
+        self.alpha = alpha
+        self.model = _M()
+
+
+def _process(path, outdir, products, helper=None):  # type: ignore[no-untyped-def]
+    from geocloud.config import OutputConfig, ProcessConfig
+    from geocloud.models import CombinedModel, load_model
+    from geocloud.pipeline import process_scene
+
+    cfg = ProcessConfig(output=OutputConfig(products=tuple(products)))
+    model = None
+    if helper is not None:
+        model = CombinedModel(load_model("spectral"), [helper])
+    return process_scene(path, outdir, cfg, model=model)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_clear_keeps_dtype_crs_nodata_and_alpha_zero_is_identity(make_raster, tmp_path, dtype) -> None:
+    import rasterio
+
+    src = make_raster(
+        f"s_{dtype}.tif",
+        width=96,
+        height=80,
+        dtype=dtype,
+        nodata_kind="value" if dtype != "float32" else "nan",
+    )
+    res = _process(src, tmp_path / "o", ["mask", "clear", "quality"], _ConstMatting(0.0).model)
+    with rasterio.open(src) as s, rasterio.open(res.outputs["clear"][0]) as c:
+        assert c.dtypes == s.dtypes[:4] and c.count == 4
+        assert c.crs == s.crs and c.transform == s.transform
+        inp = s.read()
+        out = c.read()
+        valid = s.read_masks(1) > 0
+        if dtype == "float32":
+            assert np.isnan(c.nodata)
+            assert np.array_equal(out[:, valid], inp[:, valid])
+            assert np.isnan(out[:, ~valid]).all()
+        else:
+            assert c.nodata == s.nodata
+            assert np.array_equal(out[:, valid], inp[:, valid])  # alpha = 0: bit-identical DN
+            assert (out[:, ~valid] == c.nodata).all()
+    with rasterio.open(res.outputs["quality"][0]) as q:
+        qa = q.read(1)
+        assert (qa[valid] == 100).all() and (qa[~valid] == 0).all()
+
+
+def test_alpha_above_max_gives_nodata_through_engine(make_raster, tmp_path) -> None:
+    import rasterio
+
+    src = make_raster("hi.tif", width=64, height=64, dtype="uint16")
+    res = _process(src, tmp_path / "o", ["clear", "alpha"], _ConstMatting(0.9).model)
+    with rasterio.open(res.outputs["clear"][0]) as c:
+        assert (c.read() == c.nodata).all()
+    with rasterio.open(res.outputs["alpha"][0]) as a:
+        arr = a.read(1)
+        assert a.dtypes[0] == "float32"
+        np.testing.assert_allclose(arr[np.isfinite(arr)], 0.9, atol=1e-6)
+
+
+def test_shipped_model_products_via_cli(make_raster, tmp_path) -> None:
+    import rasterio
+    from click.testing import CliRunner
+    from geocloud.cli.main import cli
+
+    from geocloud.models.matting import WEIGHTS_FILE
+
+    if not WEIGHTS_FILE.exists():
+        pytest.skip("matting weights not shipped in this checkout")
+    src = make_raster("cli.tif", width=128, height=96, dtype="uint16")
+    out = tmp_path / "cli_out"
+    r = CliRunner().invoke(
+        cli, ["process", str(src), "-o", str(out), "--products", "mask,score,alpha,reflectance,clear,stats"]
+    )
+    assert r.exit_code == 0, r.output
+    with rasterio.open(out / "cli_alpha.tif") as a:
+        arr = a.read(1)
+        fin = arr[np.isfinite(arr)]
+        assert fin.size and fin.min() >= 0 and fin.max() <= 1
+    with rasterio.open(out / "cli_reflectance.tif") as rf:
+        assert rf.count == 4 and rf.dtypes[0] == "float32"
+    with rasterio.open(src) as s, rasterio.open(out / "cli_clear.tif") as c:
+        assert c.dtypes[0] == s.dtypes[0] and c.nodata == s.nodata and c.crs == s.crs

@@ -14,6 +14,7 @@ from .base import CANONICAL_BANDS, CloudModel, CombinedModel, ModelSpec, Predict
 
 MODELS: dict[str, str] = {
     "spectral": "geocloud.models.spectral:load",
+    "matting": "geocloud.models.matting:load",
 }
 
 #: The model ``geocloud process`` uses when none is named.
@@ -35,7 +36,7 @@ def load_model(name: str, device: str = "cpu") -> CloudModel:
 
 #: Models that add maps other than the score, by the maps they provide; the engine runs
 #: them beside the primary model when a product needs those maps.
-MAP_PROVIDERS: dict[str, str] = {}
+MAP_PROVIDERS: dict[str, str] = {"alpha": "matting", "reflectance": "matting"}
 
 
 def build_model(name: str, device: str, needs: set[str]) -> CloudModel:

@@ -150,7 +150,9 @@ class CloudGenerator(nn.Module):
         )
         self.head = nn.Conv2d(width, 1 + bands, 1)
 
-    def forward(self, feats: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, feats: torch.Tensor, z: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if z is None:
             b, _, h, w = feats.shape
             z = torch.randn(b, self.noise, h, w, device=feats.device, dtype=feats.dtype)
@@ -184,7 +186,9 @@ def upsample(t: torch.Tensor, pool: int = POOL) -> torch.Tensor:
     return nnf.interpolate(t, scale_factor=pool, mode="bilinear", align_corners=False)
 
 
-def matte(net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def matte(
+    net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-resolution (alpha (B,1,H,W), r_c (B,C,H,W)) for reflectance ``x`` (H, W multiples of POOL)."""
     feats = pooled_features(x, valid)
     if not bool(torch.isfinite(feats).all()):  # NaN/inf in the input: treat as 0 (cheap check at low res)
@@ -264,7 +268,9 @@ class MattingModel(CloudModel):
 
 
 # --------------------------------------------------------------------------- weights
-def save_weights(net: MattingNet, meta: dict[str, Any], weights: Path = WEIGHTS_FILE, sidecar: Path | None = None) -> None:
+def save_weights(
+    net: MattingNet, meta: dict[str, Any], weights: Path = WEIGHTS_FILE, sidecar: Path | None = None
+) -> None:
     """Write ``net`` as safetensors plus a JSON sidecar (``meta`` + the spec)."""
     from safetensors.torch import save_file
 
@@ -275,7 +281,9 @@ def save_weights(net: MattingNet, meta: dict[str, Any], weights: Path = WEIGHTS_
     save_file(state, str(weights))
     spec = matting_spec()
     doc = {
-        "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items() if k != "extra"},
+        "spec": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items() if k != "extra"
+        },
         "pool": POOL,
         "width": net.head.in_channels,
         "normalisation": {
@@ -288,7 +296,9 @@ def save_weights(net: MattingNet, meta: dict[str, Any], weights: Path = WEIGHTS_
     sidecar.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
-def load_net(weights: Path = WEIGHTS_FILE, sidecar: Path | None = None, device: str = "cpu") -> tuple[MattingNet, dict[str, Any]]:
+def load_net(
+    weights: Path = WEIGHTS_FILE, sidecar: Path | None = None, device: str = "cpu"
+) -> tuple[MattingNet, dict[str, Any]]:
     """Load F and its sidecar metadata (safetensors: no pickle)."""
     weights = Path(weights)
     sidecar = Path(sidecar) if sidecar is not None else weights.with_suffix(".json")

@@ -86,12 +86,12 @@ class MattingTrainConfig:
     block_stride: int = 32
     batch: int = 32
     #: GAN phase.
-    gan_steps: int = 1500
+    gan_steps: int = 1000
     gan_lr: float = 2e-4
     flat_weight: float = 10.0
     coverage_weight: float = 1.0
     #: matting-net phase.
-    f_steps: int = 6000
+    f_steps: int = 7000
     f_lr: float = 2e-3
     width: int = 32
     #: mix of the layers F is trained on: share from G, share procedural; the rest is clear.
@@ -138,7 +138,9 @@ def load_matting_data(data_dir: str | Path, cfg: MattingTrainConfig) -> MattingD
     """Cut the training chips of the shared split into backgrounds and real cloudy blocks."""
     chips = load_catalog(data_dir, four_band_only=True)
     if not chips:
-        raise InputError(f"no 4-band chips in {data_dir}/catalog.csv; pass --data with the shared data folder")
+        raise InputError(
+            f"no 4-band chips in {data_dir}/catalog.csv; pass --data with the shared data folder"
+        )
     split = split_chips(chips, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
     rule = BlockRule(size=cfg.block, stride=cfg.block_stride)
     bgs: list[np.ndarray] = []
@@ -257,7 +259,11 @@ class TrainResult:
 
 
 def _gan_phase(
-    data: MattingData, cfg: MattingTrainConfig, rng: np.random.Generator, progress: Progress | None, total: int
+    data: MattingData,
+    cfg: MattingTrainConfig,
+    rng: np.random.Generator,
+    progress: Progress | None,
+    total: int,
 ) -> tuple[CloudGenerator, dict[str, float]]:
     g = CloudGenerator(width=cfg.width)
     d = CloudDiscriminator(width=cfg.width)
@@ -267,8 +273,12 @@ def _gan_phase(
     for step in range(cfg.gan_steps):
         ci = rng.integers(len(data.cloudy), size=cfg.batch)
         cond = torch.from_numpy(_augment_batch(data.cloudy[ci], rng))
-        real = torch.from_numpy(_augment_batch(data.cloudy[rng.integers(len(data.cloudy), size=cfg.batch)], rng))
-        bg = torch.from_numpy(_augment_batch(data.backgrounds[rng.integers(len(data.backgrounds), size=cfg.batch)], rng))
+        real = torch.from_numpy(
+            _augment_batch(data.cloudy[rng.integers(len(data.cloudy), size=cfg.batch)], rng)
+        )
+        bg = torch.from_numpy(
+            _augment_batch(data.backgrounds[rng.integers(len(data.backgrounds), size=cfg.batch)], rng)
+        )
         frac = torch.from_numpy(data.cloudy_frac[ci])
         z = torch.from_numpy(
             rng.standard_normal((cfg.batch, g.noise, cfg.block // POOL, cfg.block // POOL)).astype(np.float32)
@@ -279,7 +289,9 @@ def _gan_phase(
         fake = compose(bg, alpha, r_c)
         # D step
         opt_d.zero_grad()
-        d_loss = 0.5 * (_lsgan(d(pooled_features(real)), 1.0) + _lsgan(d(pooled_features(fake.detach())), 0.0))
+        d_loss = 0.5 * (
+            _lsgan(d(pooled_features(real)), 1.0) + _lsgan(d(pooled_features(fake.detach())), 0.0)
+        )
         d_loss.backward()
         opt_d.step()
         # G step
@@ -291,7 +303,11 @@ def _gan_phase(
         g_loss = adv + cfg.flat_weight * (flat + 0.25 * flat_nir) + cfg.coverage_weight * cover
         g_loss.backward()
         opt_g.step()
-        stats = {"d_loss": float(d_loss.detach()), "g_adv": float(adv.detach()), "g_flat": float(flat.detach())}
+        stats = {
+            "d_loss": float(d_loss.detach()),
+            "g_adv": float(adv.detach()),
+            "g_flat": float(flat.detach()),
+        }
         if progress is not None:
             progress(step + 1, total)
         if step % 250 == 0:
@@ -315,8 +331,12 @@ def _f_batch(
         alpha[use_p] = torch.from_numpy(a)
         r_c[use_p] = torch.from_numpy(r)
     if len(use_g):
-        cond = torch.from_numpy(_augment_batch(data.cloudy[rng.integers(len(data.cloudy), size=len(use_g))], rng))
-        z = torch.from_numpy(rng.standard_normal((len(use_g), g.noise, s // POOL, s // POOL)).astype(np.float32))
+        cond = torch.from_numpy(
+            _augment_batch(data.cloudy[rng.integers(len(data.cloudy), size=len(use_g))], rng)
+        )
+        z = torch.from_numpy(
+            rng.standard_normal((len(use_g), g.noise, s // POOL, s // POOL)).astype(np.float32)
+        )
         with torch.no_grad():
             a_lo, c_lo = g(pooled_features(cond), z)
         alpha[use_g] = upsample(a_lo)
@@ -361,8 +381,14 @@ def train_matting(
         if cfg.w_real > 0 and len(good):
             k = rng.choice(good, size=min(8, len(good)))
             ks = rng.integers(8, size=len(k))
-            xr = torch.from_numpy(np.ascontiguousarray(np.stack([_d4(data.cloudy[i], j) for i, j in zip(k, ks, strict=True)])))
-            lr = torch.from_numpy(np.ascontiguousarray(np.stack([_d4(data.cloudy_label[i], j) for i, j in zip(k, ks, strict=True)])))
+            xr = torch.from_numpy(
+                np.ascontiguousarray(np.stack([_d4(data.cloudy[i], j) for i, j in zip(k, ks, strict=True)]))
+            )
+            lr = torch.from_numpy(
+                np.ascontiguousarray(
+                    np.stack([_d4(data.cloudy_label[i], j) for i, j in zip(k, ks, strict=True)])
+                )
+            )
             ar, _ = matte(net, xr)
             l_real = real_label_hinge(ar, lr)
             loss = loss + cfg.w_real * l_real
@@ -382,7 +408,7 @@ def train_matting(
             log.info("F step %d: %s", step, f_stats)
     minutes = (time.perf_counter() - t0) / 60
     meta: dict[str, Any] = {
-        "model": "CloudMattingGAN-style matting net F (Zou et al. ICCV 2019), pooled x%d" % POOL,
+        "model": f"CloudMattingGAN-style matting net F (Zou et al. ICCV 2019), pooled x{POOL}",
         "alpha_max": cfg.alpha_max,
         "training": {
             "config": asdict(cfg),
