@@ -1,0 +1,106 @@
+"""``geocloud train matting``: train the cloud-matting networks (G, D, F); see docs/matting.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from .main import setup_logging
+from .train import train
+
+
+def _defaults():  # type: ignore[no-untyped-def]
+    from geocloud.training.matting import MattingTrainConfig
+
+    return MattingTrainConfig()
+
+
+@train.command("matting")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder with catalog.csv of labelled 4-band chips (like ../shared/data).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder for matting.safetensors and its matting.json sidecar.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generators and weights.")
+@click.option(
+    "--gan-steps",
+    type=click.IntRange(0),
+    default=None,
+    help="GAN (G, D) steps (default: MattingTrainConfig).",
+)
+@click.option("--f-steps", type=click.IntRange(1), default=None, help="Matting-net (F) steps.")
+@click.option("--batch-size", type=click.IntRange(2), default=None, help="Blocks per batch.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default 1).")
+@click.option(
+    "--evaluate/--no-evaluate",
+    default=True,
+    show_default=True,
+    help="Measure the held-out validation figures and store them in the sidecar.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | None, f_steps: int | None,
+                  batch_size: int | None, threads: int | None, evaluate: bool, quiet: bool) -> None:  # fmt: skip
+    """Train the matting model; writes OUT/matting.safetensors + OUT/matting.json."""
+    from tqdm import tqdm
+
+    from geocloud.models.matting import MattingModel
+    from geocloud.training.matting import save_result
+    from geocloud.training.matting import train_matting as run
+    from geocloud.training.matting_eval import evaluate_real, evaluate_synthetic
+
+    setup_logging(quiet, False)
+    changes = {
+        k: v
+        for k, v in {
+            "gan_steps": gan_steps,
+            "f_steps": f_steps,
+            "batch": batch_size,
+            "threads": threads,
+        }.items()
+        if v is not None
+    }
+    cfg = dataclasses.replace(_defaults(), seed=seed, **changes)
+    bar = None if quiet else tqdm(total=cfg.gan_steps + cfg.f_steps, unit="step", desc="train matting")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+
+    try:
+        result = run(data_dir, cfg, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    metrics = None
+    if evaluate:
+        model = MattingModel(result.net)
+        metrics = {
+            "synthetic": evaluate_synthetic(model, data_dir),
+            "real": evaluate_real(model, data_dir),
+        }
+    path = save_result(result, out_dir, metrics)
+    click.echo(f"wrote {path} and {path.with_suffix('.json').name}")
+    if metrics is not None:
+        syn, real = metrics["synthetic"], metrics["real"]["all"]
+        click.echo(
+            json.dumps(
+                {
+                    "alpha_mae": round(syn["alpha_mae"], 4),
+                    "psnr_alpha_le_0.5_db": round(syn["psnr_le05"], 2),
+                    "auc_cloud_vs_clear": round(real["auc_cloud_vs_clear"], 4),
+                }
+            )
+        )
