@@ -255,9 +255,9 @@ def _affine(geom: Any, transform: Any) -> Any:
 
 
 def pixels_to_wgs84(geom: Any, crs: Any, transform: Any, rpcs: Any) -> Any:
-    """A pixel-space geometry (x = col, y = row) in WGS84 lon/lat, valid, exterior rings
-    counter-clockwise (RFC 7946).  Uses the CRS + transform, else the RPCs; raises
-    :class:`InputError` when there is neither."""
+    """A pixel-space geometry (x = col, y = row), or an array of them, in WGS84 lon/lat,
+    valid, exterior rings counter-clockwise (RFC 7946).  Uses the CRS + transform, else the
+    RPCs; raises :class:`InputError` when there is neither.  One transformer serves all."""
     if crs is not None and not transform.is_identity:
         from pyproj import CRS, Transformer
 
@@ -281,9 +281,10 @@ def pixels_to_wgs84(geom: Any, crs: Any, transform: Any, rpcs: Any) -> Any:
             "the mask has no CRS and no RPCs, so its clouds cannot be placed on Earth; "
             "GeoJSON (RFC 7946) needs WGS84: write --products vector with gpkg only, or georeference the scene"
         )
-    w = shapely.transform(geom, fn)
-    if not w.is_valid:
-        w = shapely.make_valid(w)
+    w = shapely.transform(geom, fn)  # all coordinates of all geometries in one call
+    bad = ~shapely.is_valid(w)
+    if np.any(bad):
+        w = np.where(bad, shapely.make_valid(w), w) if isinstance(w, np.ndarray) else shapely.make_valid(w)
     return shapely.orient_polygons(w, exterior_cw=False)
 
 
@@ -294,8 +295,10 @@ def _affine_xy(xy: np.ndarray, t: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def to_wgs84(polys: CloudPolygons) -> list[Any]:
     """The polygons in WGS84 lon/lat, valid, exterior rings counter-clockwise."""
-    crs = polys.crs
-    return [pixels_to_wgs84(g, crs, polys.transform, polys.rpcs) for g in polys.pixel_geometries]
+    if not polys.pixel_geometries:
+        return []
+    arr = np.array(polys.pixel_geometries, dtype=object)
+    return list(pixels_to_wgs84(arr, polys.crs, polys.transform, polys.rpcs))
 
 
 def _round_coords(obj: Any, nd: int) -> Any:
@@ -316,9 +319,11 @@ def write_geojson(
     path = Path(path)
     feats = []
     wgs = to_wgs84(polys)
+    if wgs:
+        # snap to the output precision keeping the geometries valid, then orient (RFC 7946)
+        arr = np.array(wgs, dtype=object)
+        wgs = list(shapely.orient_polygons(shapely.set_precision(arr, 10.0**-precision), exterior_cw=False))
     for i, (g, area) in enumerate(zip(wgs, polys.areas_m2, strict=True)):
-        # snap to the output precision keeping the geometry valid, then orient (RFC 7946)
-        g = shapely.orient_polygons(shapely.set_precision(g, 10.0**-precision), exterior_cw=False)
         if g.is_empty:  # smaller than the output precision
             continue
         geom = mapping(g)
