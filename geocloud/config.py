@@ -88,7 +88,7 @@ class ThresholdConfig:
 class OutputConfig:
     """What is written, and how."""
 
-    products: tuple[str, ...] = ("mask", "score", "stats")
+    products: tuple[str, ...] = ("mask", "score", "alpha", "clear", "stats")
     overwrite: bool = False
     #: GeoTIFF compression of the rasters: ZSTD is fast and well supported by GDAL >= 2.3.
     compress: str = "ZSTD"

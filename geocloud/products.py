@@ -43,6 +43,9 @@ class WindowContext:
     scene: SceneInfo
     radiometry: Radiometry
     reader: SceneReader
+    #: declouding settings (:class:`geocloud.declouding.DecloudConfig`: alpha_max, --refine);
+    #: None means its defaults.
+    decloud: Any = None
 
     def read_input(self) -> tuple[np.ndarray, np.ndarray]:
         """The input DN of the selected bands for this window, and its validity."""
@@ -110,7 +113,10 @@ def _mask(ctx: WindowContext) -> np.ndarray:
 
 
 def _write_stats(ctx: FileContext, paths: list[Path]) -> None:
-    atomic_write_text(paths[0], json.dumps(ctx.stats, indent=2, default=str) + "\n")
+    stats = ctx.stats
+    if "alpha" in ctx.rasters and "mask" in ctx.rasters:  # thin/thick cloud split (docs/matting.md)
+        stats = {**stats, **_decloud().matting_stats(ctx.rasters, ctx.options.get("decloud"))}
+    atomic_write_text(paths[0], json.dumps(stats, indent=2, default=str) + "\n")
 
 
 def _write_vector(ctx: FileContext, paths: list[Path]) -> None:

@@ -368,3 +368,15 @@ def test_shipped_model_products_via_cli(make_raster, tmp_path) -> None:
         assert rf.count == 4 and rf.dtypes[0] == "float32"
     with rasterio.open(src) as s, rasterio.open(out / "cli_clear.tif") as c:
         assert c.dtypes[0] == s.dtypes[0] and c.nodata == s.nodata and c.crs == s.crs
+    import json
+
+    stats = json.loads((out / "cli_stats.json").read_text())["matting"]
+    px = json.loads((out / "cli_stats.json").read_text())["pixels"]
+    assert stats["thin_cloud_pixels"] + stats["thick_cloud_pixels"] == px["cloud"]
+    assert stats["thin_tau"] == 0.5
+
+
+def test_default_products_include_alpha_and_clear() -> None:
+    from geocloud.config import OutputConfig
+
+    assert OutputConfig().products == ("mask", "score", "alpha", "clear", "stats")
