@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
+from geocloud.declouding import DecloudConfig
 from geocloud.errors import ConfigError, GeocloudError
 from geocloud.pipeline import load_model_for, process_scene
 from geocloud.products import PRODUCTS, resolve_products
@@ -40,6 +41,10 @@ def parse_products(text: str) -> tuple[str, ...]:
 )
 @model_options
 @scene_options
+@click.option("--refine", is_flag=True,
+              help="Refine alpha and the cloud reflectance of the clear product (local smoothness; slower).")
+@click.option("--alpha-max", type=click.FloatRange(0, 1, max_open=True), default=DecloudConfig.alpha_max,
+              show_default=True, help="Largest cloud opacity at which the clear product recovers the ground.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--ortho", is_flag=True,
               help="Warp the raster outputs of RPC-only (L1A) scenes onto a UTM grid with their RPCs.")
@@ -48,7 +53,8 @@ def parse_products(text: str) -> tuple[str, ...]:
 def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,
             halo: int | None, feather: int, device: str, batch_size: int, threshold: float | None,
             k: float | None, sensor: str | None, bands: str | None, scale: float | None, offset: float,
-            sun_elevation: float | None, overwrite: bool, ortho: bool, quiet: bool, debug: bool) -> None:  # fmt: skip
+            sun_elevation: float | None, refine: bool, alpha_max: float, overwrite: bool, ortho: bool,
+            quiet: bool, debug: bool) -> None:  # fmt: skip
     """Find the clouds in each SCENE and write its products to OUTDIR.
 
     Outputs are named from each scene's file stem: <stem>_mask.tif (0 clear, 1 cloud,
@@ -65,6 +71,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
         inference=InferenceConfig(device=device, batch_size=batch_size),
         threshold=ThresholdConfig(value=threshold, k=k),
         output=OutputConfig(products=parse_products(products), overwrite=overwrite),
+        decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),
     )
     if bands and config.bands is None:
         raise ConfigError(f"--bands {bands!r} is not a list of band numbers; pass e.g. --bands 1,2,3,4")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .declouding import DecloudConfig
 from .errors import ConfigError
 
 
@@ -107,8 +108,11 @@ class ProcessConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: the clear product: alpha_max, --refine (geocloud.declouding).
+    decloud: DecloudConfig = field(default_factory=DecloudConfig)
 
     def validate(self) -> None:
         self.tiling.validate()
         self.inference.validate()
         self.threshold.validate()
+        self.decloud.validate()

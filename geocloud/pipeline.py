@@ -324,7 +324,7 @@ def process_scene(
             valid = np.isfinite(maps["score"][0])
             mask = mask_rule(maps, threshold)
             counts += np.bincount(mask.ravel(), minlength=256)
-            ctx = WindowContext(window, maps, valid, threshold, mask, info, radiometry, reader)
+            ctx = WindowContext(window, maps, valid, threshold, mask, info, radiometry, reader, config.decloud)
             for p, compute in pass2:
                 sinks[p.name].write_rows(compute(ctx), row0)
             if progress:
@@ -394,7 +394,7 @@ def process_scene(
         )
 
         # ---- file products (each writes to temporary paths)
-        fctx = FileContext(info, stem, outdir, raster_done, stats)
+        fctx = FileContext(info, stem, outdir, raster_done, stats, {"decloud": config.decloud})
         for fp in file_products:
             finals = fp.paths(outdir, stem)
             tmps = [partial_name(f) for f in finals]

@@ -380,3 +380,27 @@ def test_default_products_include_alpha_and_clear() -> None:
     from geocloud.config import OutputConfig
 
     assert OutputConfig().products == ("mask", "score", "alpha", "clear", "stats")
+
+
+def test_refine_flag_reaches_the_clear_product(make_raster, tmp_path) -> None:
+    import json
+
+    import rasterio
+    from click.testing import CliRunner
+
+    from geocloud.cli.main import cli
+    from geocloud.models.matting import WEIGHTS_FILE
+
+    if not WEIGHTS_FILE.exists():
+        pytest.skip("matting weights not shipped in this checkout")
+    src = make_raster("rf.tif", width=96, height=96, dtype="uint16")
+    runs = {}
+    for flag in ([], ["--refine"]):
+        out = tmp_path / ("r" if flag else "p")
+        r = CliRunner().invoke(cli, ["process", str(src), "-o", str(out), "--alpha-max", "0.7", *flag])
+        assert r.exit_code == 0, r.output
+        with rasterio.open(out / "rf_clear.tif") as c:
+            runs[bool(flag)] = c.read()
+        st = json.loads((out / "rf_stats.json").read_text())["matting"]
+        assert st["refined"] is bool(flag) and st["alpha_max"] == 0.7
+    assert runs[False].shape == runs[True].shape
