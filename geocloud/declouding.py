@@ -310,9 +310,29 @@ def _window_matte(ctx: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     alpha = np.where(valid, alpha, 0.0).astype(np.float32)
     r_c = np.where(valid[None], r_c, 0.0).astype(np.float32)
     if cfg.refine and valid.any():
-        alpha, r_c = refine_matte(np.where(valid[None], y, 0.0), alpha, r_c, valid, cfg)
-        alpha = alpha.reshape(valid.shape)
+        alpha, r_c = refine_chunked(np.where(valid[None], y, 0.0), alpha, r_c, valid, cfg)
     return y, alpha, r_c, valid, cfg
+
+
+#: column chunk and overlap of :func:`refine_chunked` (bounded memory on wide windows).
+REFINE_CHUNK = 1024
+REFINE_OVERLAP = 96
+
+
+def refine_chunked(
+    y: np.ndarray, alpha: np.ndarray, r_c: np.ndarray, valid: np.ndarray, cfg: DecloudConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`refine_matte` over column chunks with overlap; returns (alpha (H, W), r_c)."""
+    w = alpha.shape[-1]
+    a_out = np.empty_like(alpha)
+    r_out = np.empty_like(r_c)
+    for c0 in range(0, w, REFINE_CHUNK):
+        c1 = min(c0 + REFINE_CHUNK, w)
+        lo, hi = max(0, c0 - REFINE_OVERLAP), min(w, c1 + REFINE_OVERLAP)
+        a, r = refine_matte(y[:, :, lo:hi], alpha[:, lo:hi], r_c[:, :, lo:hi], valid[:, lo:hi], cfg)
+        a_out[:, c0:c1] = a.reshape(alpha.shape[0], hi - lo)[:, c0 - lo : c1 - lo]
+        r_out[:, :, c0:c1] = r[:, :, c0 - lo : c1 - lo]
+    return a_out, r_out
 
 
 def clear_product_nodata(info: object) -> float | int:
