@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -117,6 +118,8 @@ class CatalogConfig:
 def _is_scene_file(p: Path) -> bool:
     n = p.name.lower()
     if not n.endswith(SCENE_SUFFIXES) or n.startswith("."):
+        return False
+    if re.search(r"-pan\d?\.tiff?$", n):  # the panchromatic part of a GF/ZY delivery: 1 band
         return False
     return not any(n.endswith(s) for s in OUTPUT_SUFFIXES) and not n.endswith(".partial")
 

@@ -63,6 +63,7 @@ def test_discover_and_ids(scenes, tmp_path):
     # outputs (masks...) are never taken as inputs
     (tmp_path / "x_mask.tif").write_bytes(b"")
     (tmp_path / "x.tif").write_bytes(b"")
+    (tmp_path / "GF1_PMS1_E1_N1_20200101_L1A01-PAN1.tiff").write_bytes(b"")  # vendor PAN part: 1 band
     assert [p.name for p in discover_scenes([tmp_path])] == ["x.tif"]
     a, b = tmp_path / "a" / "s.tif", tmp_path / "b" / "s.tif"
     ids = scene_ids([a, b])
