@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         if floor_runs:
             f = result["io_floor"]
             print(
-                f"I/O floor    {f['wall_s']:.1f} s  {f['mpx_s']:.1f} Mpx/s  peak RSS {f['peak_rss_mb']:.0f} MB"
+                f"I/O floor    {f['wall_s']:.1f} s  {f['mpx_s']:.1f} Mpx/s  peak RSS {f['peak_rss_mb']:.0f} MB  "
+                f"(cpu {f['cpu_s']:.0f} s)"
             )
             print(f"engine/floor {result['engine_over_floor']:.2f}x")
         print(
