@@ -340,17 +340,66 @@ def clear_product_nodata(info: object) -> float | int:
     return clear_nodata(info.dtype, info.nodata)  # type: ignore[attr-defined]
 
 
+def clear_dn(
+    dn: np.ndarray,
+    alpha: np.ndarray,
+    r_c: np.ndarray,
+    ok: np.ndarray,
+    a: tuple[float, ...] | np.ndarray,
+    b: tuple[float, ...] | np.ndarray,
+    dtype: np.dtype | str,
+    nodata: float | int,
+) -> np.ndarray:
+    """The clear product straight from DN: ``(DN - (r_c - b alpha) / a) / (1 - alpha)``.
+
+    The same as ``reflectance_to_dn(clear_reflectance(a DN + b, ...))`` with fewer passes
+    over the data (rho = a DN + b is folded in); ``alpha = 0, r_c = 0`` gives the input DN
+    exactly.  ``ok`` (H, W) marks the pixels to recover (valid and alpha <= alpha_max).
+    """
+    dt = np.dtype(dtype)
+    out = dn.astype(np.float32, copy=True)
+    al = alpha.astype(np.float32, copy=False)
+    inv = np.float32(1.0) / np.where(ok, np.float32(1.0) - al, np.float32(1.0))
+    for k in range(out.shape[0]):
+        out[k] -= (r_c[k] - np.float32(b[k]) * al) * np.float32(1.0 / a[k])
+        out[k] *= inv
+    bad = ~ok
+    if np.issubdtype(dt, np.floating):
+        res = out.astype(dt, copy=False)
+        res[:, bad] = nodata
+        return res
+    info = np.iinfo(dt)
+    np.rint(out, out=out)
+    np.clip(out, info.min, info.max, out=out)
+    if np.isfinite(nodata) and info.min <= nodata <= info.max:
+        nd = np.float32(nodata)
+        out[out == nd] = nd + (1 if nodata < info.max else -1)
+    out[:, bad] = 0
+    res = out.astype(dt)
+    res[:, bad] = nodata
+    return res
+
+
 def compute_clear(ctx: object) -> np.ndarray:
     """Pass-2 window of the ``clear`` product: x_hat in the input's dtype and DN scale.
 
     Bands are blue, green, red, nir (the bands the model read), converted back with the
     inverse of the scene's radiometry; nodata where alpha > alpha_max or the input is nodata.
     """
-    y, alpha, r_c, valid, cfg = _window_matte(ctx)
-    x = clear_reflectance(y, alpha, r_c, valid, cfg.alpha_max)
+    cfg = _window_config(ctx)
     rad = ctx.radiometry  # type: ignore[attr-defined]
     info = ctx.scene  # type: ignore[attr-defined]
-    return reflectance_to_dn(x, rad.a, rad.b, info.dtype, clear_product_nodata(info))
+    maps = ctx.maps  # type: ignore[attr-defined]
+    if cfg.refine:
+        y, alpha, r_c, valid, cfg = _window_matte(ctx)
+        x = clear_reflectance(y, alpha, r_c, valid, cfg.alpha_max)
+        return reflectance_to_dn(x, rad.a, rad.b, info.dtype, clear_product_nodata(info))
+    dn, valid_in = ctx.read_input()  # type: ignore[attr-defined]
+    alpha = maps["alpha"][0]
+    r_c = maps["reflectance"]
+    with np.errstate(invalid="ignore"):
+        ok = ctx.valid & valid_in & (alpha <= cfg.alpha_max)  # type: ignore[attr-defined]  # NaN -> False
+    return clear_dn(dn, alpha, r_c, ok, rad.a, rad.b, info.dtype, clear_product_nodata(info))
 
 
 def compute_quality(ctx: object) -> np.ndarray:

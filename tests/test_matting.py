@@ -387,8 +387,8 @@ def test_refine_flag_reaches_the_clear_product(make_raster, tmp_path) -> None:
 
     import rasterio
     from click.testing import CliRunner
-
     from geocloud.cli.main import cli
+
     from geocloud.models.matting import WEIGHTS_FILE
 
     if not WEIGHTS_FILE.exists():
@@ -404,3 +404,19 @@ def test_refine_flag_reaches_the_clear_product(make_raster, tmp_path) -> None:
         st = json.loads((out / "rf_stats.json").read_text())["matting"]
         assert st["refined"] is bool(flag) and st["alpha_max"] == 0.7
     assert runs[False].shape == runs[True].shape
+
+
+def test_clear_dn_matches_the_reflectance_path() -> None:
+    from geocloud.declouding import clear_dn
+
+    rng = np.random.default_rng(9)
+    dn = rng.integers(1, 10000, (4, 32, 32)).astype(np.uint16)
+    a = rng.uniform(0, 0.95, (32, 32)).astype(np.float32)
+    r = (a * 0.7)[None].repeat(4, 0)
+    gain, off = (2e-5, 2e-5, 2.1e-5, 1.9e-5), (-0.1, -0.1, -0.1, -0.1)
+    fast = clear_dn(dn, a, r, a <= ALPHA_MAX, gain, off, "uint16", 0)
+    refl = dn.astype(np.float32) * np.float32(gain[0])  # per band below
+    refl = np.stack([dn[k].astype(np.float32) * np.float32(gain[k]) + np.float32(off[k]) for k in range(4)])
+    slow = reflectance_to_dn(clear_reflectance(refl, a, r), gain, off, "uint16", 0)
+    assert np.abs(fast.astype(int) - slow.astype(int)).max() <= 1
+    assert ((fast == 0) == (slow == 0)).all()
