@@ -42,6 +42,9 @@ class DecloudConfig:
     thin_tau: float = 0.5
     #: run :func:`refine_matte` (``--refine``).
     refine: bool = False
+    #: in ``geocloud process``, pixels the mask calls clear pass through the clear product
+    #: unchanged (alpha taken as 0): the detector decides *where*, the matte *how much*.
+    gate_with_mask: bool = True
     #: guided-filter refinement of alpha (local linear model alpha ~ a.y + b, Levin et al.):
     #: window radii (pixels, applied coarse to fine) and regularisation.
     refine_radii: tuple[int, ...] = (16, 4)
@@ -392,14 +395,25 @@ def compute_clear(ctx: object) -> np.ndarray:
     maps = ctx.maps  # type: ignore[attr-defined]
     if cfg.refine:
         y, alpha, r_c, valid, cfg = _window_matte(ctx)
+        if cfg.gate_with_mask:
+            gate = ctx.mask == 0  # type: ignore[attr-defined]
+            alpha = np.where(gate, 0.0, alpha).astype(np.float32)
+            r_c = np.where(gate[None], 0.0, r_c).astype(np.float32)
         x = clear_reflectance(y, alpha, r_c, valid, cfg.alpha_max)
         return reflectance_to_dn(x, rad.a, rad.b, info.dtype, clear_product_nodata(info))
     dn, valid_in = ctx.read_input()  # type: ignore[attr-defined]
     alpha = maps["alpha"][0]
     r_c = maps["reflectance"]
+    valid = ctx.valid & valid_in  # type: ignore[attr-defined]
     with np.errstate(invalid="ignore"):
-        ok = ctx.valid & valid_in & (alpha <= cfg.alpha_max)  # type: ignore[attr-defined]  # NaN -> False
-    return clear_dn(dn, alpha, r_c, ok, rad.a, rad.b, info.dtype, clear_product_nodata(info))
+        ok = valid & (alpha <= cfg.alpha_max)  # NaN -> False
+    if cfg.gate_with_mask:
+        ok |= valid & (ctx.mask == 0)  # type: ignore[attr-defined]
+    out = clear_dn(dn, alpha, r_c, ok, rad.a, rad.b, info.dtype, clear_product_nodata(info))
+    if cfg.gate_with_mask:
+        gate = valid & (ctx.mask == 0)  # type: ignore[attr-defined]
+        out[:, gate] = dn[:, gate]
+    return out
 
 
 def compute_quality(ctx: object) -> np.ndarray:
@@ -410,7 +424,10 @@ def compute_quality(ctx: object) -> np.ndarray:
     valid = ctx.valid & np.isfinite(alpha)  # type: ignore[attr-defined]
     if cfg.refine:
         _, alpha, _, valid, cfg = _window_matte(ctx)
-    return clear_quality(np.where(valid, alpha, 0.0), valid, cfg.alpha_max)[None]
+    alpha = np.where(valid, alpha, 0.0)
+    if cfg.gate_with_mask:
+        alpha = np.where(ctx.mask == 0, 0.0, alpha)  # type: ignore[attr-defined]
+    return clear_quality(alpha, valid, cfg.alpha_max)[None]
 
 
 def matting_stats(

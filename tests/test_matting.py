@@ -289,12 +289,13 @@ class _ConstMatting:
         self.model = _M()
 
 
-def _process(path, outdir, products, helper=None):  # type: ignore[no-untyped-def]
+def _process(path, outdir, products, helper=None, decloud=None):  # type: ignore[no-untyped-def]
     from geocloud.config import OutputConfig, ProcessConfig
+    from geocloud.declouding import DecloudConfig
     from geocloud.models import CombinedModel, load_model
     from geocloud.pipeline import process_scene
 
-    cfg = ProcessConfig(output=OutputConfig(products=tuple(products)))
+    cfg = ProcessConfig(output=OutputConfig(products=tuple(products)), decloud=decloud or DecloudConfig())
     model = None
     if helper is not None:
         model = CombinedModel(load_model("spectral"), [helper])
@@ -335,14 +336,30 @@ def test_clear_keeps_dtype_crs_nodata_and_alpha_zero_is_identity(make_raster, tm
 def test_alpha_above_max_gives_nodata_through_engine(make_raster, tmp_path) -> None:
     import rasterio
 
-    src = make_raster("hi.tif", width=64, height=64, dtype="uint16")
-    res = _process(src, tmp_path / "o", ["clear", "alpha"], _ConstMatting(0.9).model)
+    from geocloud.declouding import DecloudConfig
+
+    src = make_raster("hi.tif", width=64, height=64, dtype="uint16", cloud_cover=0.5)
+    # without the mask gate every pixel with alpha 0.9 > alpha_max is nodata
+    res = _process(
+        src, tmp_path / "o", ["clear", "alpha"], _ConstMatting(0.9).model, DecloudConfig(gate_with_mask=False)
+    )
     with rasterio.open(res.outputs["clear"][0]) as c:
         assert (c.read() == c.nodata).all()
     with rasterio.open(res.outputs["alpha"][0]) as a:
         arr = a.read(1)
         assert a.dtypes[0] == "float32"
         np.testing.assert_allclose(arr[np.isfinite(arr)], 0.9, atol=1e-6)
+    # with the gate (default): cloud pixels are nodata, clear pixels pass through unchanged
+    res = _process(src, tmp_path / "g", ["clear", "mask"], _ConstMatting(0.9).model)
+    with (
+        rasterio.open(res.outputs["clear"][0]) as c,
+        rasterio.open(res.outputs["mask"][0]) as m,
+        rasterio.open(src) as s,
+    ):
+        out, mask, inp = c.read(), m.read(1), s.read()
+        assert (mask == 1).any() and (mask == 0).any()
+        assert (out[:, mask == 1] == c.nodata).all()
+        assert np.array_equal(out[:, mask == 0], inp[:, mask == 0])
 
 
 def test_shipped_model_products_via_cli(make_raster, tmp_path) -> None:
@@ -415,7 +432,6 @@ def test_clear_dn_matches_the_reflectance_path() -> None:
     r = (a * 0.7)[None].repeat(4, 0)
     gain, off = (2e-5, 2e-5, 2.1e-5, 1.9e-5), (-0.1, -0.1, -0.1, -0.1)
     fast = clear_dn(dn, a, r, a <= ALPHA_MAX, gain, off, "uint16", 0)
-    refl = dn.astype(np.float32) * np.float32(gain[0])  # per band below
     refl = np.stack([dn[k].astype(np.float32) * np.float32(gain[k]) + np.float32(off[k]) for k in range(4)])
     slow = reflectance_to_dn(clear_reflectance(refl, a, r), gain, off, "uint16", 0)
     assert np.abs(fast.astype(int) - slow.astype(int)).max() <= 1
