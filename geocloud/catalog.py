@@ -348,6 +348,8 @@ def _catalog_scene(
         info = open_scene(scene)
         out = Path(outdir) / scene_id
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*partial*"):  # left by a run that was killed on this scene
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         cfg = replace(config, output=replace(config.output, overwrite=True))
         result = process_scene(scene, out, cfg, model=_model_for(cfg), **(scene_kwargs or {}))
         stats = result.stats
