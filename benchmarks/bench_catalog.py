@@ -13,8 +13,11 @@ What it does:
    (``resume=False``) on a ``LocalCluster`` of that many single-threaded worker processes,
    with the default products (mask, stats, preview) plus the thumbnails and the HTML page,
    and times it from the call to the written catalogue, cluster start-up included;
-3. reports wall seconds, scenes per minute, the scaling from 1 to W workers, the cluster
-   start-up time (timed separately) and the peak RSS of the whole process tree.
+3. reports wall seconds, scenes per minute, the scaling from 1 to W workers, the CPU
+   seconds the worker processes used (``getrusage`` of the reaped cluster processes) and
+   so the number of cores they actually got, the cluster start-up time (timed separately)
+   and the peak RSS.  On a shared machine ``cores_used`` tells whether a lack of scaling
+   comes from the code or from the CPU share the workers were given.
 
 It also checks that every run produced the same catalogue (timings aside).
 """
@@ -68,11 +71,17 @@ def run(folder: Path, workers: int, out: Path) -> dict[str, Any]:
     from geocloud.catalog import CatalogConfig, build_catalog
 
     cfg = CatalogConfig(workers=workers, resume=False)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     res = build_catalog([folder], out / f"catalog_w{workers}.parquet", cfg)
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the cluster's processes have exited and been reaped
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     n = len(res.rows)
     return {
+        "worker_cpu_s": round(cpu, 1),
+        "worker_cpu_s_per_scene": round(cpu / max(1, n), 2),
+        "cores_used": round(cpu / wall, 2),
         "workers": workers,
         "scenes": n,
         "failed": res.failed,
@@ -106,7 +115,8 @@ def main() -> None:
         results.append(r)
         if not args.json:
             print(f"workers={w}: {r['scenes']} scenes in {r['wall_s']} s = {r['scenes_per_min']} scenes/min "
-                  f"(cluster start {r['cluster_startup_s']} s, mean {r['mean_scene_s']} s/scene in a worker)")  # fmt: skip
+                  f"(cluster start {r['cluster_startup_s']} s, mean {r['mean_scene_s']} s/scene in a worker, "
+                  f"{r['worker_cpu_s_per_scene']} CPU s/scene, {r['cores_used']} cores used)")  # fmt: skip
     from geocloud.catalog import OWN_OUTPUT_COLUMNS, VOLATILE_COLUMNS, read_catalog
 
     frames = [
