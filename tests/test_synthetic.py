@@ -217,3 +217,28 @@ def test_engine_uses_the_acquisition_time_tag(tmp_path) -> None:
     d = describe_scene(path)
     want = syn.dn_to_reflectance(np.ones((4, 1, 1)), 50.0, syn.SceneSpec(1, 1).acquisition_time).ravel()
     np.testing.assert_allclose(d["reflectance_gain"], want, rtol=1e-4)
+
+
+def test_committed_sample_matches_its_generator(tmp_path) -> None:
+    """sample_scenes/gf1_wfv_sample.tif is what make_sample.py makes with today's code and
+    calibration (if this fails, rerun ``python sample_scenes/make_sample.py`` and commit)."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_sample", repo / "sample_scenes" / "make_sample.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fresh = syn.make_scene(tmp_path / "gf1_wfv_sample.tif", **mod.SAMPLE)
+    for committed, new in (
+        (repo / "sample_scenes" / "gf1_wfv_sample.tif", fresh),
+        (repo / "sample_scenes" / "gf1_wfv_sample_alpha_truth.tif", syn.truth_path(fresh)),
+    ):
+        assert committed.stat().st_size < 5_000_000
+        with rasterio.open(committed) as a, rasterio.open(new) as b:
+            pa, pb = dict(a.profile), dict(b.profile)
+            na, nb = pa.pop("nodata"), pb.pop("nodata")
+            assert pa == pb
+            assert na == nb or (math.isnan(na) and math.isnan(nb))
+            assert a.tags() == b.tags()
+            np.testing.assert_array_equal(a.read(), b.read())
