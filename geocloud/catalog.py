@@ -231,8 +231,8 @@ def _acquisition(scene: Path, tags: dict[str, str], vendor: Any) -> tuple[str | 
 def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
     """WKT (WGS84 lon/lat) of the valid-data area of a geocloud mask (255 = nodata).
 
-    Polygonised from a decimated read (at most ``max_side`` px), simplified by one
-    decimated pixel; ``None`` when the mask is not georeferenced or all nodata.
+    Polygonised from a decimated read (at most ``max_side`` px), simplified by 1.5
+    decimated pixels; ``None`` when the mask is not georeferenced or all nodata.
     """
     import numpy as np
     import rasterio
@@ -250,7 +250,7 @@ def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
     polys = _shapes(m != 255, 0)
     if not polys:
         return None
-    geom = shapely.union_all(polys).simplify(1.0, preserve_topology=True)
+    geom = shapely.union_all(polys).simplify(1.5, preserve_topology=True)
     geom = shapely.transform(geom, lambda xy: xy * np.array([sx, sy]))
     try:
         out = pixels_to_wgs84(geom, crs, transform, rpcs)
