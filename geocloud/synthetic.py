@@ -307,6 +307,13 @@ class SceneSpec:
     #: land-pattern size: lattice spacing of the coarsest land octave, in pixels.
     land_scale: int = 1024
     sun_elevation: float = 55.0
+    #: degrees clockwise from north; sets where cloud shadows fall.
+    sun_azimuth: float = 150.0
+    #: darken the ground in the shadows of thick clouds (cast ``cloud_height`` m up, along
+    #: the sun azimuth and elevation); the alpha truth is unchanged, ``layers()["shadow"]``
+    #: gives the shadow's strength.
+    shadows: bool = False
+    cloud_height: float = 1500.0
     acquisition_time: str = "2020-05-23T05:03:08Z"
     dtype: str = "uint16"
     nodata: str = "value"
@@ -462,9 +469,18 @@ class SyntheticScene:
 
     # -- content ----------------------------------------------------------------
 
+    def shadow_offset(self) -> tuple[int, int]:
+        """(rows, cols) from a ground pixel to the cloud pixel that shades it (towards the sun)."""
+        sp = self.spec
+        dist = sp.cloud_height / math.tan(math.radians(max(sp.sun_elevation, 1.0))) / sp.pixel_size
+        az = math.radians(sp.sun_azimuth)
+        return int(round(-math.cos(az) * dist)), int(round(math.sin(az) * dist))
+
     def layers(self, row0: int, col0: int, height: int, width: int) -> dict[str, np.ndarray]:
         """All layers of a window: ``background`` (4, h, w), ``alpha`` (h, w), ``r_c`` (h, w),
-        ``reflectance`` (4, h, w) = compose(background, alpha, r_c), ``valid`` (h, w)."""
+        ``reflectance`` (4, h, w) = compose(background, alpha, r_c), ``valid`` (h, w) and
+        ``shadow`` (h, w): the fraction of light the ground lost to cloud shadow (0 unless
+        ``shadows``; already applied to ``background``)."""
         win = (row0, col0, height, width)
         terrain = self._terrain.window(*win)
         veg = self._veg.window(*win)
@@ -490,8 +506,14 @@ class SyntheticScene:
         np.clip(background, 0.005, None, out=background)
 
         thick = self._thick.window(*win)
-        thin = self._thin.window(*win)
         a_thick = _smoothstep((thick - self.t_thick) / self.edge_thick)
+        shadow = np.zeros_like(a_thick)
+        if self.spec.shadows:
+            dr, dc = self.shadow_offset()
+            cast = self._thick.window(row0 + dr, col0 + dc, height, width)
+            shadow = (0.6 * _smoothstep((cast - self.t_thick) / self.edge_thick)).astype(np.float32)
+            background *= (1.0 - shadow)[None]
+        thin = self._thin.window(*win)
         a_thin = np.float32(self.spec.thin_alpha) * _smoothstep((thin - self.t_thin) / self.edge_thin)
         c_thick = (
             0.80 + 0.06 * np.clip(thick - self.t_thick - self.edge_thick, 0.0, 2.0) / 2.0 + 0.03 * texture
@@ -509,6 +531,7 @@ class SyntheticScene:
             "r_c": r_c,
             "reflectance": reflectance,
             "valid": self.valid(*win),
+            "shadow": shadow,
         }
 
     def encode(self, reflectance: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -598,7 +621,7 @@ class SyntheticScene:
                     "SATELLITE": str(self.calibration.get("satellite", "GF1")),
                     "SENSOR": str(self.calibration.get("sensor", "WFV1")),
                     "SUN_ELEVATION": f"{sp.sun_elevation:.4f}",
-                    "SUN_AZIMUTH": "150.0000",
+                    "SUN_AZIMUTH": f"{sp.sun_azimuth:.4f}",
                     "ACQUISITION_TIME": sp.acquisition_time,
                 }
             )
@@ -652,7 +675,7 @@ class SyntheticScene:
             "WidthInPixels": sp.width,
             "HeightInPixels": sp.height,
             "CloudPercent": round(100 * sp.cloud_cover),
-            "SolarAzimuth": "150.0",
+            "SolarAzimuth": f"{sp.sun_azimuth:.4f}",
             "SolarZenith": f"{90.0 - sp.sun_elevation:.4f}",
         }
         body = "\n".join(f"    <{k}>{v}</{k}>" for k, v in fields.items())

@@ -242,3 +242,19 @@ def test_committed_sample_matches_its_generator(tmp_path) -> None:
             assert na == nb or (math.isnan(na) and math.isnan(nb))
             assert a.tags() == b.tags()
             np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_cloud_shadows_are_optional_seamless_and_dark() -> None:
+    plain = syn.SyntheticScene(syn.SceneSpec(300, 300, seed=5, cloud_scale=128, land_scale=128))
+    shady = syn.SyntheticScene(syn.SceneSpec(300, 300, seed=5, cloud_scale=128, land_scale=128, shadows=True))
+    a, b = plain.layers(0, 0, 300, 300), shady.layers(0, 0, 300, 300)
+    assert not a["shadow"].any()
+    np.testing.assert_array_equal(a["alpha"], b["alpha"])  # the truth is the cloud, not its shadow
+    s = b["shadow"]
+    assert s.max() > 0.3 and s.min() == 0.0
+    np.testing.assert_allclose(b["background"], a["background"] * (1 - s)[None], rtol=1e-5, atol=1e-6)
+    # the shadow is the thick cloud moved away from the sun
+    dr, dc = shady.shadow_offset()
+    assert dr > 0 and dc > 0  # sun in the south-east (azimuth 150): clouds shade ground to their north-west
+    part = shady.layers(40, 70, 50, 60)
+    np.testing.assert_array_equal(part["shadow"], s[40:90, 70:130])
