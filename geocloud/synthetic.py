@@ -6,7 +6,8 @@ A scene is a 4-band (blue, green, red, nir) raster built from three layers:
   spectra mixed by seamless fractal noise fields, with texture and sensor noise;
 * **thick and thin clouds**: fractal opacity fields ``alpha`` and a spectrally flat cloud
   reflectance ``c``, composited with :func:`geocloud.compositing.compose`
-  (``y = r_c + (1 - alpha) * x`` with ``r_c = alpha * c``);
+  (``y = r_c + (1 - alpha) * x`` with ``r_c = alpha * c``), and optionally their shadows
+  on the ground (``shadows=True``);
 * the **sensor**: TOA reflectance turned into GF-1 WFV1 digital numbers with
   :data:`GF1_WFV_CALIBRATION` (``L = gain * DN + offset``, ``rho = pi L d^2 / (ESUN cos(sza))``),
   a rotated/skewed valid footprint inside a nodata collar, a UTM grid of 16 m pixels and
