@@ -20,8 +20,16 @@ from click.testing import CliRunner, Result
 from geocloud.cli.main import cli
 
 
+def runner() -> CliRunner:
+    """A CliRunner with stderr kept apart (the default from click 8.2; ``mix_stderr=False`` before)."""
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
 def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+    return runner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
 
 
 def error_lines(result: Result) -> list[str]:

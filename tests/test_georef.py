@@ -25,6 +25,14 @@ from geocloud.pipeline import process_scene
 W, H = 200, 160
 
 
+def runner() -> CliRunner:
+    """A CliRunner with stderr kept apart (the default from click 8.2; ``mix_stderr=False`` before)."""
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
 def outputs(outdir: Path, stem: str) -> tuple[Path, Path, Path]:
     return outdir / f"{stem}_mask.tif", outdir / f"{stem}_score.tif", outdir / f"{stem}_stats.json"
 
@@ -39,7 +47,7 @@ def input_valid(path: Path) -> np.ndarray:
 
 
 def process(path: Path, outdir: Path) -> dict:
-    res = CliRunner().invoke(cli, ["process", str(path), "-o", str(outdir), "--quiet"])
+    res = runner().invoke(cli, ["process", str(path), "-o", str(outdir), "--quiet"])
     assert res.exit_code == 0, res.output + (res.stderr or "")
     return json.loads(outputs(outdir, path.stem)[2].read_text())
 
@@ -92,7 +100,7 @@ def test_rpcs_are_preserved(make_raster, tmp_path: Path) -> None:
 
 def test_no_georef_warns_and_keeps_the_pixel_grid(make_raster, tmp_path: Path) -> None:
     scene = make_raster("bare.tif", width=W, height=H, georef="none")
-    res = CliRunner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "out")])
+    res = runner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
     warn = [line for line in res.stderr.splitlines() if "warning" in line.lower()]
     assert warn and any(re.search(r"crs|georef|transform", line, re.I) for line in warn), res.stderr
@@ -190,7 +198,9 @@ def test_outputs_are_tagged_cogs(make_raster, tmp_path: Path) -> None:
             assert ds.overviews(1), f"{out.name} has no overviews"
             assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
             tags = ds.tags()
-            assert tags.get("GEOCLOUD_MODEL", "").split("+")[0] == "spectral"  # + matting helper (alpha, clear)
+            assert (
+                tags.get("GEOCLOUD_MODEL", "").split("+")[0] == "spectral"
+            )  # + matting helper (alpha, clear)
             assert tags.get("GEOCLOUD_SENSOR") == "gf1_wfv"
             assert float(tags["GEOCLOUD_THRESHOLD"]) == pytest.approx(stats["threshold"]["value"], rel=1e-5)
             assert "GEOCLOUD_VERSION" in tags
