@@ -247,21 +247,25 @@ class FractalNoise:
             ranges.append(((r0 // 2, r1 // 2 + 1), (c0 // 2, c1 // 2 + 1)))
         ranges.reverse()  # coarsest first, aligned with ``levels``
 
-        grid: np.ndarray | None = None
-        prev = None
-        for k, (s, ((r0, r1), (c0, c1))) in enumerate(zip(levels, ranges, strict=True)):
+        # coarsest level: fresh lattice values; each finer level: the coarser one refined
+        # (linear, exact at shared lattice points) plus its own fresh values
+        (r0, r1), (c0, c1) = ranges[0]
+        grid = _uniform(
+            _hash2(
+                np.arange(r0, r1 + 1, dtype=np.int64),
+                np.arange(c0, c1 + 1, dtype=np.int64),
+                self._key(levels[0]),
+            )
+        )
+        pr0, pc0 = r0, c0
+        for k in range(1, len(levels)):
+            (r0, r1), (c0, c1) = ranges[k]
             rows = np.arange(r0, r1 + 1, dtype=np.int64)
             cols = np.arange(c0, c1 + 1, dtype=np.int64)
-            fresh = _uniform(_hash2(rows, cols, self._key(s))) * np.float32(self.persistence**k)
-            if grid is None:
-                grid = fresh
-            else:
-                (pr0, _), (pc0, _) = prev
-                up = _lerp_axis(grid, pc0, cols, 2, axis=1)
-                up = _lerp_axis(up, pr0, rows, 2, axis=0)
-                grid = up + fresh
-            prev = ((r0, r1), (c0, c1))
-        (pr0, _), (pc0, _) = prev  # type: ignore[misc]
+            fresh = _uniform(_hash2(rows, cols, self._key(levels[k]))) * np.float32(self.persistence**k)
+            up = _lerp_axis(grid, pc0, cols, 2, axis=1)
+            grid = _lerp_axis(up, pr0, rows, 2, axis=0) + fresh
+            pr0, pc0 = r0, c0
         rows = np.arange(row0, row0 + height, dtype=np.int64)
         cols = np.arange(col0, col0 + width, dtype=np.int64)
         out = _lerp_axis(grid, pc0, cols, fin, axis=1)
