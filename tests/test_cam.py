@@ -83,6 +83,18 @@ def test_lpp_resolution_from_same_weights(mode: str) -> None:
     assert model.spec.halo >= dense.receptive_radius()
 
 
+def test_pixel_branch_variant_shapes() -> None:
+    torch.manual_seed(0)
+    net = CamNet(CamConfig(channels=(8, 8, 8), train_block=64, pixel_hidden=4)).eval()
+    x = torch.rand(2, 4, 64, 64)
+    f = net.features(x)
+    u = net.pixel_logits(x, net.cell_logits(f))
+    assert u.shape == (2, 64, 64)
+    model = CamModel(net, CamSidecar(config=net.config, lpp_mode="dilate"))
+    s = model.predict(x.numpy(), np.ones((2, 64, 64), bool)).maps["score"]
+    assert s.shape == (2, 1, 64, 64) and np.isfinite(s).all()
+
+
 def test_lpp_dilate_is_the_training_network_evaluated_densely() -> None:
     net = _net(64)
     x = torch.rand(2, 4, 128, 128) * 0.6
@@ -256,7 +268,8 @@ def test_default_model_runs_in_process(make_raster, tmp_path: Path) -> None:  # 
     res = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "-q"])
     assert res.exit_code == 0, res.output
     stats = json.loads(next(out.glob("*stats.json")).read_text())
-    assert "cam" in json.dumps(stats)
+    assert stats["model"]["name"] == "cam"
+    assert stats["model"]["lpp_mode"] in ("dilate", "remove", "none")
     import rasterio
 
     with rasterio.open(next(out.glob("*_mask.tif"))) as src:

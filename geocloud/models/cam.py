@@ -61,6 +61,10 @@ class CamConfig:
     train_block: int = 64
     band_mean: tuple[float, ...] = (0.15, 0.15, 0.15, 0.2)
     band_std: tuple[float, ...] = (0.15, 0.15, 0.15, 0.15)
+    #: hidden units of the optional full-resolution pixel branch (1x1 convolutions); 0: pure CAM.
+    pixel_hidden: int = 0
+    #: share of a block's pixels whose mean logit is the block's MIL logit (the 5 % block rule).
+    topk_fraction: float = 0.05
 
     @property
     def gcp_size(self) -> int:
@@ -86,6 +90,17 @@ class CamNet(nn.Module):
         #: GCP spatial weights W_k(i, j), one map per channel; start as a plain mean.
         self.gcp = nn.Parameter(torch.full((c3, g, g), 1.0 / (g * g)))
         self.fc = nn.Linear(c3, 2)
+        if cfg.pixel_hidden:
+            self.pix1 = nn.Conv2d(4, cfg.pixel_hidden, 1)
+            self.pix2 = nn.Conv2d(cfg.pixel_hidden, 1, 1)
+            #: weight of the (upsampled) CAM in the pixel logit u = g + mix * z.
+            self.mix = nn.Parameter(torch.tensor(1.0))
+
+    def pixel_logits(self, x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """Training path of the pixel logit u = g(x) + mix * upsample(z): (B, H, W)."""
+        g = self.pix2(F.relu(self.pix1((x - self.mean) / self.std)))[:, 0]
+        up = F.interpolate(cells[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return g + self.mix * up
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Training path: F (B, c3, S/16, S/16)."""
@@ -157,6 +172,16 @@ class DenseCam(nn.Module):
             w1n = w1 / s
             b1n = b1 - (w1 * (m / s)).sum(dim=(1, 2, 3))
             cam_w, cam_b = net.cam_weights()
+            self.pixel = bool(net.config.pixel_hidden)
+            if self.pixel:
+                m4, s4 = net.mean.view(4), net.std.view(4)
+                pw1 = net.pix1.weight[:, :, 0, 0] / s4  # (h, 4)
+                pb1 = net.pix1.bias - (net.pix1.weight[:, :, 0, 0] * (m4 / s4)).sum(dim=1)
+                self.register_buffer("pw1", pw1.detach().clone().view(-1, 4, 1, 1))
+                self.register_buffer("pb1", pb1.detach().clone())
+                self.register_buffer("pw2", net.pix2.weight.detach().clone())
+                self.register_buffer("pb2", net.pix2.bias.detach().clone())
+                self.register_buffer("mix", net.mix.detach().clone().view(1))
         self.register_buffer("w1", w1n.detach().clone())
         self.register_buffer("b1", b1n.detach().clone())
         self.register_buffer("w2", w2.detach().clone())
@@ -166,8 +191,16 @@ class DenseCam(nn.Module):
         self.register_buffer("cam_w", cam_w.detach().clone().view(1, -1, 1, 1))
         self.register_buffer("cam_b", cam_b.detach().clone().view(1))
 
+    #: context cells added around the block (replicate padding) before the convolutions, so
+    #: the block's own edge sees no zero padding; cropped afterwards.
+    PAD_CELLS = {"remove": 3, "dilate": 10, "none": 16}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """z (B, 1, H/stem, W/stem)."""
         x = F.avg_pool2d(x, self.stem)
+        r = self.PAD_CELLS[self.mode]
+        h, w = x.shape[-2:]
+        x = F.pad(x, (r, r, r, r), mode="replicate")
         x = F.relu(F.conv2d(x, self.w1, self.b1, padding=1))
         if self.mode == "remove":
             x = F.relu(F.conv2d(x, self.w2, self.b2, padding=1))
@@ -185,12 +218,23 @@ class DenseCam(nn.Module):
         z = (x * self.cam_w).sum(dim=1, keepdim=True) + self.cam_b
         if self.mode == "none":
             z = F.interpolate(z, scale_factor=4, mode="bilinear", align_corners=False)
+            z = z[..., r : r + h, r : r + w]
+        else:
+            z = z[..., r : r + h, r : r + w]
         return z
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Full-resolution logit u (B, 1, H, W): upsampled z, plus the pixel branch if any."""
+        z = F.interpolate(self(x), scale_factor=self.stem, mode="bilinear", align_corners=False)
+        if not self.pixel:
+            return z
+        g = F.conv2d(F.relu(F.conv2d(x, self.pw1, self.pb1)), self.pw2, self.pb2)
+        return g + self.mix * z
 
     def receptive_radius(self) -> int:
         """Receptive-field radius of z, in input pixels (upper bound, incl. the stem)."""
         cells = {"remove": 3, "dilate": 1 + 1 + 2 + 2 + 4, "none": 1 * 1 + 1 + 2 + 2 + 4 + 8}[self.mode]
-        return self.stem * (cells + 1)
+        return self.stem * (cells + 2)
 
 
 # --------------------------------------------------------------------------- wrapper
@@ -222,6 +266,8 @@ class CamSidecar:
             train_block=int(cfg["train_block"]),
             band_mean=tuple(cfg["band_mean"]),
             band_std=tuple(cfg["band_std"]),
+            pixel_hidden=int(cfg.get("pixel_hidden", 0)),
+            topk_fraction=float(cfg.get("topk_fraction", 0.05)),
         )
         return CamSidecar(
             config=config,
@@ -291,9 +337,8 @@ class CamModel(CloudModel):
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        z = self.dense(x)
-        s = ((z - self.z_lo) / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
-        s = F.interpolate(s, scale_factor=self.dense.stem, mode="bilinear", align_corners=False)
+        u = self.dense.logits(x)
+        s = ((u - self.z_lo) / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
         return s[..., :h, :w]
 
     @torch.no_grad()

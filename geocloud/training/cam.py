@@ -78,6 +78,9 @@ class CamTrainConfig:
     lpp_mode: str = "dilate"
     #: weight of the MIL consistency loss on the max cell of the CAM (block labels only).
     max_weight: float = 1.0
+    #: hidden units of the full-resolution pixel branch (0: pure CAM), and its MIL loss weight.
+    pixel_hidden: int = 0
+    pixel_weight: float = 1.0
     #: score normalisation: z_lo = this quantile of clear-block z, z_hi = that of cloudy pixels.
     z_lo_quantile: float = 0.01
     z_hi_quantile: float = 0.9
@@ -278,6 +281,13 @@ def train_net(
                 # MIL consistency: a clear block has no cloudy cell, a cloudy block at least one
                 top = cells.flatten(1).amax(dim=1)
                 loss = loss + cfg.max_weight * F.binary_cross_entropy_with_logits(top, yt.float())
+            if net_config.pixel_hidden and cfg.pixel_weight > 0:
+                # top-k MIL on the pixel logits: the block rule says "cloudy" iff >= 5 % of
+                # the pixels are cloud, so the mean of the top 5 % logits is the block's logit
+                u = net.pixel_logits(xt, cells).flatten(1)
+                k = max(1, int(round(net_config.topk_fraction * u.shape[1])))
+                topk = u.topk(k, dim=1).values.mean(dim=1)
+                loss = loss + cfg.pixel_weight * F.binary_cross_entropy_with_logits(topk, yt.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -295,14 +305,12 @@ def train_net(
 
 
 def _dense_z(model: CamModel, x: np.ndarray) -> np.ndarray:
-    """z at full resolution for blocks (N, 4, S, S)."""
+    """The full-resolution logit u (before normalisation) of blocks (N, 4, S, S)."""
     with torch.no_grad():
         out = []
         for i in range(0, len(x), 64):
             t = torch.from_numpy(np.ascontiguousarray(x[i : i + 64]))
-            z = model.dense(t)
-            z = F.interpolate(z, scale_factor=model.dense.stem, mode="bilinear", align_corners=False)
-            out.append(z[:, 0].numpy())
+            out.append(model.dense.logits(t)[:, 0].numpy())
     return np.concatenate(out)
 
 
@@ -406,6 +414,71 @@ def calibrate(
     return {"z_lo": z_lo, "z_hi": z_hi, "clear_mu": mu, "clear_sigma": sigma, "threshold_k": k}
 
 
+def calibrate_and_validate(
+    net: CamNet, data: TrainingData, cfg: CamTrainConfig, baseline: Any | None = None
+) -> CamSidecar:
+    """Calibrate a trained net (normalisation, mu, sigma, k) and measure it on the validation chips.
+
+    Also measures every LPP variant at its own calibration (``validation["variants"]``).
+    """
+    net_config = net.config
+    variants: dict[str, Any] = {}
+    chosen: CamSidecar | None = None
+    for mode in [cfg.lpp_mode] + [m for m in ("dilate", "remove", "none") if m != cfg.lpp_mode]:
+        sidecar = CamSidecar(config=net_config, lpp_mode=mode)
+        model = CamModel(net, sidecar)
+        cal = calibrate(model, data, cfg)
+        sidecar.spec = {
+            "name": "cam",
+            "bands": ["blue", "green", "red", "nir"],
+            "halo": model.spec.halo,
+            "block_multiple": model.spec.block_multiple,
+            "block_size": 512,
+            "clear_mu": cal["clear_mu"],
+            "clear_sigma": cal["clear_sigma"],
+            "threshold_k": cal["threshold_k"],
+            "default_threshold": min(0.95, cal["clear_mu"] + cal["threshold_k"] * cal["clear_sigma"]),
+        }
+        model = CamModel(net, sidecar)
+        if not data.val_chips:
+            chosen = sidecar
+            break
+        thr = sidecar.spec["default_threshold"]
+        scored = chip_scores(model, data.val_chips)
+        res = pooled_metrics(scored, data.val_chips, thr)
+        best = max(
+            (pooled_metrics(scored, data.val_chips, float(t))["groups"]["pooled"]["oa"], float(t))
+            for t in np.arange(0.1, 0.91, 0.05)
+        )
+        variants[mode] = {
+            "threshold": thr,
+            "pooled": res["groups"]["pooled"],
+            "best_val_threshold": {"threshold": round(best[1], 2), "oa": best[0]},
+            "halo": model.spec.halo,
+            "block_multiple": model.spec.block_multiple,
+        }
+        if chosen is None:
+            chosen = sidecar
+            chosen.validation = {
+                "cam": res,
+                "note": (
+                    "held-out chips, fixed threshold clear_mu + k*clear_sigma from the sidecar "
+                    "(the engine's per-scene statistics may differ); pixels compared at full resolution"
+                ),
+            }
+    if chosen is None:  # pragma: no cover - the loop runs at least once
+        raise RuntimeError("no LPP variant was calibrated")
+    if variants:
+        chosen.validation["variants"] = variants
+    if baseline is not None and data.val_chips:
+        bscored = chip_scores(baseline, data.val_chips)
+        chosen.validation["baseline"] = pooled_metrics(
+            bscored, data.val_chips, float(baseline.spec.default_threshold)
+        )
+        chosen.validation["baseline_name"] = baseline.spec.name
+    return chosen
+
+
 def run_training(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -425,44 +498,20 @@ def run_training(
     if len(data.backgrounds) == 0:
         raise InputError(f"no clear background blocks found in {str(data_dir)!r}; add clear blocks")
     mean, std = band_statistics(data.backgrounds.x)
-    net_config = CamConfig(channels=cfg.channels, train_block=cfg.block, band_mean=mean, band_std=std)
+    net_config = CamConfig(
+        channels=cfg.channels,
+        train_block=cfg.block,
+        band_mean=mean,
+        band_std=std,
+        pixel_hidden=cfg.pixel_hidden,
+    )
     rng = np.random.default_rng(cfg.seed)
     gen = BlockGenerator(data.backgrounds.x, data.cloudy.x if len(data.cloudy) else None, rng, cfg.generator)
     t1 = time.perf_counter()
     net, losses = train_net(gen, cfg, net_config, progress)
     t2 = time.perf_counter()
 
-    sidecar = CamSidecar(config=net_config, lpp_mode=cfg.lpp_mode)
-    model = CamModel(net, sidecar)
-    cal = calibrate(model, data, cfg)
-    halo = model.spec.halo
-    sidecar.spec = {
-        "name": "cam",
-        "bands": ["blue", "green", "red", "nir"],
-        "halo": halo,
-        "block_multiple": model.spec.block_multiple,
-        "block_size": 512,
-        "clear_mu": cal["clear_mu"],
-        "clear_sigma": cal["clear_sigma"],
-        "threshold_k": cal["threshold_k"],
-        "default_threshold": min(0.95, cal["clear_mu"] + cal["threshold_k"] * cal["clear_sigma"]),
-    }
-    model = CamModel(net, sidecar)
-    validation: dict[str, Any] = {}
-    if data.val_chips:
-        thr = sidecar.spec["default_threshold"]
-        scored = chip_scores(model, data.val_chips)
-        validation["cam"] = pooled_metrics(scored, data.val_chips, thr)
-        validation["note"] = (
-            "held-out chips, fixed threshold clear_mu + k*clear_sigma from the sidecar "
-            "(the engine's per-scene statistics may differ); pixels compared at full resolution"
-        )
-        if baseline is not None:
-            bscored = chip_scores(baseline, data.val_chips)
-            validation["baseline"] = pooled_metrics(
-                bscored, data.val_chips, float(baseline.spec.default_threshold)
-            )
-            validation["baseline_name"] = baseline.spec.name
+    sidecar = calibrate_and_validate(net, data, cfg, baseline)
     t3 = time.perf_counter()
     sidecar.training = {
         **data.description,
@@ -481,7 +530,6 @@ def run_training(
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
-    sidecar.validation = validation
     out = Path(out_dir)
     save_weights(net, sidecar, out / "cam.safetensors")
     return sidecar.to_json()
@@ -491,6 +539,7 @@ __all__ = [
     "CamTrainConfig",
     "TrainingData",
     "calibrate",
+    "calibrate_and_validate",
     "chip_scores",
     "cloud_truth",
     "gather",

@@ -54,6 +54,8 @@ class CloudStyle:
     thick_coverage: tuple[float, float] = (0.08, 1.0)
     thick_alpha_max: tuple[float, float] = (0.75, 1.0)
     thick_edge: tuple[float, float] = (0.03, 0.2)
+    #: share of thick layers that cover the whole block (overcast: bright, flat, snow-like).
+    p_overcast: float = 0.15
     thin_alpha_max: tuple[float, float] = (0.2, 0.6)
     thin_coverage: tuple[float, float] = (0.2, 1.0)
     brightness: tuple[float, float] = (0.3, 1.1)
@@ -73,7 +75,7 @@ def cloud_layer(
         rng, size, base=int(rng.integers(2, 6)), octaves=5, persistence=float(rng.uniform(0.45, 0.65))
     )
     if kind == "thick":
-        cov = rng.uniform(*style.thick_coverage)
+        cov = 1.0 if rng.random() < style.p_overcast else rng.uniform(*style.thick_coverage)
         t = float(np.quantile(n, 1.0 - cov))
         edge = rng.uniform(*style.thick_edge)
         if cov > 0.95:  # overcast: the whole block under the layer
