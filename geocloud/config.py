@@ -30,6 +30,9 @@ class TilingConfig:
     #: width of the linear blend between neighbouring blocks (0: hard seams in the middle
     #: of the overlap, i.e. crop).  Multiples of 1/16 keep exact values exact.
     feather: int = 16
+    #: widest band of columns processed at once: memory depends on it, not on the scene
+    #: size (blocks along a swath edge are computed by both neighbours).
+    swath_width: int = 8192
 
     def resolve_block_size(self, halo: int) -> int:
         """The block side for a model needing ``halo`` px of context."""
@@ -38,6 +41,10 @@ class TilingConfig:
     def validate(self) -> None:
         if self.block_size is not None and self.block_size < 16:
             raise ConfigError(f"block size {self.block_size} is too small; pass --block-size 16 or more")
+        if self.swath_width < 64:
+            raise ConfigError(
+                f"swath width {self.swath_width} is too small; use 64 px or more (default 8192)"
+            )
         if self.feather < 0:
             raise ConfigError(f"feather {self.feather} is negative; pass --feather 0 or more")
         if self.halo is not None and self.halo < 0:

@@ -8,7 +8,7 @@ in the tiling's row-major order, which the mosaic relies on.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .io import SceneReader
 from .models.base import CloudModel
 from .sensors import Radiometry
-from .tiling import Block, Tiling
+from .tiling import Block
 
 
 def resolve_device(name: str) -> str:
@@ -90,7 +90,7 @@ def _read_into(reader: SceneReader, radiometry: Radiometry, batch: _Batch, i: in
 def predict_blocks(
     reader: SceneReader,
     radiometry: Radiometry,
-    tiling: Tiling,
+    blocks: Iterable[Block],
     model: CloudModel,
     *,
     batch_size: int = 4,
@@ -103,7 +103,7 @@ def predict_blocks(
     straight into the batch array the model will see.
     """
     lo, hi = reflectance_range
-    blocks = iter(tiling)
+    blocks = iter(blocks)
     bands = len(radiometry.indexes)
     pending: deque[tuple[_Batch, list[Future[tuple[int, int]]]]] = deque()
     with ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="geocloud-read") as pool:

@@ -299,12 +299,17 @@ def _halve(a: np.ndarray, resampling: str) -> np.ndarray:
 
 
 class _Level:
-    """One streamed raster (full resolution or an overview level) and the next level down."""
+    """One streamed raster (full resolution or an overview level) and the next level down.
+
+    Rows arrive top to bottom within each column band (swath) ``col0``; swaths are
+    independent, so a band's 2x2 reductions never straddle another's (the pipeline puts
+    swath edges on multiples of ``2**levels``).
+    """
 
     def __init__(self, path: Path, width: int, height: int, spec: RasterSpec, min_size: int):
         self.path, self.width, self.height = path, width, height
-        self.row = 0
-        self.carry: np.ndarray | None = None
+        #: per swath (its first column): next row to write, odd row carried to the next strip
+        self.state: dict[int, tuple[int, np.ndarray | None]] = {}
         profile: dict[str, Any] = {
             "driver": "GTiff", "width": width, "height": height, "count": spec.count,
             "dtype": spec.dtype, "nodata": spec.nodata, "tiled": True, "blockxsize": 512,
@@ -317,24 +322,27 @@ class _Level:
             w2, h2 = -(-width // 2), -(-height // 2)
             self.next = _Level(path.with_suffix(f".{w2}.tif"), w2, h2, spec, min_size)
 
-    def push(self, a: np.ndarray) -> None:
-        """Append rows (k, n, width) below what was written."""
-        self.ds.write(
-            a.astype(self.spec.dtype, copy=False), window=Window(0, self.row, self.width, a.shape[1])
-        )
-        self.row += a.shape[1]
+    def row(self, col0: int) -> int:
+        return self.state.get(col0, (0, None))[0]
+
+    def push(self, a: np.ndarray, col0: int) -> None:
+        """Append rows (k, n, w) of the swath starting at column ``col0`` below what was written."""
+        row, carry = self.state.get(col0, (0, None))
+        self.ds.write(a.astype(self.spec.dtype, copy=False), window=Window(col0, row, a.shape[2], a.shape[1]))
+        row += a.shape[1]
         if self.next is None:
+            self.state[col0] = (row, None)
             return
-        if self.carry is not None:
-            a = np.concatenate([self.carry, a], axis=1)
-            self.carry = None
-        if self.row == self.height and a.shape[1] % 2:
+        if col0 % 2 or (col0 + a.shape[2] < self.width and a.shape[2] % 2):
+            raise ValueError(f"swath at column {col0} (width {a.shape[2]}) is not aligned for overviews")
+        if carry is not None:
+            a = np.concatenate([carry, a], axis=1)
+        if row == self.height and a.shape[1] % 2:
             a = np.concatenate([a, a[:, -1:]], axis=1)  # odd last row: pair it with itself
         even = a.shape[1] - a.shape[1] % 2
-        if a.shape[1] > even:
-            self.carry = a[:, even:].copy()
+        self.state[col0] = (row, a[:, even:].copy() if a.shape[1] > even else None)
         if even:
-            self.next.push(_halve(a[:, :even], self.spec.resampling))
+            self.next.push(_halve(a[:, :even], self.spec.resampling), col0 // 2)
 
     def levels(self) -> list[_Level]:
         return [self] + (self.next.levels() if self.next else [])
@@ -343,6 +351,10 @@ class _Level:
         for lv in self.levels():
             if not lv.ds.closed:
                 lv.ds.close()
+
+    def complete(self) -> bool:
+        """Every swath has been written down to the last row (and the swaths start at column 0)."""
+        return 0 in self.state and all(r == self.height for r, _ in self.state.values())
 
 
 class RasterSink:
@@ -365,12 +377,27 @@ class RasterSink:
         self._top = _Level(self.tmp, spec.width, spec.height, spec, blocksize)
         self._lock = threading.Lock()
 
-    def write_rows(self, array: np.ndarray, row0: int) -> None:
-        """Write rows ``row0..`` (k, n, width); strips must come in order, top to bottom."""
+    def write_window(self, array: np.ndarray, row0: int, col0: int = 0) -> None:
+        """Write ``array`` (k, n, w) at rows ``row0..``, columns ``col0..``.  Within a column
+        band (swath) strips must come in order, top to bottom."""
         with self._lock:
-            if row0 != self._top.row:
-                raise ValueError(f"strip at row {row0} out of order (expected row {self._top.row})")
-            self._top.push(array)
+            expected = self._top.row(col0)
+            if row0 != expected:
+                raise ValueError(f"strip at row {row0}, column {col0} out of order (expected row {expected})")
+            self._top.push(array, col0)
+
+    def write_rows(self, array: np.ndarray, row0: int) -> None:
+        """Write full-width rows ``row0..`` (k, n, width), top to bottom."""
+        self.write_window(array, row0, 0)
+
+    @staticmethod
+    def overview_alignment(width: int, height: int, blocksize: int = 512) -> int:
+        """Swath edges must be multiples of this for the streamed overviews (2**levels)."""
+        levels = 0
+        while max(width, height) > blocksize:
+            width, height = -(-width // 2), -(-height // 2)
+            levels += 1
+        return 2**levels
 
     def read(self, window: Window) -> np.ndarray:
         """Read back what was written (used by the second pass)."""
@@ -425,10 +452,8 @@ class RasterSink:
         from rasterio.shutil import copy as rio_copy
 
         self.close()
-        if self._top.row != self.spec.height:
-            raise ValueError(
-                f"{self.final.name}: only {self._top.row} of {self.spec.height} rows were written"
-            )
+        if not self._top.complete():
+            raise ValueError(f"{self.final.name}: not every row and column was written")
         vrt = self.tmp.with_suffix(".vrt")
         vrt.write_text(self._vrt(tags))
         out_tmp = dest if dest is not None else partial_name(self.final)

@@ -1,10 +1,12 @@
 """Seamless mosaicking of overlapping block outputs in bounded memory.
 
-Each block's maps are added into full-width strip accumulators as ``sum(w * v)`` and
-``sum(w)``, with the block's feather weights (:mod:`geocloud.tiling`).  Blocks arrive in
-row-major order, so once a block row starts at row ``r`` every row above ``r`` is final:
-it is normalised and handed out, and the strip slides down.  Memory is
-``(channels + 1) * width * block_height * 4`` bytes, independent of the scene height.
+The scene is processed in swaths of columns (:func:`geocloud.tiling.make_swaths`, about
+8192 px wide).  Within a swath each block's maps are added into strip accumulators as
+``sum(w * v)`` with the block's feather weights (:mod:`geocloud.tiling`); the total weight
+is separable and computed once.  Blocks arrive in row-major order, so once a block row
+starts at row ``r`` every row above ``r`` is final: it is normalised and handed out, and
+the strip slides down.  Memory is about ``channels * swath_width * block_height * 4``
+bytes, independent of the scene's size.
 
 The blend weights are multiples of ``1/feather``; with the default feather of 16 px a
 model that returns the same value from every block (the contract of
@@ -33,16 +35,24 @@ class Strip:
 
 
 class StripAccumulator:
-    """Streaming weighted-average accumulator over full-width strips of rows."""
+    """Streaming weighted-average accumulator over strips of rows of one swath.
 
-    def __init__(self, width: int, height: int, block_height: int, channels: dict[str, int]):
+    It covers scene columns ``[col0, col0 + width)``.  The total blend weight at a pixel
+    is separable, ``row_weights[r] * col_weights[c]`` (the tiling is a grid and each
+    block's weights are an outer product), so only the weighted sums are accumulated.
+    """
+
+    def __init__(self, width: int, height: int, block_height: int, channels: dict[str, int], *,
+                 row_weights: np.ndarray, col_weights: np.ndarray, col0: int = 0):  # fmt: skip
         self.width = width
         self.height = height
+        self.col0 = col0
         self.rows = block_height
         self.channels = dict(channels)
+        self.row_weights = row_weights
+        self.col_weights = col_weights[col0 : col0 + width]
         self.top = 0  # scene row of accumulator row 0
         self.sums = {k: np.zeros((n, self.rows, width), dtype=np.float32) for k, n in channels.items()}
-        self.weight = np.zeros((self.rows, width), dtype=np.float32)
         # validity comes from the input, the same in every block: assigned, not blended
         self.valid = np.zeros((self.rows, width), dtype=bool)
 
@@ -51,12 +61,12 @@ class StripAccumulator:
         n = upto - self.top
         if n <= 0:
             return None
-        w = self.weight[:n]
+        # exact products of multiples of 1/16; division (not multiplication by 1/w) keeps
+        # exact values exact
+        w = np.outer(self.row_weights[self.top : upto], self.col_weights)
         valid = self.valid[:n].copy()
         out: dict[str, np.ndarray] = {}
         for k, s in self.sums.items():
-            # every scene pixel has positive weight (tiling guarantees it); division, not
-            # multiplication by 1/w, keeps exact values exact
             v = np.divide(s[:, :n], w)
             v[:, ~valid] = np.nan
             out[k] = v
@@ -64,11 +74,9 @@ class StripAccumulator:
         # slide the strip down
         keep = self.rows - n
         if keep > 0:
-            self.weight[:keep] = self.weight[n:]
             self.valid[:keep] = self.valid[n:]
             for s in self.sums.values():
                 s[:, :keep] = s[:, n:]
-        self.weight[keep:] = 0
         self.valid[keep:] = False
         for s in self.sums.values():
             s[:, keep:] = 0
@@ -77,13 +85,13 @@ class StripAccumulator:
 
     def add(self, block: Block, maps: dict[str, np.ndarray], valid: np.ndarray) -> Iterator[Strip]:
         """Add one block's maps ((k, h, w) each) and validity (h, w); yield the strips this makes final."""
-        r0, c0 = int(block.window.row_off), int(block.window.col_off)
+        r0, c0 = int(block.window.row_off), int(block.window.col_off) - self.col0
         h, w = block.shape
         if r0 > self.top:
             strip = self._flush(r0)
             if strip is not None:
                 yield strip
-        # clip the block to the real scene (it may extend into the padding)
+        # clip the block to the accumulator (it may extend into the padding or past the swath)
         rr1 = min(r0 + h, self.height)
         cc1 = min(c0 + w, self.width)
         bh, bw = rr1 - r0, cc1 - c0
@@ -91,7 +99,6 @@ class StripAccumulator:
             return
         a0 = r0 - self.top
         wr, wc = block.weight_rows[:bh], block.weight_cols[:bw]
-        self.weight[a0 : a0 + bh, c0:cc1] += np.outer(wr, wc)
         self.valid[a0 : a0 + bh, c0:cc1] = valid[:bh, :bw]
         # the inner rectangle where the weight is exactly 1 is added without multiplying
         ones_r, ones_c = np.flatnonzero(wr == 1), np.flatnonzero(wc == 1)

@@ -38,7 +38,7 @@ from .mosaic import Strip, StripAccumulator
 from .products import FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
 from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
-from .tiling import make_tiling
+from .tiling import Swath, make_swaths, make_tiling, swath_blocks, weight_sums
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,16 @@ def scene_radiometry(info: SceneInfo, config: ProcessConfig, *, scale: float | N
     )  # fmt: skip
 
 
-def size_gdal_cache(info: SceneInfo, block_size: int) -> None:
-    """Enough cache for two rows of blocks of the input (and some for the outputs)."""
+def size_gdal_cache(info: SceneInfo, block_size: int, width: int | None = None) -> None:
+    """Enough cache for two rows of blocks of the input across a swath ``width`` (and some
+    for the outputs)."""
     if "GDAL_CACHEMAX" in os.environ:
         return
     from rasterio.env import set_gdal_config
 
     itemsize = np.dtype(info.dtype).itemsize
-    need_mb = 2 * block_size * info.width * info.count * itemsize / 2**20 + 48
+    width = info.width if width is None else width
+    need_mb = 2 * block_size * width * info.count * itemsize / 2**20 + 48
     mb = int(min(max(need_mb, GDAL_CACHE_MB[0]), GDAL_CACHE_MB[1]))
     set_gdal_config("GDAL_CACHEMAX", mb * 2**20)
 
@@ -124,7 +126,9 @@ class _Writer:
     """A background thread that performs queued writes; errors surface in ``put``/``close``."""
 
     def __init__(self) -> None:
-        self.q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)  # one strip waiting: overlap without a backlog in RAM
+        self.q: queue.Queue[Callable[[], None] | None] = queue.Queue(
+            maxsize=1
+        )  # one strip waiting: overlap without a backlog in RAM
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, name="geocloud-write", daemon=True)
         self.t.start()
@@ -217,9 +221,11 @@ def process_scene(
             f"pass --halo {spec.halo} or more, or leave it out"
         )
     block_size = config.tiling.resolve_block_size(halo)
-    size_gdal_cache(info, block_size)
     tiling = make_tiling(info.height, info.width, block_size=block_size, halo=halo,
                          feather=config.tiling.feather, multiple=spec.block_multiple)  # fmt: skip
+    align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
+    swaths = make_swaths(tiling, config.tiling.swath_width, align)
+    size_gdal_cache(info, block_size, max(sw.c1 - sw.c0 for sw in swaths))
 
     workdir = outdir / f".geocloud-{stem}-{os.getpid()}.partial"
     workdir.mkdir(exist_ok=True)
@@ -244,52 +250,53 @@ def process_scene(
             if rp:
                 sinks[rp.name] = map_sinks[name]
 
-        acc = StripAccumulator(info.width, info.height, tiling.block_shape[0], map_channels)
+        row_weights = weight_sums(tiling.rows, tiling.halo, tiling.feather)
+        col_weights = weight_sums(tiling.cols, tiling.halo, tiling.feather)
         score_stats = ScoreStats(info.height, info.width, cloudy_above=spec.default_threshold)
         out_of_range = checked = valid_seen = 0
         block_probs: list[float] = []
         writer = _Writer()
-        n_blocks = len(tiling)
+        n_blocks = sum(len(sw.block_cols) for sw in swaths) * len(tiling.rows.origins)
 
-        def handle(strip: Strip) -> None:
+        def handle(strip: Strip, sw: Swath) -> None:
+            """Crop a finished strip to the swath's own columns; stats; queue the writes."""
             nonlocal valid_seen
-            valid_seen += int(np.count_nonzero(strip.valid))
-            maps, strip_row0 = strip.maps, strip.row0
-            score_stats.update(strip_row0, maps["score"][0])
+            a, b = sw.x0 - sw.c0, sw.x1 - sw.c0
+            maps = {k: v[:, :, a:b] for k, v in strip.maps.items()}
+            valid_seen += int(np.count_nonzero(strip.valid[:, a:b]))
+            score_stats.update(strip.row0, maps["score"][0], sw.x0)
 
             def job() -> None:
                 for name, m in maps.items():
-                    map_sinks[name].write_rows(m, strip_row0)
+                    map_sinks[name].write_window(m, strip.row0, sw.x0)
 
             writer.put(job)
 
         t0 = time.perf_counter()
+        done = 0
         try:
-            for done, res in enumerate(
-                predict_blocks(
-                    reader,
-                    radiometry,
-                    tiling,
-                    model,
-                    batch_size=config.inference.batch_size,
-                    readers=config.inference.readers,
+            for sw in swaths:
+                acc = StripAccumulator(sw.c1 - sw.c0, info.height, tiling.block_shape[0], map_channels,
+                                       row_weights=row_weights, col_weights=col_weights, col0=sw.c0)  # fmt: skip
+                for res in predict_blocks(
+                    reader, radiometry, swath_blocks(tiling, sw), model,
+                    batch_size=config.inference.batch_size, readers=config.inference.readers,
                     reflectance_range=REFLECTANCE_RANGE,
-                ),  # fmt: skip
-                start=1,
-            ):
-                out_of_range += res.out_of_range
-                checked += res.checked
-                if res.block_prob is not None:
-                    block_probs.append(res.block_prob)
-                for strip in acc.add(res.block, res.maps, res.valid):
-                    handle(strip)
-                if progress:
-                    progress("infer", done, n_blocks)
-            for strip in acc.finish():
-                handle(strip)
+                ):  # fmt: skip
+                    done += 1
+                    out_of_range += res.out_of_range
+                    checked += res.checked
+                    if res.block_prob is not None:
+                        block_probs.append(res.block_prob)
+                    for strip in acc.add(res.block, res.maps, res.valid):
+                        handle(strip, sw)
+                    if progress:
+                        progress("infer", done, n_blocks)
+                for strip in acc.finish():
+                    handle(strip, sw)
+                del acc
         finally:
             writer.close()
-        del acc
         timings["read_infer_mosaic"] = time.perf_counter() - t0
 
         if valid_seen == 0:
@@ -317,18 +324,23 @@ def process_scene(
                                        compress=config.output.compress, blocksize=config.output.cog_blocksize)  # fmt: skip
         counts = np.zeros(256, dtype=np.int64)
         t0 = time.perf_counter()
-        n_windows = -(-info.height // PASS2_ROWS)
-        for i, row0 in enumerate(range(0, info.height, PASS2_ROWS), start=1):
-            window = Window(0, row0, info.width, min(PASS2_ROWS, info.height - row0))
+        windows = [
+            Window(sw.x0, row0, sw.x1 - sw.x0, min(PASS2_ROWS, info.height - row0))
+            for sw in swaths
+            for row0 in range(0, info.height, PASS2_ROWS)
+        ]
+        for i, window in enumerate(windows, start=1):
             maps = {name: s.read(window) for name, s in map_sinks.items()}
             valid = np.isfinite(maps["score"][0])
             mask = mask_rule(maps, threshold)
             counts += np.bincount(mask.ravel(), minlength=256)
-            ctx = WindowContext(window, maps, valid, threshold, mask, info, radiometry, reader, config.decloud)
+            ctx = WindowContext(
+                window, maps, valid, threshold, mask, info, radiometry, reader, config.decloud
+            )
             for p, compute in pass2:
-                sinks[p.name].write_rows(compute(ctx), row0)
+                sinks[p.name].write_window(compute(ctx), int(window.row_off), int(window.col_off))
             if progress:
-                progress("classify", i, n_windows)
+                progress("classify", i, len(windows))
         timings["classify"] = time.perf_counter() - t0
 
         # ---- finalize rasters under temporary names
@@ -378,6 +390,7 @@ def process_scene(
             "cloud_fraction": (counts[CLOUD] / valid_n) if valid_n else None,
             "threshold": threshold.as_dict(),
             "block_prob_mean": float(np.mean(block_probs)) if block_probs else None,
+            "swaths": len(swaths),
             "tiling": {
                 "block_size": tiling.block_shape[0],
                 "halo": halo,
@@ -435,7 +448,9 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
         "blocks": f"{len(tiling)} blocks of {tiling.block_shape[0]}x{tiling.block_shape[1]} px "
         f"(halo {halo}, feather {config.tiling.feather})",
         "products": list(config.output.products),
-        "outputs": [p.name for paths in output_paths(info.path, ".", config.output.products).values() for p in paths],
+        "outputs": [
+            p.name for paths in output_paths(info.path, ".", config.output.products).values() for p in paths
+        ],
     }
     return {
         "path": str(info.path),

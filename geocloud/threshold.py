@@ -69,20 +69,21 @@ class ScoreStats:
         self.total = np.zeros(n, dtype=np.float64)
         self.total_sq = np.zeros(n, dtype=np.float64)
         self.above = np.zeros(n, dtype=np.int64)
-        # sampled columns 0, 2, 4...: where each cell starts among them
-        self.col_edges = np.arange(0, width, cell) // 2
 
-    def update(self, row0: int, score: np.ndarray) -> None:
-        """Add full-width rows ``row0..`` of the score (NaN = nodata)."""
-        first = row0 % 2
-        sub = score[first::2, ::2]
+    def update(self, row0: int, score: np.ndarray, col0: int = 0) -> None:
+        """Add a window of the score at rows ``row0..``, columns ``col0..`` (NaN = nodata)."""
+        rfirst, cfirst = row0 % 2, col0 % 2
+        sub = score[rfirst::2, cfirst::2]
         if sub.size == 0:
             return
-        rows = np.arange(row0 + first, row0 + score.shape[0], 2) // self.cell
+        rows = np.arange(row0 + rfirst, row0 + score.shape[0], 2) // self.cell
+        cols = np.arange(col0 + cfirst, col0 + score.shape[1], 2) // self.cell
+        col_starts = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])
+        cell_cols = cols[col_starts]
         ok = np.isfinite(sub)
         s = np.where(ok, sub, np.float32(0))
         per_row = [
-            np.add.reduceat(a, self.col_edges, axis=1, dtype=dt)
+            np.add.reduceat(a, col_starts, axis=1, dtype=dt)
             for a, dt in (
                 (ok, np.int64),
                 (s, np.float64),
@@ -90,12 +91,12 @@ class ScoreStats:
                 (s > self.cloudy_above, np.int64),
             )
         ]
-        # rows of the strip that fall in the same row of cells are summed together
+        # rows of the window that fall in the same row of cells are summed together
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
         for acc, a in zip((self.count, self.total, self.total_sq, self.above), per_row, strict=True):
             grouped = np.add.reduceat(a, starts, axis=0)
             for g, r in enumerate(rows[starts]):
-                acc[r * self.ncols : (r + 1) * self.ncols] += grouped[g]
+                acc[r * self.ncols + cell_cols] += grouped[g]
 
     @property
     def valid_pixels(self) -> int:

@@ -133,3 +133,73 @@ def make_tiling(height: int, width: int, *, block_size: int, halo: int, feather:
     rows = layout_axis(height, block_size, halo, feather, multiple)
     cols = layout_axis(width, block_size, halo, feather, multiple)
     return Tiling(height, width, rows, cols, halo, feather)
+
+
+@dataclass(frozen=True)
+class Swath:
+    """A band of columns processed on its own, so memory does not grow with scene width.
+
+    It owns output columns ``[x0, x1)``; every block that gives those columns weight is
+    among ``block_cols`` (so blocks next to a swath edge are computed by both swaths), and
+    its accumulator spans columns ``[c0, c1)``.
+    """
+
+    x0: int
+    x1: int
+    c0: int
+    c1: int
+    block_cols: tuple[int, ...]
+
+
+def _positive_span(origin: int, axis: Axis, halo: int) -> tuple[int, int]:
+    lo = origin if origin == 0 else origin + halo
+    hi = origin + axis.size if origin + axis.size == axis.padded else origin + axis.size - halo
+    return lo, hi
+
+
+def weight_sums(axis: Axis, halo: int, feather: int) -> np.ndarray:
+    """Sum over all blocks of the feather weights along one axis (float32, exact)."""
+    total = np.zeros(axis.padded, dtype=np.float32)
+    for o in axis.origins:
+        total[o : o + axis.size] += axis_weights(o, axis.size, axis.padded, halo, feather)
+    return total[: axis.length]
+
+
+def make_swaths(tiling: Tiling, max_width: int, align: int = 1) -> list[Swath]:
+    """Split the block columns into swaths of about ``max_width`` output columns, with
+    edges on block origins that are multiples of ``align``."""
+    cols = tiling.cols
+    candidates = [o for o in cols.origins[1:] if o % align == 0 and o < tiling.width]
+    bounds = [0]
+    while True:
+        ahead = [o for o in candidates if o > bounds[-1]]
+        if not ahead:
+            break
+        fitting = [o for o in ahead if o - bounds[-1] <= max_width]
+        nxt = fitting[-1] if fitting else ahead[0]
+        if tiling.width - bounds[-1] <= max_width:
+            break
+        bounds.append(nxt)
+    bounds.append(tiling.width)
+    swaths = []
+    for x0, x1 in zip(bounds[:-1], bounds[1:], strict=True):
+        js = []
+        for j, o in enumerate(cols.origins):
+            lo, hi = _positive_span(o, cols, tiling.halo)
+            if lo < x1 and hi > x0:
+                js.append(j)
+        c0 = cols.origins[js[0]]
+        c1 = min(max(cols.origins[j] + cols.size for j in js), tiling.width)
+        swaths.append(Swath(x0, x1, c0, c1, tuple(js)))
+    return swaths
+
+
+def swath_blocks(tiling: Tiling, swath: Swath) -> Iterator[Block]:
+    """The blocks of one swath, in row-major order."""
+    ncols = len(tiling.cols.origins)
+    for r, r0 in enumerate(tiling.rows.origins):
+        wr = axis_weights(r0, tiling.rows.size, tiling.rows.padded, tiling.halo, tiling.feather)
+        for c in swath.block_cols:
+            c0 = tiling.cols.origins[c]
+            wc = axis_weights(c0, tiling.cols.size, tiling.cols.padded, tiling.halo, tiling.feather)
+            yield Block(r * ncols + c, r, c, Window(c0, r0, tiling.cols.size, tiling.rows.size), wr, wc)

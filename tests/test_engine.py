@@ -110,21 +110,24 @@ def bands_product(monkeypatch):
     return prod
 
 
-def run(scene, out, model, block, products=("mask", "score", "stats"), **cfg):
+def run(scene, out, model, block, products=("mask", "score", "stats"), swath=8192, **cfg):
     config = ProcessConfig(
-        tiling=TilingConfig(block_size=block, feather=cfg.pop("feather", 16)),
+        tiling=TilingConfig(block_size=block, feather=cfg.pop("feather", 16), swath_width=swath),
         output=OutputConfig(products=products, overwrite=True),
         **cfg,
     )
     return process_scene(scene, out, config, model=model, scale=cfg.pop("scale", 1.0))
 
 
-@pytest.mark.parametrize("block", [32, 48, 100, 512])
-def test_identity_model_reproduces_input_exactly(tmp_path, bands_product, block):
+@pytest.mark.parametrize(
+    ("block", "swath"), [(32, 8192), (48, 8192), (100, 8192), (512, 8192), (32, 64), (48, 70)]
+)
+def test_identity_model_reproduces_input_exactly(tmp_path, bands_product, block, swath):
     data = coord_scene(150, 133)
     data[:, :5, :] = 0  # a nodata collar
     scene = write_scene(tmp_path / "s.tif", data)
-    run(scene, tmp_path / "o", IdentityModel(halo=3), block, products=("bands", "stats"))
+    r = run(scene, tmp_path / "o", IdentityModel(halo=3), block, products=("bands", "stats"), swath=swath)
+    assert (r.stats["swaths"] > 1) == (swath < 100)
     with rasterio.open(tmp_path / "o" / "s_bands.tif") as ds, rasterio.open(scene) as src:
         out = ds.read()
         assert ds.crs == src.crs and ds.transform == src.transform
@@ -138,12 +141,12 @@ def test_no_seams_result_independent_of_block_size(tmp_path, model_cls):
     data = coord_scene(301, 257, seed=3)
     scene = write_scene(tmp_path / "s.tif", data, nodata=None)
     results = {}
-    for block in (40, 64, 100, 1024):
-        out = tmp_path / f"o{block}"
-        r = run(scene, out, model_cls(), block)
+    for block, swath in ((40, 8192), (64, 8192), (100, 8192), (1024, 8192), (40, 64), (64, 100)):
+        out = tmp_path / f"o{block}-{swath}"
+        r = run(scene, out, model_cls(), block, swath=swath)
         with rasterio.open(out / "s_score.tif") as ds:
-            results[block] = (ds.read(1), r.stats["threshold"]["value"])
-    ref, t_ref = results[1024]
+            results[(block, swath)] = (ds.read(1), r.stats["threshold"]["value"])
+    ref, t_ref = results[(1024, 8192)]
     for block, (score, t) in results.items():
         np.testing.assert_allclose(score, ref, atol=2e-6, err_msg=f"block {block} differs")
         assert t == pytest.approx(t_ref, abs=1e-5)
@@ -215,10 +218,18 @@ def test_outputs_are_cogs_with_overviews(tmp_path):
     data = coord_scene(1100, 1050)
     scene = write_scene(tmp_path / "s.tif", data, nodata=None)
     r = run(scene, tmp_path / "o", BoxModel(), 512)
+    r2 = run(scene, tmp_path / "o2", BoxModel(), 512, swath=600)
+    assert r2.stats["swaths"] == 2
     for name in ("mask", "score"):
-        with rasterio.open(r.outputs[name][0]) as ds:
+        with rasterio.open(r.outputs[name][0]) as ds, rasterio.open(r2.outputs[name][0]) as ds2:
             assert ds.profile["tiled"] and ds.profile["compress"].lower() == "zstd"
-            assert ds.overviews(1), f"{name} has no overviews"
+            assert ds.overviews(1) == [2, 4], f"{name} overviews"
             assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            # the streamed pyramid does not depend on the swaths either
+            for level in (0, 1, 2):
+                shape = (ds.height // 2**level, ds.width // 2**level)
+                a = ds.read(1, out_shape=shape)
+                b = ds2.read(1, out_shape=shape)
+                np.testing.assert_allclose(a, b, atol=2e-6, err_msg=f"{name} level {level}")
     leftovers = [p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]
     assert leftovers == []

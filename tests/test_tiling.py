@@ -80,3 +80,28 @@ def test_weights_are_dyadic_and_zero_in_halo_ring():
 def test_block_too_small_for_halo_is_refused():
     with pytest.raises(ConfigError, match="block-size"):
         make_tiling(1000, 1000, block_size=40, halo=16, feather=16)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    width=st.integers(1, 2500),
+    size=st.sampled_from([64, 100, 256]),
+    halo=st.integers(0, 8),
+    swath=st.integers(64, 900),
+    align=st.sampled_from([1, 2, 8]),
+)
+def test_swaths_partition_columns_and_hold_every_contributing_block(width, size, halo, swath, align):
+    from geocloud.tiling import axis_weights, make_swaths
+
+    t = make_tiling(50, width, block_size=size, halo=halo, feather=16)
+    sws = make_swaths(t, swath, align)
+    assert sws[0].x0 == 0 and sws[-1].x1 == width
+    for a, b in zip(sws[:-1], sws[1:], strict=True):
+        assert a.x1 == b.x0 and b.x0 % align == 0
+    for sw in sws:
+        assert sw.c0 <= sw.x0 < sw.x1 <= sw.c1
+        for j, o in enumerate(t.cols.origins):
+            w = axis_weights(o, t.cols.size, t.cols.padded, halo, 16)
+            lo, hi = max(sw.x0, o), min(sw.x1, o + t.cols.size)
+            gives_weight = hi > lo and (w[lo - o : hi - o] > 0).any()
+            assert not gives_weight or j in sw.block_cols, "a block feeding the swath's columns is missing"
