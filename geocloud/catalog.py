@@ -334,7 +334,7 @@ def _catalog_scene(
         row.update(file_fingerprint(path, fingerprint))
         from .io import open_scene
         from .pipeline import process_scene
-        from .preview import PreviewConfig, write_preview
+        from .preview import PreviewConfig, downsample_rgba, render_preview, write_png, write_preview
         from .vendor import _is_archive, find_vendor_metadata, open_delivery
 
         scene = path
@@ -350,13 +350,26 @@ def _catalog_scene(
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*partial*"):  # left by a run that was killed on this scene
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        cfg = replace(config, output=replace(config.output, overwrite=True))
+        # The preview is rendered here, once, and the thumbnail shrunk from it (one decimated
+        # read of the scene instead of two); it is the same PNG the 'preview' product writes.
+        want_preview = "preview" in config.output.products
+        products = tuple(p for p in config.output.products if p != "preview")
+        cfg = replace(config, output=replace(config.output, products=products, overwrite=True))
         result = process_scene(scene, out, cfg, model=_model_for(cfg), **(scene_kwargs or {}))
         stats = result.stats
         mask = result.outputs["mask"][0]
         thumb = Path(thumbs_dir) / f"{scene_id}.png"
         thumb.parent.mkdir(parents=True, exist_ok=True)
-        write_preview(scene, thumb, mask, PreviewConfig(max_side=thumb_size))
+        if want_preview:
+            from .products import PRODUCTS
+
+            rgba = render_preview(scene, mask, PreviewConfig())
+            preview_path = PRODUCTS["preview"].paths(out, scene.stem)[0]
+            write_png(rgba, preview_path)
+            result.outputs["preview"] = [preview_path]
+            write_png(downsample_rgba(rgba, thumb_size), thumb)
+        else:
+            write_preview(scene, thumb, mask, PreviewConfig(max_side=thumb_size))
         acquired, acq_src = _acquisition(scene, dict(info.tags), vendor)
         frac = stats.get("cloud_fraction")
         thin = _stats_value(stats, "thin_cloud_fraction", "thin_fraction", "pixels.thin_fraction")

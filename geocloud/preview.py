@@ -176,6 +176,31 @@ def overlay(rgb: np.ndarray, valid: np.ndarray, cloud: np.ndarray | None, cfg: P
     return rgba
 
 
+def downsample_rgba(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink an RGBA quicklook so its long side is at most ``max_side`` (area average,
+    weighted by alpha so transparent nodata does not darken the edges)."""
+    h, w = img.shape[:2]
+    th, tw = preview_shape(h, w, max_side)
+    if (th, tw) == (h, w):
+        return img
+    ry = np.linspace(0, h, th + 1).astype(int)[:-1]
+    rx = np.linspace(0, w, tw + 1).astype(int)[:-1]
+    a = img[:, :, 3:4].astype(np.float64) / 255.0
+    rgb = img[:, :, :3].astype(np.float64) * a
+
+    def area(x: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(np.add.reduceat(x, ry, axis=0), rx, axis=1)
+
+    cnt = area(np.ones((h, w, 1)))
+    asum = area(a)
+    out = np.zeros((th, tw, 4), np.uint8)
+    out[:, :, :3] = np.round(np.divide(area(rgb), asum, out=np.zeros((th, tw, 3)), where=asum > 0)).clip(
+        0, 255
+    )
+    out[:, :, 3] = np.round(255 * asum[:, :, 0] / cnt[:, :, 0]).clip(0, 255)
+    return out
+
+
 def render_preview(
     scene_path: str | os.PathLike[str],
     mask_path: str | os.PathLike[str] | None = None,

@@ -87,6 +87,9 @@ def test_catalogue_matches_stats_and_bad_scene_row(scenes, tmp_path):
         assert r["valid_px"] == stats["pixels"]["valid"] and r["cloud_px"] == stats["pixels"]["cloud"]
         assert r["sensor"] == stats["sensor"]["sensor"]
         assert r["footprint"].startswith(("POLYGON", "MULTIPOLYGON"))
+        from geocloud.preview import read_png_size
+
+        assert max(read_png_size(r["preview"])) <= 1024 and max(read_png_size(r["thumbnail"])) <= 256
     # acquisition time: tags of the synthetic scenes; footprints in lon/lat
     plain = ok[ok["id"] == "plain_scene"].iloc[0]
     assert plain["acquired"].startswith("2022-02-03T04:05:06") and plain["acquired_source"] == "tags"

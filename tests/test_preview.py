@@ -127,3 +127,16 @@ def test_preview_errors(tmp_path):
         ds.write(np.zeros((1, 10, 10), np.uint8))
     with pytest.raises(InputError, match="pass the mask made from this scene"):
         render_preview(p, small)
+
+
+def test_downsample_rgba():
+    from geocloud.preview import downsample_rgba
+
+    img = np.zeros((100, 60, 4), np.uint8)
+    img[:, 30:] = (200, 100, 50, 255)  # right half opaque, left half transparent nodata
+    small = downsample_rgba(img, 20)
+    assert small.shape == (20, 12, 4)
+    assert (small[:, :5, 3] == 0).all() and (small[:, 7:, 3] == 255).all()
+    assert tuple(small[10, 11, :3]) == (200, 100, 50)
+    assert tuple(small[10, 6, :3]) == (200, 100, 50)  # a mixed column keeps the colour (alpha-weighted)
+    assert downsample_rgba(img, 200) is img
