@@ -181,22 +181,24 @@ class SceneReader:
         ds = self._ds()
         r0, c0 = int(window.row_off), int(window.col_off)
         h, w = int(window.height), int(window.width)
-        data = np.zeros((len(self.indexes), h, w), dtype=self.info.dtype)
-        valid = np.zeros((h, w), dtype=bool)
         rr0, cc0 = max(r0, 0), max(c0, 0)
         rr1, cc1 = min(r0 + h, self.info.height), min(c0 + w, self.info.width)
         if rr1 <= rr0 or cc1 <= cc0:
-            return data, valid
+            return np.zeros((len(self.indexes), h, w), dtype=self.info.dtype), np.zeros((h, w), dtype=bool)
         inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
-        ys, xs = slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0)
         try:
             block = ds.read(self.indexes, window=inner)
-            if self.info.nodata_kind == "none":
-                ok = np.ones(block.shape[1:], dtype=bool)
-            elif self.info.nodata_kind in ("mask", "alpha"):
+            kind = self.info.nodata_kind
+            if kind in ("mask", "alpha"):
                 ok = ds.read_masks(self.indexes[0], window=inner) > 0
+            elif kind == "value":
+                # GDAL's nodata-value mask, computed here rather than by a second read
+                ok = np.ones(block.shape[1:], dtype=bool)
+                for b, nd in zip(block, (ds.nodatavals[i - 1] for i in self.indexes), strict=True):
+                    if nd is not None and not np.isnan(nd):
+                        ok &= b != nd
             else:
-                ok = np.all(ds.read_masks(self.indexes, window=inner) > 0, axis=0)
+                ok = np.ones(block.shape[1:], dtype=bool)
         except RasterioIOError as exc:
             raise InputError(
                 f"reading {self.info.path.name} at rows {rr0}-{rr1}, cols {cc0}-{cc1} failed "
@@ -204,7 +206,12 @@ class SceneReader:
             ) from None
         if block.dtype.kind == "f":
             ok &= np.isfinite(block).all(axis=0)
-            block = np.where(ok, block, 0)
+            block[:, ~ok] = 0
+        if (rr0, cc0, rr1, cc1) == (r0, c0, r0 + h, c0 + w):
+            return block, ok
+        data = np.zeros((len(self.indexes), h, w), dtype=self.info.dtype)
+        valid = np.zeros((h, w), dtype=bool)
+        ys, xs = slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0)
         data[:, ys, xs] = block
         valid[ys, xs] = ok
         return data, valid
