@@ -9,6 +9,7 @@ import click
 
 from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
 from geocloud.declouding import DecloudConfig
+from geocloud.vectorize import VectorizeConfig
 from geocloud.errors import ConfigError, GeocloudError
 from geocloud.pipeline import load_model_for, process_scene
 from geocloud.products import PRODUCTS, resolve_products
@@ -45,6 +46,10 @@ def parse_products(text: str) -> tuple[str, ...]:
               help="Refine alpha and the cloud reflectance of the clear product (local smoothness; slower).")
 @click.option("--alpha-max", type=click.FloatRange(0, 1, max_open=True), default=DecloudConfig.alpha_max,
               show_default=True, help="Largest cloud opacity at which the clear product recovers the ground.")
+@click.option("--min-area", type=click.FloatRange(0), default=VectorizeConfig.min_area_m2, show_default=True,
+              help="vector product: drop cloud polygons smaller than this (square metres).")
+@click.option("--simplify", type=click.FloatRange(0), default=VectorizeConfig.simplify_px, show_default=True,
+              help="vector product: Douglas-Peucker tolerance in pixels (0 keeps the pixel edges).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--ortho", is_flag=True,
               help="Warp the raster outputs of RPC-only (L1A) scenes onto a UTM grid with their RPCs.")
@@ -53,7 +58,8 @@ def parse_products(text: str) -> tuple[str, ...]:
 def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,
             halo: int | None, feather: int, device: str, batch_size: int, threshold: float | None,
             k: float | None, sensor: str | None, bands: str | None, scale: float | None, offset: float,
-            sun_elevation: float | None, refine: bool, alpha_max: float, overwrite: bool, ortho: bool,
+            sun_elevation: float | None, refine: bool, alpha_max: float, min_area: float, simplify: float,
+            overwrite: bool, ortho: bool,
             quiet: bool, debug: bool) -> None:  # fmt: skip
     """Find the clouds in each SCENE and write its products to OUTDIR.
 
@@ -72,6 +78,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
         threshold=ThresholdConfig(value=threshold, k=k),
         output=OutputConfig(products=parse_products(products), overwrite=overwrite),
         decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),
+        vector=VectorizeConfig(min_area_m2=min_area, simplify_px=simplify),
     )
     if bands and config.bands is None:
         raise ConfigError(f"--bands {bands!r} is not a list of band numbers; pass e.g. --bands 1,2,3,4")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .declouding import DecloudConfig
+from .vectorize import VectorizeConfig
 from .errors import ConfigError
 
 
@@ -110,16 +111,19 @@ class ProcessConfig:
 
     model: str = "spectral"
     sensor: str | None = None  # None: detect
-    bands: tuple[str, ...] | None = None  # None: from the sensor profile
+    bands: tuple[int, ...] | None = None  # 1-based file bands of blue, green, red, nir; None: detect
     tiling: TilingConfig = field(default_factory=TilingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: the clear product: alpha_max, --refine (geocloud.declouding).
     decloud: DecloudConfig = field(default_factory=DecloudConfig)
+    #: the vector product: minimum area, simplification (geocloud.vectorize).
+    vector: VectorizeConfig = field(default_factory=VectorizeConfig)
 
     def validate(self) -> None:
         self.tiling.validate()
         self.inference.validate()
         self.threshold.validate()
         self.decloud.validate()
+        self.vector.validate()

@@ -407,7 +407,7 @@ def process_scene(
         )
 
         # ---- file products (each writes to temporary paths)
-        fctx = FileContext(info, stem, outdir, raster_done, stats, {"decloud": config.decloud})
+        fctx = FileContext(info, stem, outdir, raster_done, stats, {"decloud": config.decloud, "vector": config.vector})
         for fp in file_products:
             finals = fp.paths(outdir, stem)
             tmps = [partial_name(f) for f in finals]

@@ -93,3 +93,17 @@ def test_wheel_installs_cli_inside_the_package(tmp_path):
     assert "geocloud/cli/main.py" in names and "geocloud/cli/process.py" in names
     shipped = {f"geocloud/models/weights/{p.name}" for p in (REPO / "geocloud/models/weights").glob("*.*")}
     assert shipped <= set(names), "model weights or sidecars missing from the wheel"
+
+
+def test_vector_min_area_option_reaches_the_polygons(tmp_path):
+    scene = REPO / "sample_scenes" / "gf1_wfv_sample.tif"
+    counts = {}
+    for min_area in (0, 100000):
+        out = tmp_path / f"o{min_area}"
+        r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--model", "spectral",
+                                     "--products", "mask,vector", "--min-area", str(min_area), "-q"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        feats = json.loads((out / "gf1_wfv_sample_clouds.geojson").read_text())["features"]
+        assert all(f["properties"]["area_m2"] >= min_area for f in feats)
+        counts[min_area] = len(feats)
+    assert 0 < counts[100000] < counts[0]
