@@ -322,7 +322,10 @@ class _Level:
             "dtype": spec.dtype, "nodata": spec.nodata, "tiled": True, "blockxsize": 512,
             "blockysize": 512, "compress": "NONE", "BIGTIFF": "IF_SAFER", "SPARSE_OK": "TRUE",
         }  # fmt: skip
-        self.ds = rasterio.open(path, "w+", **profile)
+        with warnings.catch_warnings():
+            # intermediate files: the georeferencing goes onto the COG from the VRT
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self.ds = rasterio.open(path, "w+", **profile)
         self.spec = spec
         self.next: _Level | None = None
         if max(width, height) > min_size:
