@@ -60,7 +60,7 @@ def _defaults():  # type: ignore[no-untyped-def]
 @click.option(
     "--lpp",
     "lpp_mode",
-    type=click.Choice(["dilate", "remove", "none"]),
+    type=click.Choice(["dilate", "dilate_last", "remove", "none"]),
     default=None,
     help="Local pooling pruning at inference (stored in the sidecar).",
 )

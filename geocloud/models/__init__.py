@@ -15,10 +15,11 @@ from .base import CANONICAL_BANDS, CloudModel, CombinedModel, ModelSpec, Predict
 MODELS: dict[str, str] = {
     "spectral": "geocloud.models.spectral:load",
     "matting": "geocloud.models.matting:load",
+    "cam": "geocloud.models.cam:load",
 }
 
 #: The model ``geocloud process`` uses when none is named.
-DEFAULT_MODEL = "spectral"
+DEFAULT_MODEL = "cam"
 
 
 def load_model(name: str, device: str = "cpu") -> CloudModel:

@@ -49,7 +49,7 @@ from .base import CANONICAL_BANDS, CloudModel, ModelSpec, Prediction
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "cam.safetensors"
 
-LPP_MODES = ("remove", "dilate", "none")
+LPP_MODES = ("dilate", "dilate_last", "remove", "none")
 
 
 @dataclass(frozen=True)
@@ -191,12 +191,19 @@ class DenseCam(nn.Module):
         self.register_buffer("cam_w", cam_w.detach().clone().view(1, -1, 1, 1))
         self.register_buffer("cam_b", cam_b.detach().clone().view(1))
 
-    #: context cells added around the block (replicate padding) before the convolutions, so
-    #: the block's own edge sees no zero padding; cropped afterwards.
-    PAD_CELLS = {"remove": 3, "dilate": 10, "none": 16}
+    #: context cells (at 1/stem) added around the block by replicate padding before the
+    #: convolutions, so the block's own edge sees no zero padding; cropped afterwards.
+    PAD_CELLS = {"remove": 4, "dilate": 10, "dilate_last": 10, "none": 16}
+    #: output stride of z, in stem cells.
+    STRIDE = {"remove": 1, "dilate": 1, "dilate_last": 2, "none": 4}
+
+    @property
+    def stride(self) -> int:
+        """Output stride of z in input pixels (4, 8 or 16)."""
+        return self.stem * self.STRIDE[self.mode]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """z (B, 1, H/stem, W/stem)."""
+        """z (B, 1, H / stride, W / stride)."""
         x = F.avg_pool2d(x, self.stem)
         r = self.PAD_CELLS[self.mode]
         h, w = x.shape[-2:]
@@ -210,22 +217,23 @@ class DenseCam(nn.Module):
             x = F.relu(F.conv2d(x, self.w2, self.b2, padding=2, dilation=2))
             x = F.max_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 2, stride=1, dilation=2)
             x = F.relu(F.conv2d(x, self.w3, self.b3, padding=4, dilation=4))
-        else:
-            x = F.max_pool2d(x, 2, ceil_mode=True)
+        elif self.mode == "dilate_last":
+            x = F.max_pool2d(x, 2)
             x = F.relu(F.conv2d(x, self.w2, self.b2, padding=1))
-            x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+            x = F.relu(F.conv2d(x, self.w3, self.b3, padding=2, dilation=2))
+        else:
+            x = F.max_pool2d(x, 2)
+            x = F.relu(F.conv2d(x, self.w2, self.b2, padding=1))
+            x = F.max_pool2d(x, 2)
             x = F.relu(F.conv2d(x, self.w3, self.b3, padding=1))
         z = (x * self.cam_w).sum(dim=1, keepdim=True) + self.cam_b
-        if self.mode == "none":
-            z = F.interpolate(z, scale_factor=4, mode="bilinear", align_corners=False)
-            z = z[..., r : r + h, r : r + w]
-        else:
-            z = z[..., r : r + h, r : r + w]
-        return z
+        k = self.STRIDE[self.mode]
+        return z[..., r // k : (r + h) // k, r // k : (r + w) // k]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Full-resolution logit u (B, 1, H, W): upsampled z, plus the pixel branch if any."""
-        z = F.interpolate(self(x), scale_factor=self.stem, mode="bilinear", align_corners=False)
+        z = F.interpolate(self(x), scale_factor=self.stride, mode="bilinear", align_corners=False)
         if not self.pixel:
             return z
         g = F.conv2d(F.relu(F.conv2d(x, self.pw1, self.pb1)), self.pw2, self.pb2)
@@ -233,8 +241,10 @@ class DenseCam(nn.Module):
 
     def receptive_radius(self) -> int:
         """Receptive-field radius of z, in input pixels (upper bound, incl. the stem)."""
-        cells = {"remove": 3, "dilate": 1 + 1 + 2 + 2 + 4, "none": 1 * 1 + 1 + 2 + 2 + 4 + 8}[self.mode]
-        return self.stem * (cells + 2)
+        # in stem cells: conv1 + pool1 + conv2 + pool2 + conv3 (+ their dilations), plus the
+        # bilinear upsampling (one output cell) and one cell of slack for the stem's extent
+        cells = {"remove": 3, "dilate": 10, "dilate_last": 10, "none": 10}[self.mode]
+        return self.stem * (cells + self.STRIDE[self.mode] + 1)
 
 
 # --------------------------------------------------------------------------- wrapper
@@ -248,6 +258,8 @@ class CamSidecar:
     lpp_mode: str = "remove"
     z_lo: float = -8.0
     z_hi: float = 4.0
+    #: per-pixel brightness gate of the score: {"method": "vis_min_ramp", "lo": .., "hi": ..}; {} = off.
+    refine: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
@@ -274,24 +286,22 @@ class CamSidecar:
             lpp_mode=d.get("lpp_mode", "remove"),
             z_lo=float(d["z_lo"]),
             z_hi=float(d["z_hi"]),
+            refine=d.get("refine", {}),
             spec=d.get("spec", {}),
             training=d.get("training", {}),
             validation=d.get("validation", {}),
         )
 
 
-def upsample_factor(mode: str, stem: int) -> int:
-    return stem
-
-
 def build_spec(sidecar: CamSidecar, dense: DenseCam) -> ModelSpec:
     s = sidecar.spec
-    halo = int(s.get("halo", 0)) or int(np.ceil((dense.receptive_radius() + 2 * dense.stem) / 8) * 8)
+    need = int(np.ceil((dense.receptive_radius() + dense.stem) / 8) * 8)
+    halo = need if dense.mode != sidecar.lpp_mode else max(int(s.get("halo", 0)), need)
     return ModelSpec(
         name=s.get("name", "cam"),
         bands=tuple(s.get("bands", CANONICAL_BANDS)),
         halo=halo,
-        block_multiple=int(s.get("block_multiple", 16 if sidecar.lpp_mode == "none" else dense.stem)),
+        block_multiple=max(int(s.get("block_multiple", 1)), dense.stride),
         block_size=int(s.get("block_size", 512)),
         outputs={"score": 1},
         clear_mu=float(s.get("clear_mu", 0.1)),
@@ -318,6 +328,7 @@ class CamModel(CloudModel):
         self.spec = build_spec(sidecar, self.dense)
         self.z_lo = float(sidecar.z_lo)
         self.z_hi = float(sidecar.z_hi)
+        self.refine = dict(sidecar.refine)
 
     def check_bands(self, bands: tuple[str, ...] | list[str]) -> None:
         """Raise :class:`ModelError` unless ``bands`` are the sidecar's bands, in order."""
@@ -339,7 +350,22 @@ class CamModel(CloudModel):
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         u = self.dense.logits(x)
         s = ((u - self.z_lo) / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
+        if self.refine:
+            s = s * self.brightness_gate(x)
         return s[..., :h, :w]
+
+    def brightness_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel gate in [0, 1]: a ramp of min(blue, green, red) from ``lo`` to ``hi``.
+
+        Cloud, thick or thin, adds its own reflectance to every visible band, so a pixel
+        darker than ``lo`` in some visible band cannot be under cloud.  The CAM says *where*
+        cloud is (its context rejects snow, ice, bright roofs and water), the gate says
+        *which pixels* there are bright enough to be it; this trims the CAM's spill onto
+        dark clear land next to clouds.  Purely per pixel: no halo.
+        """
+        lo, hi = float(self.refine["lo"]), float(self.refine["hi"])
+        vis_min = x[:, :3].amin(dim=1, keepdim=True)
+        return ((vis_min - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
