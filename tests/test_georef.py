@@ -20,6 +20,7 @@ from rasterio.enums import MaskFlags
 
 from geocloud import synthetic as syn
 from geocloud.config import ProcessConfig
+from geocloud.models import DEFAULT_MODEL
 from geocloud.pipeline import process_scene
 
 W, H = 200, 160
@@ -198,9 +199,8 @@ def test_outputs_are_tagged_cogs(make_raster, tmp_path: Path) -> None:
             assert ds.overviews(1), f"{out.name} has no overviews"
             assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
             tags = ds.tags()
-            assert (
-                tags.get("GEOCLOUD_MODEL", "").split("+")[0] == "spectral"
-            )  # + matting helper (alpha, clear)
+            # the default model, maybe "+" helpers for other products (e.g. matting for alpha, clear)
+            assert tags.get("GEOCLOUD_MODEL", "").split("+")[0] == DEFAULT_MODEL
             assert tags.get("GEOCLOUD_SENSOR") == "gf1_wfv"
             assert float(tags["GEOCLOUD_THRESHOLD"]) == pytest.approx(stats["threshold"]["value"], rel=1e-5)
             assert "GEOCLOUD_VERSION" in tags
