@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .declouding import DecloudConfig
-from .vectorize import VectorizeConfig
 from .errors import ConfigError
+from .vectorize import VectorizeConfig
 
 
 @dataclass(frozen=True)
@@ -29,15 +29,25 @@ class TilingConfig:
     step: int = 512
     halo: int | None = None
     #: width of the linear blend between neighbouring blocks (0: hard seams in the middle
-    #: of the overlap, i.e. crop).  Multiples of 1/16 keep exact values exact.
-    feather: int = 16
+    #: of the overlap, i.e. crop); ``None``: the model's own (16 px for networks, whose
+    #: blocks may differ by float rounding; 0 for per-pixel models, whose blocks cannot
+    #: differ).  Multiples of 1/16 keep exact values exact.
+    feather: int | None = None
     #: widest band of columns processed at once: memory depends on it, not on the scene
     #: size (blocks along a swath edge are computed by both neighbours).
     swath_width: int = 8192
 
-    def resolve_block_size(self, halo: int) -> int:
-        """The block side for a model needing ``halo`` px of context."""
-        return self.block_size if self.block_size is not None else self.step + 2 * halo + self.feather
+    def resolve(self, model_halo: int, model_feather: int) -> tuple[int, int, int]:
+        """(block size, halo, feather) for a model needing ``model_halo`` px of context."""
+        halo = model_halo if self.halo is None else self.halo
+        if halo < model_halo:
+            raise ConfigError(
+                f"halo {halo} is smaller than the model's receptive field ({model_halo} px); "
+                f"pass --halo {model_halo} or more, or leave it out"
+            )
+        feather = model_feather if self.feather is None else self.feather
+        block = self.block_size if self.block_size is not None else self.step + 2 * halo + feather
+        return block, halo, feather
 
     def validate(self) -> None:
         if self.block_size is not None and self.block_size < 16:
@@ -46,7 +56,7 @@ class TilingConfig:
             raise ConfigError(
                 f"swath width {self.swath_width} is too small; use 64 px or more (default 8192)"
             )
-        if self.feather < 0:
+        if self.feather is not None and self.feather < 0:
             raise ConfigError(f"feather {self.feather} is negative; pass --feather 0 or more")
         if self.halo is not None and self.halo < 0:
             raise ConfigError(f"halo {self.halo} is negative; pass --halo 0 or more")

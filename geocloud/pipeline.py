@@ -33,12 +33,12 @@ from .errors import ConfigError, InputError, OutputError
 from .inference import predict_blocks, resolve_device
 from .io import RasterSink, RasterSpec, SceneInfo, SceneReader, check_writable_dir, open_scene, partial_name
 from .models import build_model
-from .models.base import CloudModel
+from .models.base import CloudModel, ModelSpec
 from .mosaic import Strip, StripAccumulator
 from .products import FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
 from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
-from .tiling import Swath, make_swaths, make_tiling, swath_blocks, weight_sums
+from .tiling import Swath, Tiling, make_swaths, make_tiling, swath_blocks, weight_sums
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,13 @@ def size_gdal_cache(info: SceneInfo, block_size: int, width: int | None = None) 
     need_mb = 2 * block_size * width * info.count * itemsize / 2**20 + 48
     mb = int(min(max(need_mb, GDAL_CACHE_MB[0]), GDAL_CACHE_MB[1]))
     set_gdal_config("GDAL_CACHEMAX", mb * 2**20)
+
+
+def plan_tiling(info: SceneInfo, config: ProcessConfig, spec: ModelSpec) -> Tiling:
+    """The blocks of ``info`` for a model with ``spec`` under ``config.tiling``."""
+    block_size, halo, feather = config.tiling.resolve(spec.halo, spec.feather)
+    return make_tiling(info.height, info.width, block_size=block_size, halo=halo, feather=feather,
+                       multiple=spec.block_multiple)  # fmt: skip
 
 
 def plan_products(names: tuple[str, ...]) -> tuple[list[RasterProduct], list[FileProduct], set[str]]:
@@ -214,18 +221,10 @@ def process_scene(
         raise ConfigError(
             f"model {spec.name!r} expects bands {spec.bands}; geocloud feeds blue, green, red, nir"
         )
-    halo = spec.halo if config.tiling.halo is None else config.tiling.halo
-    if halo < spec.halo:
-        raise ConfigError(
-            f"halo {halo} is smaller than model {spec.name!r}'s receptive field ({spec.halo} px); "
-            f"pass --halo {spec.halo} or more, or leave it out"
-        )
-    block_size = config.tiling.resolve_block_size(halo)
-    tiling = make_tiling(info.height, info.width, block_size=block_size, halo=halo,
-                         feather=config.tiling.feather, multiple=spec.block_multiple)  # fmt: skip
+    tiling = plan_tiling(info, config, spec)
     align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
     swaths = make_swaths(tiling, config.tiling.swath_width, align)
-    size_gdal_cache(info, block_size, max(sw.c1 - sw.c0 for sw in swaths))
+    size_gdal_cache(info, tiling.rows.size, max(sw.c1 - sw.c0 for sw in swaths))
 
     workdir = outdir / f".geocloud-{stem}-{os.getpid()}.partial"
     workdir.mkdir(exist_ok=True)
@@ -393,7 +392,7 @@ def process_scene(
             "swaths": len(swaths),
             "tiling": {
                 "block_size": tiling.block_shape[0],
-                "halo": halo,
+                "halo": tiling.halo,
                 "feather": tiling.feather,
                 "blocks": n_blocks,
             },  # fmt: skip
@@ -439,14 +438,11 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
     from .models import load_model
 
     spec = load_model(config.model, "cpu").spec
-    halo = spec.halo if config.tiling.halo is None else config.tiling.halo
-    block = config.tiling.resolve_block_size(halo)
-    tiling = make_tiling(info.height, info.width, block_size=block, halo=halo,
-                         feather=config.tiling.feather, multiple=spec.block_multiple)  # fmt: skip
+    tiling = plan_tiling(info, config, spec)
     plan: dict[str, Any] = {
         "model": spec.name,
         "blocks": f"{len(tiling)} blocks of {tiling.block_shape[0]}x{tiling.block_shape[1]} px "
-        f"(halo {halo}, feather {config.tiling.feather})",
+        f"(halo {tiling.halo}, feather {tiling.feather})",
         "products": list(config.output.products),
         "outputs": [
             p.name for paths in output_paths(info.path, ".", config.output.products).values() for p in paths

@@ -41,6 +41,9 @@ class ModelSpec:
     block_multiple: int = 1
     #: block side the model was trained on / is fastest at.
     block_size: int = 512
+    #: default blend width between blocks: 16 px for networks (their blocks may differ by
+    #: float rounding at the same pixel), 0 for per-pixel models (blocks cannot differ).
+    feather: int = 16
     #: the maps ``predict`` returns, name -> number of channels.  Must include "score".
     outputs: dict[str, int] = field(default_factory=lambda: {"score": 1})
     #: clear-sky statistics of ``score`` and the calibrated k of mu + k*sigma.

@@ -54,6 +54,7 @@ class SpectralModel(CloudModel):
         self.spec = ModelSpec(
             name="spectral",
             halo=0,
+            feather=0,  # per pixel: every block gives the same value, blending is wasted work
             block_multiple=1,
             block_size=1024,
             outputs={"score": 1},
