@@ -121,6 +121,7 @@ def evaluate_synthetic(
     recovered = 0
     total = 0
     per_chip: dict[str, list[float]] = {}
+    chip_sq: dict[str, list] = {}
     for key, x, known, alpha, r_c in cases:
         y = compose(x, alpha[None], r_c).astype(np.float32)
         valid = np.ones((1, *alpha.shape), bool)
@@ -149,6 +150,10 @@ def evaluate_synthetic(
             sq[k].append(float((d * d).sum()))
             n[k] += int(d.size)
             ss[k].append(smap[m])
+            if k == "le05":
+                chip_sq.setdefault(key, [0.0, 0])
+                chip_sq[key][0] += float((d * d).sum())
+                chip_sq[key][1] += int(d.size)
     out: dict[str, Any] = {
         "n_composites": len(cases),
         "n_chips": len(per_chip),
@@ -162,6 +167,10 @@ def evaluate_synthetic(
         vals = np.concatenate(ss[k]) if ss[k] else np.zeros(0)
         out[f"ssim_{k}"] = float(vals.mean()) if vals.size else float("nan")
     out["alpha_mae_by_chip"] = {k: round(float(np.mean(v)), 4) for k, v in per_chip.items()}
+    out["psnr_le05_by_chip"] = {
+        k: round(float(10 * np.log10(v[1] / v[0])), 2) if v[0] > 0 else float("inf")
+        for k, v in chip_sq.items()
+    }
     return out
 
 
