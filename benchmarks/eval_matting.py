@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", type=Path, default=WEIGHTS_FILE)
     ap.add_argument("--refine", action="store_true", help="also evaluate with --refine")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--gate",
+        default=None,
+        help="also evaluate the pipeline's clear product: alpha gated by this detector's mask (e.g. cam)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
     args = ap.parse_args(argv)
     if not (args.data / "catalog.csv").exists():
@@ -68,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         out["synthetic_no_snow_refined"] = evaluate_synthetic(
             model, args.data, refine=refine, exclude=("SnowIce",)
         )
+    if args.gate:
+        from geocloud.models import load_model
+
+        detector = load_model(args.gate, "cpu")
+        out["synthetic_gated"] = evaluate_synthetic(model, args.data, gate=detector)
+        out["synthetic_no_snow_gated"] = evaluate_synthetic(
+            model, args.data, gate=detector, exclude=("SnowIce",)
+        )
     out["real"] = evaluate_real(model, args.data)
     out["seconds"] = round(time.perf_counter() - t0, 1)
 
@@ -81,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         ("synthetic_refined", "all chips, --refine"),
         ("synthetic_no_snow", "without snow/ice"),
         ("synthetic_no_snow_refined", "without snow/ice, --refine"),
+        ("synthetic_gated", f"all chips, gated by the {args.gate} mask"),
+        ("synthetic_no_snow_gated", f"without snow/ice, gated by the {args.gate} mask"),
     ):
         if key in out:
             print(_syn_row(name, out[key]))

@@ -107,10 +107,13 @@ def evaluate_synthetic(
     cfg: EvalConfig | None = None,
     refine: Refiner | None = None,
     exclude: tuple[str, ...] = (),
+    gate: CloudModel | None = None,
 ) -> dict[str, Any]:
     """Alpha MAE and background PSNR/SSIM of composites over held-out chips' clear pixels.
 
     Chips whose key contains any string of ``exclude`` are skipped (e.g. ``("SnowIce",)``).
+    ``gate``: a detector whose score below its ``spec.default_threshold`` sets alpha and
+    r_c to 0, as ``geocloud process`` does with its mask (the pipeline's clear product).
     """
     cfg = cfg or EvalConfig()
     cases = [c for c in synthetic_cases(data_dir, cfg) if not any(e in c[0] for e in exclude)]
@@ -131,6 +134,11 @@ def evaluate_synthetic(
         if refine is not None:
             a_hat, r_hat = refine(y, a_hat, r_hat)
             a_hat = a_hat.reshape(alpha.shape)
+        if gate is not None:
+            score = gate.predict(y[None], valid).maps["score"][0, 0]
+            clear = score < gate.spec.default_threshold
+            a_hat = np.where(clear, 0.0, a_hat).astype(np.float32)
+            r_hat = np.where(clear[None], 0.0, r_hat).astype(np.float32)
         e = np.abs(a_hat - alpha)[known]
         err_a.append(e)
         per_chip.setdefault(key, []).append(float(e.mean()))
