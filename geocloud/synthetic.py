@@ -667,7 +667,8 @@ class SyntheticScene:
 
     def vendor_xml(self) -> str:
         sp = self.spec
-        t = parse_time(sp.acquisition_time).strftime("%Y-%m-%d %H:%M:%S")
+        # GF deliveries state times in Beijing time (UTC+8), as geocloud.vendor expects
+        t = (parse_time(sp.acquisition_time) + _dt.timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")
         fields = {
             "SatelliteID": self.calibration.get("satellite", "GF1"),
             "SensorID": self.calibration.get("sensor", "WFV1"),

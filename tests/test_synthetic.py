@@ -258,3 +258,13 @@ def test_cloud_shadows_are_optional_seamless_and_dark() -> None:
     assert dr > 0 and dc > 0  # sun in the south-east (azimuth 150): clouds shade ground to their north-west
     part = shady.layers(40, 70, 50, 60)
     np.testing.assert_array_equal(part["shadow"], s[40:90, 70:130])
+
+
+def test_vendor_xml_time_round_trips_through_the_vendor_reader(tmp_path) -> None:
+    """GF XML times are Beijing time; the reader converts them back to the scene's UTC time."""
+    from geocloud.vendor import find_vendor_metadata
+
+    path = syn.make_scene(tmp_path / "GF1_WFV1_t.tif", 64, 64, vendor_xml=True)
+    meta = find_vendor_metadata(path)
+    assert meta is not None
+    assert meta.acquired == syn.parse_time(syn.SceneSpec(1, 1).acquisition_time)
