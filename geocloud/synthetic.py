@@ -96,10 +96,13 @@ GEOREF_KINDS = ("crs", "rpc", "none")
 
 def earth_sun_distance(when: _dt.datetime | _dt.date | str) -> float:
     """Earth-Sun distance in astronomical units on a date (accurate to ~1e-4 AU)."""
+    from .sensors import earth_sun_distance as _distance
+
     if isinstance(when, str):
         when = parse_time(when)
-    doy = when.timetuple().tm_yday
-    return 1.0 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
+    if not isinstance(when, _dt.datetime):
+        when = _dt.datetime(when.year, when.month, when.day)
+    return _distance(when)
 
 
 def parse_time(text: str) -> _dt.datetime:

@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .errors import GeocloudError, InputError, NotARasterError, SceneNotFoundError
+from .sensors import earth_sun_distance  # re-exported: one home for the formula
 
 log = logging.getLogger(__name__)
 
@@ -291,10 +292,6 @@ def solar_position(when: datetime, lat: float, lon: float) -> tuple[float, float
     return math.degrees(zen), az
 
 
-def earth_sun_distance(when: datetime) -> float:
-    """Earth-Sun distance in astronomical units on the day of ``when``."""
-    doy = when.timetuple().tm_yday
-    return 1.0 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
 
 
 # --------------------------------------------------------------------------------------
