@@ -348,10 +348,16 @@ class CamModel(CloudModel):
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        u = self.dense.logits(x)
-        s = ((u - self.z_lo) / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
+        if self.dense.pixel:
+            u = self.dense.logits(x)
+            s = ((u - self.z_lo) / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
+        else:
+            # normalise at the CAM's own resolution, then upsample (fewer full-resolution passes)
+            z = self.dense(x)
+            z = z.sub_(self.z_lo).mul_(1.0 / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
+            s = F.interpolate(z, scale_factor=self.dense.stride, mode="bilinear", align_corners=False)
         if self.refine:
-            s = s * self.brightness_gate(x)
+            s.mul_(self.brightness_gate(x))
         return s[..., :h, :w]
 
     def brightness_gate(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,8 +370,8 @@ class CamModel(CloudModel):
         dark clear land next to clouds.  Purely per pixel: no halo.
         """
         lo, hi = float(self.refine["lo"]), float(self.refine["hi"])
-        vis_min = x[:, :3].amin(dim=1, keepdim=True)
-        return ((vis_min - lo) / (hi - lo)).clamp_(0.0, 1.0)
+        g = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+        return g.sub_(lo).mul_(1.0 / (hi - lo)).clamp_(0.0, 1.0)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:

@@ -65,7 +65,7 @@ class CamTrainConfig:
     """Every training default, in one place (the CLI options map onto these)."""
 
     seed: int = 0
-    epochs: int = 24
+    epochs: int = 20
     steps_per_epoch: int = 250
     batch_size: int = 64
     lr: float = 3e-3
