@@ -341,8 +341,11 @@ class CamModel(CloudModel):
             )
 
     @torch.no_grad()
-    def score_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Score (B, 1, H, W) in [0, 1] for reflectance ``x`` (B, 4, H, W) on the model's device."""
+    def score_tensor(self, x: torch.Tensor, gate: bool = True) -> torch.Tensor:
+        """Score (B, 1, H, W) in [0, 1] for reflectance ``x`` (B, 4, H, W) on the model's device.
+
+        ``gate=False`` leaves out the brightness gate (``predict`` applies it in numpy on CPU).
+        """
         h, w = x.shape[-2:]
         m = self.spec.block_multiple
         ph, pw = (-h) % m, (-w) % m
@@ -356,7 +359,7 @@ class CamModel(CloudModel):
             z = self.dense(x)
             z = z.sub_(self.z_lo).mul_(1.0 / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
             s = F.interpolate(z, scale_factor=self.dense.stride, mode="bilinear", align_corners=False)
-        if self.refine:
+        if self.refine and gate:
             s.mul_(self.brightness_gate(x))
         return s[..., :h, :w]
 
@@ -370,8 +373,18 @@ class CamModel(CloudModel):
         dark clear land next to clouds.  Purely per pixel: no halo.
         """
         lo, hi = float(self.refine["lo"]), float(self.refine["hi"])
-        g = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+        g = x[:, :3].amin(dim=1, keepdim=True)
         return g.sub_(lo).mul_(1.0 / (hi - lo)).clamp_(0.0, 1.0)
+
+    def _gate_numpy(self, x: np.ndarray, score: np.ndarray) -> None:
+        """``score *= gate(x)`` in place, in numpy (faster than torch for this on CPU)."""
+        lo, hi = np.float32(self.refine["lo"]), np.float32(self.refine["hi"])
+        g = np.minimum(x[:, 0], x[:, 1])
+        np.minimum(g, x[:, 2], out=g)
+        g -= lo
+        g *= np.float32(1.0) / (hi - lo)
+        np.clip(g, 0.0, 1.0, out=g)
+        score[:, 0] *= g
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
@@ -380,14 +393,17 @@ class CamModel(CloudModel):
                 f"model {self.spec.name!r} expects (B, {len(self.spec.bands)}, H, W) blocks of bands "
                 f"{','.join(self.spec.bands)}, got shape {tuple(x.shape)}; give a 4-band blue,green,red,nir scene"
             )
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        s = self.score_tensor(t)
-        score = s.float().cpu().numpy()
-        score = np.nan_to_num(score, nan=0.0, posinf=1.0, neginf=0.0)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        t = torch.from_numpy(x).to(self.device)
+        on_cpu = self.device.type == "cpu"
+        s = self.score_tensor(t, gate=not on_cpu)
+        score = np.ascontiguousarray(s.float().cpu().numpy())
+        if on_cpu and self.refine:
+            self._gate_numpy(x, score)
+        np.nan_to_num(score, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
         v = np.asarray(valid, dtype=bool)
-        masked = np.where(v[:, None], score, 0.0)
-        block_prob = masked.reshape(masked.shape[0], -1).max(axis=1).astype(np.float32)
-        return Prediction(maps={"score": score.astype(np.float32, copy=False)}, block_prob=block_prob)
+        block_prob = np.where(v[:, None], score, np.float32(0.0)).reshape(score.shape[0], -1).max(axis=1)
+        return Prediction(maps={"score": score}, block_prob=block_prob.astype(np.float32))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
