@@ -97,6 +97,11 @@ class MattingTrainConfig:
     #: mix of the layers F is trained on: share from G, share procedural; the rest is clear.
     p_gan_layer: float = 0.35
     p_procedural: float = 0.5
+    #: bright clear backgrounds (mean visible reflectance > 0.3: snow, sand, turbid water)
+    #: are drawn this many times more often for F, to teach "bright is not always cloud".
+    #: (1.0: uniform.  A run with 6.0 and 25 % clear blocks was worse on every validation
+    #: figure: alpha MAE 0.125 vs 0.107, AUC 0.852 vs 0.874.)
+    bright_boost: float = 1.0
     #: weights of the F losses.
     w_alpha: float = 1.0
     w_rc: float = 1.0
@@ -126,6 +131,8 @@ class MattingData:
     train_keys: list[str] = field(default_factory=list)
     val_keys: list[str] = field(default_factory=list)
     train_hash: str = ""
+    #: sampling probabilities of the backgrounds for F (see ``bright_boost``).
+    bg_weights: np.ndarray | None = None
 
 
 def _labelled_blocks(refl: np.ndarray, label: np.ndarray, quality: str, rule: BlockRule, key: str) -> Blocks:
@@ -167,8 +174,12 @@ def load_matting_data(data_dir: str | Path, cfg: MattingTrainConfig) -> MattingD
             f"the training chips of {data_dir} gave {len(bgs)} clear and {len(cl)} cloudy blocks of "
             f"{cfg.block}px; matting needs both (pass a --data folder with clear and cloudy labelled chips)"
         )
+    bg = np.stack(bgs).astype(np.float32)
+    bright = bg[:, :3].mean(axis=(1, 2, 3)) > 0.3
+    w = np.where(bright, cfg.bright_boost, 1.0)
     return MattingData(
-        backgrounds=np.stack(bgs).astype(np.float32),
+        bg_weights=w / w.sum(),
+        backgrounds=bg,
         cloudy=np.stack(cl).astype(np.float32),
         cloudy_label=np.stack(cl_lab),
         cloudy_frac=np.asarray(cl_frac, np.float32),
@@ -320,7 +331,11 @@ def _f_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n = cfg.batch
     s = cfg.block
-    x = torch.from_numpy(_augment_batch(data.backgrounds[rng.integers(len(data.backgrounds), size=n)], rng))
+    if cfg.bright_boost != 1.0 and data.bg_weights is not None:
+        idx = rng.choice(len(data.backgrounds), size=n, p=data.bg_weights)
+    else:
+        idx = rng.integers(len(data.backgrounds), size=n)
+    x = torch.from_numpy(_augment_batch(data.backgrounds[idx], rng))
     alpha = torch.zeros(n, 1, s, s)
     r_c = torch.zeros(n, 4, s, s)
     u = rng.random(n)
@@ -416,6 +431,9 @@ def train_matting(
             "val_chips": data.val_keys,
             "train_chip_hash": data.train_hash,
             "n_backgrounds": int(len(data.backgrounds)),
+            "n_bright_backgrounds": int((data.bg_weights > data.bg_weights.min()).sum())
+            if data.bg_weights is not None
+            else 0,
             "n_cloudy_blocks": int(len(data.cloudy)),
             "gan_final": gan_stats,
             "f_final": f_stats,
