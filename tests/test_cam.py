@@ -430,3 +430,26 @@ def test_train_config_is_frozen() -> None:
     cfg = CamTrainConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
+
+
+@needs_weights
+def test_cam_mosaic_is_block_size_independent(make_raster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import rasterio
+    from click.testing import CliRunner
+    from geocloud.cli.main import cli
+
+    scene = make_raster("seam.tif", width=330, height=260, cloud_cover=0.4)
+    scores = []
+    for bs in ("200", "320"):
+        out = tmp_path / f"o{bs}"
+        res = CliRunner().invoke(
+            cli, ["process", str(scene), "-o", str(out), "--model", "cam", "--products", "score,stats",
+                  "--block-size", bs, "-q"],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        with rasterio.open(next(out.glob("*_score.tif"))) as src:
+            scores.append(src.read(1))
+    a, b = scores
+    ok = np.isfinite(a) & np.isfinite(b)
+    assert ok.mean() > 0.5
+    np.testing.assert_allclose(a[ok], b[ok], atol=1e-5)
