@@ -407,8 +407,6 @@ def compute_clear(ctx: object) -> np.ndarray:
     valid = ctx.valid & valid_in  # type: ignore[attr-defined]
     with np.errstate(invalid="ignore"):
         ok = valid & (alpha <= cfg.alpha_max)  # NaN -> False
-    if cfg.gate_with_mask:
-        ok |= valid & (ctx.mask == 0)  # type: ignore[attr-defined]
     out = clear_dn(dn, alpha, r_c, ok, rad.a, rad.b, info.dtype, clear_product_nodata(info))
     if cfg.gate_with_mask:
         gate = valid & (ctx.mask == 0)  # type: ignore[attr-defined]
