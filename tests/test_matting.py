@@ -436,3 +436,18 @@ def test_clear_dn_matches_the_reflectance_path() -> None:
     slow = reflectance_to_dn(clear_reflectance(refl, a, r), gain, off, "uint16", 0)
     assert np.abs(fast.astype(int) - slow.astype(int)).max() <= 1
     assert ((fast == 0) == (slow == 0)).all()
+
+
+@pytest.mark.shared_data
+def test_train_matting_end_to_end_tiny(shared_data, tmp_path) -> None:
+    from geocloud.models.matting import load
+    from geocloud.training.matting import MattingTrainConfig, save_result, train_matting
+
+    cfg = MattingTrainConfig(gan_steps=2, f_steps=3, batch=4, bank_size=4, width=8)
+    res = train_matting(shared_data, cfg)
+    path = save_result(res, tmp_path, {"note": "tiny"})
+    m = load("cpu", weights=path)
+    assert m.spec.extra["training"]["val_chips"] and m.spec.extra["validation"] == {"note": "tiny"}
+    assert not set(m.spec.extra["training"]["val_chips"]) & set(m.spec.extra["training"]["train_chips"])
+    p = m.predict(np.full((1, 4, 64, 64), 0.2, np.float32), np.ones((1, 64, 64), bool))
+    assert np.isfinite(p.maps["alpha"]).all()
