@@ -448,6 +448,15 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def add_weights_hash(weights: Path, sidecar: Path) -> None:
+    """Record the sha256 of ``weights`` in its JSON sidecar (``weights_sha256``)."""
+    import json
+
+    doc = json.loads(Path(sidecar).read_text())
+    doc["weights_sha256"] = file_sha256(weights)
+    Path(sidecar).write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def save_result(result: TrainResult, out_dir: str | Path, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``matting.safetensors`` + ``matting.json`` (and G as ``matting_generator.safetensors``)."""
     from safetensors.torch import save_file
@@ -459,6 +468,7 @@ def save_result(result: TrainResult, out_dir: str | Path, metrics: dict[str, Any
         meta["validation"] = metrics
     weights = out / WEIGHTS_FILE.name
     save_weights(result.net, meta, weights, out / SIDECAR_FILE.name)
+    add_weights_hash(weights, out / SIDECAR_FILE.name)
     save_file(
         {k: v.detach().contiguous() for k, v in result.generator.state_dict().items()},
         str(out / "matting_generator.safetensors"),
