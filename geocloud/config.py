@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .declouding import DecloudConfig
 from .errors import ConfigError
+from .models import DEFAULT_MODEL
 from .vectorize import VectorizeConfig
 
 
@@ -119,7 +120,7 @@ class OutputConfig:
 class ProcessConfig:
     """Everything :func:`geocloud.pipeline.process_scene` needs beyond the scene itself."""
 
-    model: str = "spectral"
+    model: str = DEFAULT_MODEL
     sensor: str | None = None  # None: detect
     bands: tuple[int, ...] | None = None  # 1-based file bands of blue, green, red, nir; None: detect
     tiling: TilingConfig = field(default_factory=TilingConfig)
