@@ -362,24 +362,32 @@ def clear_dn(
     dt = np.dtype(dtype)
     out = dn.astype(np.float32, copy=True)
     al = alpha.astype(np.float32, copy=False)
-    inv = np.float32(1.0) / np.where(ok, np.float32(1.0) - al, np.float32(1.0))
+    inv = np.where(ok, np.float32(1.0) - al, np.float32(1.0))
+    np.divide(np.float32(1.0), inv, out=inv)
+    tmp = np.empty(al.shape, np.float32)
     for k in range(out.shape[0]):
-        out[k] -= (r_c[k] - np.float32(b[k]) * al) * np.float32(1.0 / a[k])
+        if b[k] != 0:
+            np.multiply(al, np.float32(b[k]), out=tmp)
+            np.subtract(r_c[k], tmp, out=tmp)
+            tmp *= np.float32(1.0 / a[k])
+        else:
+            np.multiply(r_c[k], np.float32(1.0 / a[k]), out=tmp)
+        out[k] -= tmp
         out[k] *= inv
     bad = ~ok
     if np.issubdtype(dt, np.floating):
         res = out.astype(dt, copy=False)
-        res[:, bad] = nodata
+        np.copyto(res, np.asarray(nodata, dt), where=bad[None])
         return res
     info = np.iinfo(dt)
     np.rint(out, out=out)
     np.clip(out, info.min, info.max, out=out)
     if np.isfinite(nodata) and info.min <= nodata <= info.max:
         nd = np.float32(nodata)
-        out[out == nd] = nd + (1 if nodata < info.max else -1)
-    out[:, bad] = 0
+        np.copyto(out, nd + (1 if nodata < info.max else -1), where=out == nd)
+    np.copyto(out, np.float32(0), where=bad[None])
     res = out.astype(dt)
-    res[:, bad] = nodata
+    np.copyto(res, np.asarray(nodata).astype(dt), where=bad[None])
     return res
 
 
@@ -410,7 +418,7 @@ def compute_clear(ctx: object) -> np.ndarray:
     out = clear_dn(dn, alpha, r_c, ok, rad.a, rad.b, info.dtype, clear_product_nodata(info))
     if cfg.gate_with_mask:
         gate = valid & (ctx.mask == 0)  # type: ignore[attr-defined]
-        out[:, gate] = dn[:, gate]
+        np.copyto(out, dn.astype(out.dtype, copy=False), where=gate[None])
     return out
 
 
