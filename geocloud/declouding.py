@@ -436,52 +436,44 @@ def compute_quality(ctx: object) -> np.ndarray:
     return clear_quality(alpha, valid, cfg.alpha_max)[None]
 
 
-def matting_stats(
-    rasters: dict[str, object], cfg: DecloudConfig | None = None, rows: int = 512
-) -> dict[str, object]:
-    """Thin/thick split of the cloud pixels, from the finished ``mask`` and ``alpha`` rasters.
+class MattingStats:
+    """Running thin/thick split of the cloud pixels, fed window by window with the mask
+    and alpha (the pipeline's second pass, so nothing is read twice)."""
 
-    Returns ``{"matting": {...}}`` with the counts of thin (alpha < ``thin_tau``) and thick
-    cloud pixels, their fractions of the valid pixels, the mean alpha over cloud and over
-    clear pixels, and the share of valid pixels the ``clear`` product recovers
-    (alpha <= alpha_max); an empty dict when either raster is missing.  Reads the rasters
-    in strips of ``rows`` rows (bounded memory).
-    """
-    import rasterio
-    from rasterio.windows import Window
+    def __init__(self, cfg: DecloudConfig | None = None):
+        self.cfg = cfg or DecloudConfig()
+        self.thin = self.thick = self.clear = self.recovered = 0
+        self.sum_cloud = self.sum_clear = 0.0
 
-    cfg = cfg or DecloudConfig()
-    if "mask" not in rasters or "alpha" not in rasters:
-        return {}
-    thin = thick = clear = recovered = 0
-    sum_cloud = sum_clear = 0.0
-    with rasterio.open(rasters["mask"]) as m, rasterio.open(rasters["alpha"]) as a:  # type: ignore[arg-type]
-        for r0 in range(0, m.height, rows):
-            w = Window(0, r0, m.width, min(rows, m.height - r0))
-            mask = m.read(1, window=w)
-            alpha = a.read(1, window=w)
-            ok = np.isfinite(alpha) & (mask != 255)
-            cloud = ok & (mask == 1)
-            t_thin, t_thick = thin_thick(alpha, cloud, cfg.thin_tau)
-            thin += int(t_thin.sum())
-            thick += int(t_thick.sum())
-            cl = ok & (mask == 0)
-            clear += int(cl.sum())
-            sum_cloud += float(alpha[cloud].sum(dtype=np.float64))
-            sum_clear += float(alpha[cl].sum(dtype=np.float64))
-            recovered += int((ok & (alpha <= cfg.alpha_max)).sum())
-    valid = thin + thick + clear
-    return {
-        "matting": {
-            "thin_tau": cfg.thin_tau,
-            "alpha_max": cfg.alpha_max,
-            "thin_cloud_pixels": thin,
-            "thick_cloud_pixels": thick,
-            "thin_cloud_fraction": thin / valid if valid else None,
-            "thick_cloud_fraction": thick / valid if valid else None,
-            "mean_alpha_cloud": sum_cloud / (thin + thick) if thin + thick else None,
-            "mean_alpha_clear": sum_clear / clear if clear else None,
-            "clear_recovered_fraction": recovered / valid if valid else None,
-            "refined": cfg.refine,
+    def add(self, mask: np.ndarray, alpha: np.ndarray) -> None:
+        ok = np.isfinite(alpha) & (mask != 255)
+        cloud = ok & (mask == 1)
+        t_thin, t_thick = thin_thick(alpha, cloud, self.cfg.thin_tau)
+        self.thin += int(t_thin.sum())
+        self.thick += int(t_thick.sum())
+        cl = ok & (mask == 0)
+        self.clear += int(cl.sum())
+        self.sum_cloud += float(alpha[cloud].sum(dtype=np.float64))
+        self.sum_clear += float(alpha[cl].sum(dtype=np.float64))
+        self.recovered += int((ok & (alpha <= self.cfg.alpha_max)).sum())
+
+    def result(self) -> dict[str, object]:
+        """``{"matting": {...}}``: counts of thin (alpha < ``thin_tau``) and thick cloud
+        pixels, their fractions of the valid pixels, the mean alpha over cloud and over
+        clear pixels, and the share of valid pixels the ``clear`` product recovers."""
+        thin, thick, clear, cfg = self.thin, self.thick, self.clear, self.cfg
+        valid = thin + thick + clear
+        return {
+            "matting": {
+                "thin_tau": cfg.thin_tau,
+                "alpha_max": cfg.alpha_max,
+                "thin_cloud_pixels": thin,
+                "thick_cloud_pixels": thick,
+                "thin_cloud_fraction": thin / valid if valid else None,
+                "thick_cloud_fraction": thick / valid if valid else None,
+                "mean_alpha_cloud": self.sum_cloud / (thin + thick) if thin + thick else None,
+                "mean_alpha_clear": self.sum_clear / clear if clear else None,
+                "clear_recovered_fraction": self.recovered / valid if valid else None,
+                "refined": cfg.refine,
+            }
         }
-    }

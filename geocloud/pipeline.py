@@ -322,6 +322,11 @@ def process_scene(
             sinks[p.name] = RasterSink(p.paths(outdir, stem)[0], rspec, workdir,
                                        compress=config.output.compress, blocksize=config.output.cog_blocksize)  # fmt: skip
         counts = np.zeros(256, dtype=np.int64)
+        matting_stats = None
+        if "alpha" in map_sinks:  # thin/thick cloud split (docs/matting.md)
+            from .declouding import MattingStats
+
+            matting_stats = MattingStats(config.decloud)
         t0 = time.perf_counter()
         windows = [
             Window(sw.x0, row0, sw.x1 - sw.x0, min(PASS2_ROWS, info.height - row0))
@@ -333,6 +338,8 @@ def process_scene(
             valid = np.isfinite(maps["score"][0])
             mask = mask_rule(maps, threshold)
             counts += np.bincount(mask.ravel(), minlength=256)
+            if matting_stats is not None:
+                matting_stats.add(mask, maps["alpha"][0])
             ctx = WindowContext(
                 window, maps, valid, threshold, mask, info, radiometry, reader, config.decloud
             )
@@ -386,7 +393,7 @@ def process_scene(
                 "cloud": int(counts[CLOUD]),
                 "clear": int(counts[CLEAR]),
             },
-            "cloud_fraction": (counts[CLOUD] / valid_n) if valid_n else None,
+            "cloud_fraction": float(counts[CLOUD] / valid_n) if valid_n else None,
             "threshold": threshold.as_dict(),
             "block_prob_mean": float(np.mean(block_probs)) if block_probs else None,
             "swaths": len(swaths),
@@ -401,12 +408,13 @@ def process_scene(
             "warnings": warnings_out,
             "outputs": {name: [p.name for p in paths] for name, paths in wanted.items()},
         }
-        stats["cloud_fraction"] = (
-            float(stats["cloud_fraction"]) if stats["cloud_fraction"] is not None else None
-        )
+        if matting_stats is not None:
+            stats.update(matting_stats.result())
 
         # ---- file products (each writes to temporary paths)
-        fctx = FileContext(info, stem, outdir, raster_done, stats, {"decloud": config.decloud, "vector": config.vector})
+        fctx = FileContext(
+            info, stem, outdir, raster_done, stats, {"decloud": config.decloud, "vector": config.vector}
+        )
         for fp in file_products:
             finals = fp.paths(outdir, stem)
             tmps = [partial_name(f) for f in finals]

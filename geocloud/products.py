@@ -113,10 +113,7 @@ def _mask(ctx: WindowContext) -> np.ndarray:
 
 
 def _write_stats(ctx: FileContext, paths: list[Path]) -> None:
-    stats = ctx.stats
-    if "alpha" in ctx.rasters and "mask" in ctx.rasters:  # thin/thick cloud split (docs/matting.md)
-        stats = {**stats, **_decloud().matting_stats(ctx.rasters, ctx.options.get("decloud"))}
-    atomic_write_text(paths[0], json.dumps(stats, indent=2, default=str) + "\n")
+    atomic_write_text(paths[0], json.dumps(ctx.stats, indent=2, default=str) + "\n")
 
 
 def _write_vector(ctx: FileContext, paths: list[Path]) -> None:
@@ -180,7 +177,10 @@ PRODUCTS: dict[str, Product] = {
             description="float32 cloud reflectance r_c per band (blue, green, red, nir), NaN nodata",
             needs=("reflectance",),
             layout=lambda info, outs: RasterLayout(
-                4, "float32", float("nan"), tuple(f"cloud reflectance {b}" for b in ("blue", "green", "red", "nir"))
+                4,
+                "float32",
+                float("nan"),
+                tuple(f"cloud reflectance {b}" for b in ("blue", "green", "red", "nir")),
             ),
             from_map="reflectance",
         ),
