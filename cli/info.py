@@ -28,4 +28,10 @@ def info(scene: str, sensor: str | None, bands: str | None, scale: float | None,
         return
     width = max(len(k) for k in d)
     for k, v in d.items():
-        click.echo(f"{k.replace('_', ' '):<{width}}  {v}")
+        if isinstance(v, dict):
+            click.echo(k.replace("_", " "))
+            for kk, vv in v.items():
+                shown = ", ".join(map(str, vv)) if isinstance(vv, list) else vv
+                click.echo(f"  {kk.replace('_', ' '):<{width - 2}}  {shown}")
+        else:
+            click.echo(f"{k.replace('_', ' '):<{width}}  {v}")

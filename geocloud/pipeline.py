@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -443,9 +443,8 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
     config = config or ProcessConfig()
     info = open_scene(path)
     radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
-    from .models import load_model
 
-    spec = load_model(config.model, "cpu").spec
+    spec = load_model_for(replace(config, inference=replace(config.inference, device="cpu"))).spec
     tiling = plan_tiling(info, config, spec)
     plan: dict[str, Any] = {
         "model": spec.name,
