@@ -182,6 +182,19 @@ def earth_sun_distance(when: datetime | None) -> float:
     return 1.0 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
 
 
+def toa_coefficients(
+    gains: tuple[float, ...], biases: tuple[float, ...], esun: tuple[float, ...],
+    sun_elevation: float, when: datetime | None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
+    """Per-band (a, b) with ``rho = a * DN + b`` for a radiance-calibrated sensor:
+    ``rho = pi * d^2 * (gain * DN + bias) / (ESUN * sin(sun_elevation))``."""
+    d = earth_sun_distance(when)
+    k = [math.pi * d * d / (e * math.sin(math.radians(sun_elevation))) for e in esun]
+    a = tuple(g * kk for g, kk in zip(gains, k, strict=True))
+    b = tuple(bi * kk for bi, kk in zip(biases, k, strict=True))
+    return a, b
+
+
 def detect_sensor(tags: Mapping[str, str], filename: str) -> str | None:
     """Guess the sensor from SATELLITE/SENSOR-like tags or the file name; None if unsure."""
     upper = {k.upper(): str(v) for k, v in tags.items()}
@@ -347,10 +360,7 @@ def resolve_radiometry(
             sun_el = DEFAULT_SUN_ELEVATION
         if not 0 < sun_el <= 90:
             raise SensorError(f"sun elevation {sun_el} is outside (0, 90] degrees; pass --sun-elevation DEG")
-        d = earth_sun_distance(when)
-        k = [math.pi * d * d / (e * math.sin(math.radians(sun_el))) for e in esun]
-        a = tuple(g * kk for g, kk in zip(gains, k, strict=True))
-        b = tuple(bi * kk for bi, kk in zip(biases, k, strict=True))
+        a, b = toa_coefficients(gains, biases, esun, sun_el, when)
         src = f"{profile.name} calibration ({'vendor XML' if vendor is not None else profile.source}), from {source_sensor}"
         return Radiometry(profile.name, indexes, a, b, src, sun_el)
     if profile.scale is not None:

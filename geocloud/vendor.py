@@ -44,7 +44,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .errors import GeocloudError, InputError, NotARasterError, SceneNotFoundError
-from .sensors import earth_sun_distance  # re-exported: one home for the formula
+from .sensors import earth_sun_distance as earth_sun_distance  # re-exported
+from .sensors import toa_coefficients  # one home for the radiometric formulas
 
 log = logging.getLogger(__name__)
 
@@ -386,11 +387,7 @@ class VendorMetadata:
                 f"sun zenith {zen} in {self.path} is missing or the sun is below the horizon; "
                 "TOA reflectance is undefined. Pass --sensor with a reflectance scale instead"
             )
-        d = earth_sun_distance(self.acquired) if self.acquired is not None else 1.0
-        k = [math.pi * d * d / (e * math.cos(math.radians(zen))) for e in cal.esun]
-        scale = tuple(ki * g for ki, g in zip(k, cal.gains, strict=True))
-        offset = tuple(ki * o for ki, o in zip(k, cal.offsets, strict=True))
-        return scale, offset
+        return toa_coefficients(cal.gains, cal.offsets, cal.esun, 90.0 - zen, self.acquired)
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-able summary (for stats and catalogue rows)."""
