@@ -94,12 +94,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+from . import train_matting  # noqa: E402,F401  (registers "geocloud train matting")
 from .catalog import catalog  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .info import info  # noqa: E402
 from .process import process  # noqa: E402
 from .train import train  # noqa: E402
-from . import train_matting  # noqa: E402,F401  (registers "geocloud train matting")
 
 cli.add_command(process)
 cli.add_command(info)

@@ -9,10 +9,10 @@ import click
 
 from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
 from geocloud.declouding import DecloudConfig
-from geocloud.vectorize import VectorizeConfig
 from geocloud.errors import ConfigError, GeocloudError
 from geocloud.pipeline import load_model_for, process_scene
 from geocloud.products import PRODUCTS, resolve_products
+from geocloud.vectorize import VectorizeConfig
 
 from .main import setup_logging
 from .options import model_options, scene_options
@@ -42,17 +42,38 @@ def parse_products(text: str) -> tuple[str, ...]:
 )
 @model_options
 @scene_options
-@click.option("--refine", is_flag=True,
-              help="Refine alpha and the cloud reflectance of the clear product (local smoothness; slower).")
-@click.option("--alpha-max", type=click.FloatRange(0, 1, max_open=True), default=DecloudConfig.alpha_max,
-              show_default=True, help="Largest cloud opacity at which the clear product recovers the ground.")
-@click.option("--min-area", type=click.FloatRange(0), default=VectorizeConfig.min_area_m2, show_default=True,
-              help="vector product: drop cloud polygons smaller than this (square metres).")
-@click.option("--simplify", type=click.FloatRange(0), default=VectorizeConfig.simplify_px, show_default=True,
-              help="vector product: Douglas-Peucker tolerance in pixels (0 keeps the pixel edges).")
+@click.option(
+    "--refine",
+    is_flag=True,
+    help="Refine alpha and the cloud reflectance of the clear product (local smoothness; slower).",
+)
+@click.option(
+    "--alpha-max",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=DecloudConfig.alpha_max,
+    show_default=True,
+    help="Largest cloud opacity at which the clear product recovers the ground.",
+)
+@click.option(
+    "--min-area",
+    type=click.FloatRange(0),
+    default=VectorizeConfig.min_area_m2,
+    show_default=True,
+    help="vector product: drop cloud polygons smaller than this (square metres).",
+)
+@click.option(
+    "--simplify",
+    type=click.FloatRange(0),
+    default=VectorizeConfig.simplify_px,
+    show_default=True,
+    help="vector product: Douglas-Peucker tolerance in pixels (0 keeps the pixel edges).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--ortho", is_flag=True,
-              help="Warp the raster outputs of RPC-only (L1A) scenes onto a UTM grid with their RPCs.")
+@click.option(
+    "--ortho",
+    is_flag=True,
+    help="Warp the raster outputs of RPC-only (L1A) scenes onto a UTM grid with their RPCs.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, errors only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,

@@ -220,7 +220,9 @@ def _acquired_from_tags(tags: Mapping[str, str]) -> datetime | None:
             try:
                 return datetime.fromisoformat(str(v).strip().replace("Z", "+00:00"))
             except ValueError:
-                log.warning("ignoring unparseable %s tag %r; expected ISO 8601 like 2020-06-01T03:12:00Z", k, v)
+                log.warning(
+                    "ignoring unparseable %s tag %r; expected ISO 8601 like 2020-06-01T03:12:00Z", k, v
+                )
     return None
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import rasterio
 from click.testing import CliRunner
-
 from geocloud.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +24,9 @@ def test_help(args):
 
 
 def test_python_dash_m_geocloud_help():
-    r = subprocess.run([sys.executable, "-m", "geocloud", "--help"], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "geocloud", "--help"], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 0, r.stderr
     assert "process" in r.stdout and "info" in r.stdout
 
@@ -71,7 +72,9 @@ def test_out_of_range_reflectance_warns(make_raster, tmp_path):
 
 def test_unknown_product_is_a_usage_error(make_raster, tmp_path):
     scene = make_raster("s.tif")
-    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "o"), "--products", "mask,bogus"])
+    r = CliRunner().invoke(
+        cli, ["process", str(scene), "-o", str(tmp_path / "o"), "--products", "mask,bogus"]
+    )
     assert r.exit_code == 2
     assert "bogus" in r.output and "--products" in r.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

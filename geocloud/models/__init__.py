@@ -57,4 +57,15 @@ def build_model(name: str, device: str, needs: set[str]) -> CloudModel:
     return CombinedModel(primary, helpers) if helpers else primary
 
 
-__all__ = ["CANONICAL_BANDS", "CloudModel", "CombinedModel", "DEFAULT_MODEL", "MAP_PROVIDERS", "build_model", "MODELS", "ModelSpec", "Prediction", "load_model"]
+__all__ = [
+    "CANONICAL_BANDS",
+    "CloudModel",
+    "CombinedModel",
+    "DEFAULT_MODEL",
+    "MAP_PROVIDERS",
+    "build_model",
+    "MODELS",
+    "ModelSpec",
+    "Prediction",
+    "load_model",
+]
