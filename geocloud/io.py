@@ -119,7 +119,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
                     scales=tuple(float(s) for s in ds.scales),
                     offsets=tuple(float(o) for o in ds.offsets),
                     nodata_kind=_nodata_kind(ds),
-                    block_shapes=tuple(tuple(b) for b in ds.block_shapes),  # type: ignore[misc]
+                    block_shapes=tuple(tuple(b) for b in ds.block_shapes),
                 )
                 # touch the last block: truncated files fail here, not half-way through a run
                 if ds.width and ds.height:

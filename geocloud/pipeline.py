@@ -201,10 +201,10 @@ def process_scene(
     check_writable_dir(outdir)
     if not config.output.overwrite:
         for paths in wanted.values():
-            for p in paths:
-                if p.exists():
+            for out in paths:
+                if out.exists():
                     raise OutputError(
-                        f"output {str(p)!r} already exists; pass --overwrite to replace it, or another -o"
+                        f"output {str(out)!r} already exists; pass --overwrite to replace it, or another -o"
                     )
 
     raster_products, file_products, needed_maps = plan_products(config.output.products)
