@@ -108,8 +108,16 @@ cli.add_command(train)
 cli.add_command(evaluate)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (a scheduler or `kill`) unwinds like ^C, so temporary files are removed
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="geocloud")
 
 

@@ -110,3 +110,35 @@ def test_vector_min_area_option_reaches_the_polygons(tmp_path):
         assert all(f["properties"]["area_m2"] >= min_area for f in feats)
         counts[min_area] = len(feats)
     assert 0 < counts[100000] < counts[0]
+
+
+def test_sigterm_leaves_no_partial_files(tmp_path):
+    """A killed run (SIGTERM from a scheduler) unwinds and removes its temporary files."""
+    import signal
+    import time
+
+    import numpy as np
+    from rasterio.transform import from_origin
+
+    scene = tmp_path / "big.tif"
+    rng = np.random.default_rng(0)
+    data = rng.integers(200, 3000, (4, 3000, 3000), dtype=np.uint16)
+    with rasterio.open(scene, "w", driver="GTiff", width=3000, height=3000, count=4, dtype="uint16",
+                       crs="EPSG:32650", transform=from_origin(0, 0, 16, 16), tiled=True) as ds:  # fmt: skip
+        ds.write(data)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geocloud", "process", str(scene), "-o", str(out), "--scale", "0.0001",
+         "--model", "cam", "--products", "mask,score,stats", "-q"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and any(p.name.endswith(".partial") for p in out.iterdir()):
+            break
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be signalled")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(out.iterdir()) == []
