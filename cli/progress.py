@@ -28,9 +28,9 @@ class ProgressBar:
                 dynamic_ncols=True,
                 disable=None,
             )  # fmt: skip  (None: off when stderr is not a terminal)
-        assert self.bar is not None  # noqa: S101 - set just above
-        self.bar.n = done
-        self.bar.refresh()
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
