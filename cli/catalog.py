@@ -10,11 +10,10 @@ from tqdm import tqdm
 
 from geocloud.catalog import CATALOG_FORMATS, CatalogConfig, build_catalog
 from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
-from geocloud.errors import ConfigError
 from geocloud.products import PRODUCTS
 
 from .main import setup_logging
-from .options import model_options, scene_options
+from .options import model_options, parse_band_numbers, scene_options
 from .process import parse_products
 
 _DEFAULTS = CatalogConfig()
@@ -88,15 +87,10 @@ def catalog(inputs: tuple[str, ...], catalog: Path, workers: int, scheduler: str
     Also writes <catalogue>.html with thumbnails and a cloud-cover histogram.
     """
     setup_logging(quiet, debug)
-    band_idx = None
-    if bands:
-        if not all(b.strip().isdigit() for b in bands.split(",")):
-            raise ConfigError(f"--bands {bands!r} is not a list of band numbers; pass e.g. --bands 1,2,3,4")
-        band_idx = tuple(int(b) for b in bands.split(","))
     process = ProcessConfig(
         model=model,
         sensor=sensor,
-        bands=band_idx,
+        bands=parse_band_numbers(bands),
         tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
         inference=InferenceConfig(device=device, batch_size=batch_size),
         threshold=ThresholdConfig(value=threshold, k=k),

@@ -10,7 +10,7 @@ from geocloud.config import ProcessConfig
 from geocloud.pipeline import describe_scene
 
 from .main import setup_logging
-from .options import scene_options
+from .options import parse_band_numbers, scene_options
 
 
 @click.command()
@@ -21,7 +21,7 @@ def info(scene: str, sensor: str | None, bands: str | None, scale: float | None,
          sun_elevation: float | None, as_json: bool) -> None:  # fmt: skip
     """Show SCENE's sensor, bands, scaling, size and CRS, and what processing would do."""
     setup_logging(False, False)
-    config = ProcessConfig(sensor=sensor, bands=tuple(int(b) for b in bands.split(",")) if bands else None)
+    config = ProcessConfig(sensor=sensor, bands=parse_band_numbers(bands))
     d = describe_scene(scene, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))

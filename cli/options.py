@@ -8,8 +8,20 @@ from typing import Any
 import click
 
 from geocloud.config import InferenceConfig, ThresholdConfig, TilingConfig
+from geocloud.errors import ConfigError
 from geocloud.models import DEFAULT_MODEL, MODELS
 from geocloud.sensors import SENSORS
+
+
+def parse_band_numbers(text: str | None) -> tuple[int, ...] | None:
+    """``--bands "3,2,1,4"`` -> (3, 2, 1, 4); None when not given.  (The library checks the
+    numbers against the scene's band count.)"""
+    if not text:
+        return None
+    parts = [b.strip() for b in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--bands {text!r} is not a list of band numbers; pass e.g. --bands 1,2,3,4")
+    return tuple(int(p) for p in parts)
 
 
 def scene_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,7 +15,7 @@ from geocloud.products import PRODUCTS, resolve_products
 from geocloud.vectorize import VectorizeConfig
 
 from .main import setup_logging
-from .options import model_options, scene_options
+from .options import model_options, parse_band_numbers, scene_options
 from .progress import ProgressBar
 
 
@@ -91,9 +91,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
     config = ProcessConfig(
         model=model,
         sensor=sensor,
-        bands=tuple(int(b) for b in bands.split(","))
-        if bands and all(b.strip().isdigit() for b in bands.split(","))
-        else None,
+        bands=parse_band_numbers(bands),
         tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
         inference=InferenceConfig(device=device, batch_size=batch_size),
         threshold=ThresholdConfig(value=threshold, k=k),
@@ -101,8 +99,6 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
         decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),
         vector=VectorizeConfig(min_area_m2=min_area, simplify_px=simplify),
     )
-    if bands and config.bands is None:
-        raise ConfigError(f"--bands {bands!r} is not a list of band numbers; pass e.g. --bands 1,2,3,4")
     stems = [Path(s).stem for s in scenes]
     dup = {s for s in stems if stems.count(s) > 1}
     if dup:

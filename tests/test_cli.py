@@ -142,3 +142,12 @@ def test_sigterm_leaves_no_partial_files(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["info", "process"])
+def test_bad_bands_is_a_one_line_user_error(make_raster, tmp_path, command):
+    scene = make_raster("s.tif")
+    extra = ["-o", str(tmp_path / "o")] if command == "process" else []
+    r = CliRunner().invoke(cli, [command, str(scene), *extra, "--bands", "1,x,3,4"])
+    assert r.exit_code == 2, r.output
+    assert "--bands" in r.output and "Traceback" not in r.output
