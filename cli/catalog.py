@@ -77,7 +77,7 @@ _DEFAULTS = CatalogConfig()
 def catalog(inputs: tuple[str, ...], catalog: Path, workers: int, scheduler: str | None, products: str,
             outputs: Path | None, use_hash: bool, no_resume: bool, retry_errors: bool, thumb_size: int,
             no_html: bool, model: str, block_size: int, halo: int | None, feather: int, device: str,
-            batch_size: int, threshold: float | None, k: float | None, sensor: str | None, bands: str | None,
+            batch_size: int | None, threads: int | None, threshold: float | None, k: float | None, sensor: str | None, bands: str | None,
             scale: float | None, offset: float, sun_elevation: float | None, quiet: bool, debug: bool) -> None:  # fmt: skip
     """Catalogue the cloud cover of every scene under INPUT (files, folders, globs).
 
@@ -92,7 +92,7 @@ def catalog(inputs: tuple[str, ...], catalog: Path, workers: int, scheduler: str
         sensor=sensor,
         bands=parse_band_numbers(bands),
         tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
-        inference=InferenceConfig(device=device, batch_size=batch_size),
+        inference=InferenceConfig(device=device, batch_size=batch_size, threads=threads),
         threshold=ThresholdConfig(value=threshold, k=k),
         output=OutputConfig(products=parse_products(products), overwrite=True),
     )

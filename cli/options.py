@@ -44,7 +44,7 @@ def scene_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--model, --block-size, --halo, --feather, --device, --batch-size."""
+    """--model, --block-size, --halo, --feather, --device, --batch-size, --threads."""
     for opt in reversed(
         [
             click.option("--model", type=click.Choice(sorted(MODELS)), default=DEFAULT_MODEL, show_default=True,
@@ -62,8 +62,11 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
                          help="Width of the linear blend between blocks (default: the model's; 0: no blending)."),
             click.option("--device", default=InferenceConfig.device, show_default=True,
                          help="auto | cpu | cuda (auto picks CUDA when present)."),
-            click.option("--batch-size", type=click.IntRange(1), default=InferenceConfig.batch_size, show_default=True,
-                         help="Blocks per model call."),
+            click.option("--batch-size", type=click.IntRange(1), default=InferenceConfig.batch_size,
+                         help=f"Blocks per model call (default: {InferenceConfig.CPU_BATCH} on CPU, "
+                         f"{InferenceConfig.CUDA_BATCH} on CUDA)."),
+            click.option("--threads", type=click.IntRange(1), default=InferenceConfig.threads,
+                         help="Torch threads on CPU (default: the cores less 2, at least 1)."),
             click.option("--threshold", type=click.FloatRange(0, 1), default=ThresholdConfig.value,
                          help="Fixed score threshold, overriding the scene's statistical threshold."),
             click.option("--k", "k", type=float, default=ThresholdConfig.k,

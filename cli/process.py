@@ -77,7 +77,7 @@ def parse_products(text: str) -> tuple[str, ...]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, errors only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,
-            halo: int | None, feather: int, device: str, batch_size: int, threshold: float | None,
+            halo: int | None, feather: int, device: str, batch_size: int | None, threads: int | None, threshold: float | None,
             k: float | None, sensor: str | None, bands: str | None, scale: float | None, offset: float,
             sun_elevation: float | None, refine: bool, alpha_max: float, min_area: float, simplify: float,
             overwrite: bool, ortho: bool,
@@ -93,7 +93,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
         sensor=sensor,
         bands=parse_band_numbers(bands),
         tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
-        inference=InferenceConfig(device=device, batch_size=batch_size),
+        inference=InferenceConfig(device=device, batch_size=batch_size, threads=threads),
         threshold=ThresholdConfig(value=threshold, k=k),
         output=OutputConfig(products=parse_products(products), overwrite=overwrite),
         decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),

@@ -689,7 +689,12 @@ def build_catalog(
     skipped = len(rows)
     log.info("%d scenes: %d to process, %d unchanged", len(scenes), len(todo), skipped)
 
-    args = (outputs, thumbs, cfg.process, cfg.fingerprint, cfg.thumb_size, cfg.scene_kwargs)
+    process_cfg = cfg.process
+    if process_cfg.inference.threads is None and cfg.workers > 1 and not cfg.scheduler:
+        # local worker processes share the cores: split them rather than oversubscribe
+        threads = max(1, (os.cpu_count() or 1) // cfg.workers - 1)
+        process_cfg = replace(process_cfg, inference=replace(process_cfg.inference, threads=threads))
+    args = (outputs, thumbs, process_cfg, cfg.fingerprint, cfg.thumb_size, cfg.scene_kwargs)
     n_new = 0
     failed = 0
     last_write = [time.monotonic()]

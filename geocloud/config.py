@@ -7,7 +7,9 @@ with :func:`dataclasses.replace`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .declouding import DecloudConfig
 from .errors import ConfigError
@@ -73,17 +75,45 @@ class InferenceConfig:
     """Where and how models run."""
 
     device: str = "auto"  # auto | cpu | cuda
-    batch_size: int = 4
+    #: blocks per model call; None: :data:`CPU_BATCH` on CPU, :data:`CUDA_BATCH` on CUDA.
+    batch_size: int | None = None
+    #: torch threads on CPU; None: all cores but the ones the pipeline's reader, mosaic
+    #: and writer threads keep busy (:meth:`resolved_threads`).
+    threads: int | None = None
     #: number of reader threads feeding the model (GDAL releases the GIL).
     readers: int = 2
     #: mixed precision on CUDA.
     autocast: bool = True
 
+    #: On CPU one block per call was both fastest and smallest in memory (a 656 px block's
+    #: working set stays in cache): at 10000^2 with every matting product, batch 1 gave
+    #: 1172 MB peak RSS against 1364 MB for batch 4, and a shorter first pass.
+    CPU_BATCH: ClassVar[int] = 1
+    CUDA_BATCH: ClassVar[int] = 8
+
+    def resolved_batch_size(self, device: str) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return self.CUDA_BATCH if device.startswith("cuda") else self.CPU_BATCH
+
+    def resolved_threads(self) -> int:
+        """Torch threads on CPU: ``threads``, or the core count less 2 (at least 1).
+
+        The pipeline runs the model in one thread while others read, mosaic and write. On
+        the 2-core machine at 10000^2 with every matting product, 2 torch threads competing
+        with those gave a first pass of 16.7 s against 14.1 s with 1 thread.
+        """
+        if self.threads is not None:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) - 2)
+
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device {self.device!r} is unknown; pass --device auto, cpu or cuda")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size {self.batch_size} must be at least 1; pass --batch-size 1 or more")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads {self.threads} must be at least 1; pass --threads 1 or more")
 
 
 @dataclass(frozen=True)

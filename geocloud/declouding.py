@@ -457,6 +457,17 @@ class MattingStats:
         self.sum_clear += float(alpha[cl].sum(dtype=np.float64))
         self.recovered += int((ok & (alpha <= self.cfg.alpha_max)).sum())
 
+    def merge(self, other: MattingStats | None) -> None:
+        """Add the counts of ``other`` (gathered on another window, e.g. another thread)."""
+        if other is None:
+            return
+        self.thin += other.thin
+        self.thick += other.thick
+        self.clear += other.clear
+        self.recovered += other.recovered
+        self.sum_cloud += other.sum_cloud
+        self.sum_clear += other.sum_clear
+
     def result(self) -> dict[str, object]:
         """``{"matting": {...}}``: counts of thin (alpha < ``thin_tau``) and thick cloud
         pixels, their fractions of the valid pixels, the mean alpha over cloud and over

@@ -7,9 +7,11 @@ in the tiling's row-major order, which the mosaic relies on.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 
@@ -17,9 +19,27 @@ import numpy as np
 
 from .errors import ConfigError
 from .io import SceneReader
-from .models.base import CloudModel
+from .models.base import CloudModel, Region
 from .sensors import Radiometry
 from .tiling import Block
+
+
+@contextmanager
+def cpu_threads(device: str, n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``n`` for a CPU run, restored afterwards.
+
+    Does nothing on CUDA or when torch is not loaded (the spectral model never imports it).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or device != "cpu":
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def resolve_device(name: str) -> str:
@@ -27,7 +47,6 @@ def resolve_device(name: str) -> str:
     if name == "cpu":
         return "cpu"
     import os
-    import sys
 
     if name == "auto" and "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version"):
         return "cpu"  # no NVIDIA driver: skip importing torch (seconds) just to learn that
@@ -52,8 +71,10 @@ def resolve_device(name: str) -> str:
 @dataclass
 class BlockResult:
     block: Block
-    #: name -> (k, h, w) float32 views into the batch's output
+    #: name -> (k, r1 - r0, c1 - c0) float32 views into the batch's output, for the
+    #: block pixels ``region`` only
     maps: dict[str, np.ndarray]
+    region: Region
     #: (h, w) bool: where the input has data
     valid: np.ndarray
     block_prob: float | None
@@ -85,6 +106,22 @@ def _read_into(reader: SceneReader, radiometry: Radiometry, batch: _Batch, i: in
     # the physical-range check looks at every 4th row: enough to catch a wrong scaling
     sub = x[:, ::4][:, valid[::4]]
     return int(np.count_nonzero((sub < lo) | (sub > hi))), sub.size
+
+
+def weighted_region(blocks: list[Block]) -> Region:
+    """The smallest region holding every block's positive mosaic weight (the blocks of a
+    batch share one region; interior blocks lose their halo ring, edge blocks keep it on
+    the scene-edge side)."""
+    spans = []
+    for weights in ("weight_rows", "weight_cols"):
+        lo, hi = [], []
+        for b in blocks:
+            nz = np.flatnonzero(getattr(b, weights))
+            lo.append(int(nz[0]) if len(nz) else 0)
+            hi.append(int(nz[-1]) + 1 if len(nz) else 0)
+        spans.append((min(lo), max(hi)))
+    (r0, r1), (c0, c1) = spans
+    return r0, max(r1, r0), c0, max(c1, c0)
 
 
 def predict_blocks(
@@ -124,16 +161,18 @@ def predict_blocks(
             batch, futures = pending.popleft()
             counts = [f.result() for f in futures]
             refill()
+            region = weighted_region(batch.blocks)
+            r0, r1, c0, c1 = region
             if not batch.valid.any():
                 n = len(batch.blocks)
                 pred_maps = {
-                    k: np.zeros((n, c) + batch.x.shape[2:], np.float32) for k, c in model.spec.outputs.items()
+                    k: np.zeros((n, c, r1 - r0, c1 - c0), np.float32) for k, c in model.spec.outputs.items()
                 }
                 block_prob = None
             else:
-                pred = model.predict(batch.x, batch.valid)
+                pred = model.predict_region(batch.x, batch.valid, region)
                 pred_maps, block_prob = pred.maps, pred.block_prob
             for i, block in enumerate(batch.blocks):
                 maps = {k: m[i] for k, m in pred_maps.items()}
                 prob = None if block_prob is None else float(block_prob[i])
-                yield BlockResult(block, maps, batch.valid[i], prob, *counts[i])
+                yield BlockResult(block, maps, region, batch.valid[i], prob, *counts[i])

@@ -83,8 +83,14 @@ class StripAccumulator:
         self.top = upto
         return strip
 
-    def add(self, block: Block, maps: dict[str, np.ndarray], valid: np.ndarray) -> Iterator[Strip]:
-        """Add one block's maps ((k, h, w) each) and validity (h, w); yield the strips this makes final."""
+    def add(self, block: Block, maps: dict[str, np.ndarray], valid: np.ndarray,
+            region: tuple[int, int, int, int] | None = None) -> Iterator[Strip]:  # fmt: skip
+        """Add one block's maps and validity (h, w); yield the strips this makes final.
+
+        The maps ((k, r1 - r0, c1 - c0) each) cover the block pixels ``region`` =
+        (r0, r1, c0, c1) (default: the whole block); the block's weight must be zero
+        outside it.
+        """
         r0, c0 = int(block.window.row_off), int(block.window.col_off) - self.col0
         h, w = block.shape
         if r0 > self.top:
@@ -98,15 +104,22 @@ class StripAccumulator:
         if bh <= 0 or bw <= 0:
             return
         a0 = r0 - self.top
-        wr, wc = block.weight_rows[:bh], block.weight_cols[:bw]
         self.valid[a0 : a0 + bh, c0:cc1] = valid[:bh, :bw]
+        g0, g1, k0, k1 = region if region is not None else (0, h, 0, w)
+        g1, k1 = min(g1, bh), min(k1, bw)
+        if g1 <= g0 or k1 <= k0:
+            return
+        # from here on, rows and columns are relative to the region
+        wr, wc = block.weight_rows[g0:g1], block.weight_cols[k0:k1]
+        rh, rw = g1 - g0, k1 - k0
+        a0, c0 = a0 + g0, c0 + k0
         # the inner rectangle where the weight is exactly 1 is added without multiplying
         ones_r, ones_c = np.flatnonzero(wr == 1), np.flatnonzero(wc == 1)
         if len(ones_r) and len(ones_c):
             i0, i1, j0, j1 = ones_r[0], ones_r[-1] + 1, ones_c[0], ones_c[-1] + 1
         else:
             i0 = i1 = j0 = j1 = 0
-        frame = [(0, i0, 0, bw), (i1, bh, 0, bw), (i0, i1, 0, j0), (i0, i1, j1, bw)]
+        frame = [(0, i0, 0, rw), (i1, rh, 0, rw), (i0, i1, 0, j0), (i0, i1, j1, rw)]
         for k, s in self.sums.items():
             m = maps[k]
             if i1 > i0 and j1 > j0:

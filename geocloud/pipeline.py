@@ -18,9 +18,13 @@ import queue
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from rasterio.windows import Window
 from ._version import __version__
 from .config import ProcessConfig
 from .errors import ConfigError, InputError, OutputError
-from .inference import predict_blocks, resolve_device
+from .inference import BlockResult, cpu_threads, predict_blocks, resolve_device
 from .io import RasterSink, RasterSpec, SceneInfo, SceneReader, check_writable_dir, open_scene, partial_name
 from .models import build_model
 from .models.base import CloudModel, ModelSpec
@@ -52,6 +56,8 @@ GDAL_CACHE_MB = (96, 512)
 
 #: rows per window in the second pass.
 PASS2_ROWS = 256
+#: threads computing second-pass windows (mask, clear product) side by side.
+PASS2_WORKERS = 2
 #: warn when more than this fraction of valid reflectances fall outside REFLECTANCE_RANGE.
 OUT_OF_RANGE_WARN = 0.02
 
@@ -129,15 +135,17 @@ def load_model_for(config: ProcessConfig) -> CloudModel:
     return build_model(config.model, resolve_device(config.inference.device), maps)
 
 
-class _Writer:
-    """A background thread that performs queued writes; errors surface in ``put``/``close``."""
+class _Worker:
+    """A background thread that runs queued jobs in order; errors surface in ``put``/``close``.
 
-    def __init__(self) -> None:
-        self.q: queue.Queue[Callable[[], None] | None] = queue.Queue(
-            maxsize=1
-        )  # one strip waiting: overlap without a backlog in RAM
+    ``backlog`` bounds the jobs waiting (and the arrays they hold) so the stages overlap
+    without a backlog in RAM.
+    """
+
+    def __init__(self, name: str, backlog: int = 1) -> None:
+        self.q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=backlog)
         self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._run, name="geocloud-write", daemon=True)
+        self.t = threading.Thread(target=self._run, name=f"geocloud-{name}", daemon=True)
         self.t.start()
 
     def _run(self) -> None:
@@ -211,6 +219,7 @@ def process_scene(
     device = resolve_device(config.inference.device)
     if model is None:
         model = build_model(config.model, device, needed_maps)
+    batch_size = config.inference.resolved_batch_size(device)
     spec = model.spec
     missing = needed_maps - set(spec.outputs)
     if missing:
@@ -232,7 +241,9 @@ def process_scene(
     sinks: dict[str, RasterSink] = {}
     reader = SceneReader(info, radiometry.indexes)
     timings: dict[str, float] = {}
+    cleanup = ExitStack()
     try:
+        cleanup.enter_context(cpu_threads(device, config.inference.resolved_threads()))
         # ---- pass 1: infer, mosaic, write maps
         map_channels = {k: spec.outputs[k] for k in sorted(needed_maps)}
         map_sinks: dict[str, RasterSink] = {}
@@ -254,7 +265,8 @@ def process_scene(
         score_stats = ScoreStats(info.height, info.width, cloudy_above=spec.default_threshold)
         out_of_range = checked = valid_seen = 0
         block_probs: list[float] = []
-        writer = _Writer()
+        writer = _Worker("write")  # writes strips to the sinks
+        mosaicker = _Worker("mosaic", backlog=batch_size)  # blends blocks into strips
         n_blocks = sum(len(sw.block_cols) for sw in swaths) * len(tiling.rows.origins)
 
         def handle(strip: Strip, sw: Swath) -> None:
@@ -271,29 +283,38 @@ def process_scene(
 
             writer.put(job)
 
+        def add_block(acc: StripAccumulator, res: BlockResult, sw: Swath) -> None:
+            for strip in acc.add(res.block, res.maps, res.valid, res.region):
+                handle(strip, sw)
+
+        def finish_swath(acc: StripAccumulator, sw: Swath) -> None:
+            for strip in acc.finish():
+                handle(strip, sw)
+
         t0 = time.perf_counter()
         done = 0
         try:
-            for sw in swaths:
-                acc = StripAccumulator(sw.c1 - sw.c0, info.height, tiling.block_shape[0], map_channels,
-                                       row_weights=row_weights, col_weights=col_weights, col0=sw.c0)  # fmt: skip
-                for res in predict_blocks(
-                    reader, radiometry, swath_blocks(tiling, sw), model,
-                    batch_size=config.inference.batch_size, readers=config.inference.readers,
-                    reflectance_range=REFLECTANCE_RANGE,
-                ):  # fmt: skip
-                    done += 1
-                    out_of_range += res.out_of_range
-                    checked += res.checked
-                    if res.block_prob is not None:
-                        block_probs.append(res.block_prob)
-                    for strip in acc.add(res.block, res.maps, res.valid):
-                        handle(strip, sw)
-                    if progress:
-                        progress("infer", done, n_blocks)
-                for strip in acc.finish():
-                    handle(strip, sw)
-                del acc
+            try:
+                for sw in swaths:
+                    acc = StripAccumulator(sw.c1 - sw.c0, info.height, tiling.block_shape[0], map_channels,
+                                           row_weights=row_weights, col_weights=col_weights, col0=sw.c0)  # fmt: skip
+                    for res in predict_blocks(
+                        reader, radiometry, swath_blocks(tiling, sw), model,
+                        batch_size=batch_size, readers=config.inference.readers,
+                        reflectance_range=REFLECTANCE_RANGE,
+                    ):  # fmt: skip
+                        done += 1
+                        out_of_range += res.out_of_range
+                        checked += res.checked
+                        if res.block_prob is not None:
+                            block_probs.append(res.block_prob)
+                        mosaicker.put(partial(add_block, acc, res, sw))
+                        if progress:
+                            progress("infer", done, n_blocks)
+                    mosaicker.put(partial(finish_swath, acc, sw))
+                    del acc
+            finally:
+                mosaicker.close()
         finally:
             writer.close()
         timings["read_infer_mosaic"] = time.perf_counter() - t0
@@ -333,20 +354,41 @@ def process_scene(
             for sw in swaths
             for row0 in range(0, info.height, PASS2_ROWS)
         ]
-        for i, window in enumerate(windows, start=1):
+
+        def classify_window(window: Window) -> tuple[Window, np.ndarray, Any, list[np.ndarray]]:
+            """Mask, statistics and second-pass products of one window (runs on a worker)."""
             maps = {name: s.read(window) for name, s in map_sinks.items()}
             valid = np.isfinite(maps["score"][0])
             mask = mask_rule(maps, threshold)
-            counts += np.bincount(mask.ravel(), minlength=256)
+            hist = np.bincount(mask.ravel(), minlength=256)
+            part = None
             if matting_stats is not None:
-                matting_stats.add(mask, maps["alpha"][0])
+                part = MattingStats(config.decloud)
+                part.add(mask, maps["alpha"][0])
             ctx = WindowContext(
                 window, maps, valid, threshold, mask, info, radiometry, reader, config.decloud
             )
-            for p, compute in pass2:
-                sinks[p.name].write_window(compute(ctx), int(window.row_off), int(window.col_off))
-            if progress:
-                progress("classify", i, len(windows))
+            return window, hist, part, [compute(ctx) for _, compute in pass2]
+
+        # windows are computed on PASS2_WORKERS threads (numpy and GDAL release the GIL) and
+        # written here, in order, a bounded number ahead
+        with ThreadPoolExecutor(PASS2_WORKERS, thread_name_prefix="geocloud-classify") as pool:
+            ahead: deque[Future[tuple[Window, np.ndarray, Any, list[np.ndarray]]]] = deque()
+            todo = iter(windows)
+            for i in range(1, len(windows) + 1):
+                while len(ahead) < PASS2_WORKERS:
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        break
+                    ahead.append(pool.submit(classify_window, nxt))
+                window, hist, part, outs = ahead.popleft().result()
+                counts += hist
+                if matting_stats is not None:
+                    matting_stats.merge(part)
+                for (p, _), out in zip(pass2, outs, strict=True):
+                    sinks[p.name].write_window(out, int(window.row_off), int(window.col_off))
+                if progress:
+                    progress("classify", i, len(windows))
         timings["classify"] = time.perf_counter() - t0
 
         # ---- finalize rasters under temporary names
@@ -427,6 +469,7 @@ def process_scene(
         partials.clear()
         return SceneResult(info.path, wanted, stats, warnings_out)
     finally:
+        cleanup.close()
         reader.close()
         for s in sinks.values():
             s.close()

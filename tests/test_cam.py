@@ -453,3 +453,37 @@ def test_cam_mosaic_is_block_size_independent(make_raster, tmp_path: Path) -> No
     ok = np.isfinite(a) & np.isfinite(b)
     assert ok.mean() > 0.5
     np.testing.assert_allclose(a[ok], b[ok], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["dilate_last", "dilate", "none"])
+@pytest.mark.parametrize("region", [(64, 192, 56, 200), (0, 200, 0, 256), (3, 97, 61, 250)])
+def test_predict_region_is_the_crop_of_predict(mode: str, region: tuple[int, int, int, int]) -> None:
+    """The engine asks only for a block's weighted region; it must equal the crop (to float rounding)."""
+    net = _net(64)
+    model = CamModel(net, CamSidecar(config=net.config, lpp_mode=mode, refine={"lo": 0.1, "hi": 0.2}))
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 4, 256, 256), dtype=np.float32) * 0.5
+    v = np.ones((2, 256, 256), bool)
+    v[1, :40] = False
+    full = model.predict(x, v)
+    part = model.predict_region(x, v, region)
+    r0, r1, c0, c1 = region
+    np.testing.assert_allclose(part.maps["score"], full.maps["score"][:, :, r0:r1, c0:c1], rtol=0, atol=1e-6)
+    assert part.maps["score"].shape == (2, 1, r1 - r0, c1 - c0)
+    # the block probability is the largest score over the region's valid pixels
+    expect = np.where(v[:, None, r0:r1, c0:c1], part.maps["score"], 0).reshape(2, -1).max(axis=1)
+    np.testing.assert_array_equal(part.block_prob, expect)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 20, 20), (1, 2, 17, 13)])
+def test_fast_pools_equal_torch_pooling(shape: tuple[int, ...]) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from geocloud.models.cam import _max2, _max2_dense
+
+    x = torch.randn(*shape)
+    assert torch.equal(_max2(x), F.max_pool2d(x, 2))
+    assert torch.equal(_max2_dense(x), F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1))
+    dense2 = F.max_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 2, stride=1, dilation=2)
+    assert torch.equal(_max2_dense(x, dilation=2), dense2)

@@ -451,3 +451,41 @@ def test_train_matting_end_to_end_tiny(shared_data, tmp_path) -> None:
     assert not set(m.spec.extra["training"]["val_chips"]) & set(m.spec.extra["training"]["train_chips"])
     p = m.predict(np.full((1, 4, 64, 64), 0.2, np.float32), np.ones((1, 64, 64), bool))
     assert np.isfinite(p.maps["alpha"]).all()
+
+
+@pytest.mark.parametrize("region", [(64, 192, 64, 192), (0, 192, 0, 256), (5, 101, 17, 250)])
+def test_matting_predict_region_is_the_crop_of_predict(region: tuple[int, int, int, int]) -> None:
+    """alpha and r_c for a block's weighted region equal the crop of the whole block's."""
+    from geocloud.models.matting import load
+
+    m = load("cpu")
+    rng = np.random.default_rng(4)
+    x = (rng.random((2, 4, 256, 256), dtype=np.float32) * 0.6).astype(np.float32)
+    v = np.ones((2, 256, 256), bool)
+    v[0, 100:120] = False
+    full = m.predict(x, v).maps
+    part = m.predict_region(x, v, region).maps
+    r0, r1, c0, c1 = region
+    for k in ("alpha", "reflectance", "score"):
+        np.testing.assert_allclose(part[k], full[k][:, :, r0:r1, c0:c1], rtol=0, atol=1e-6)
+
+
+def test_upsample_region_equals_crop_of_interpolate() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from geocloud.models.upsample import upsample_region
+
+    z = torch.randn(2, 3, 20, 17)
+    full = F.interpolate(z, scale_factor=8, mode="bilinear", align_corners=False)
+    for r0, r1, c0, c1 in [
+        (0, 160, 0, 136),
+        (8, 152, 8, 128),
+        (1, 9, 130, 136),
+        (77, 78, 0, 1),
+        (64, 160, 3, 99),
+    ]:
+        # equal up to float32 rounding (torch's kernel vectorises some widths differently)
+        torch.testing.assert_close(
+            upsample_region(z, 8, (r0, r1, c0, c1)), full[..., r0:r1, c0:c1], rtol=0, atol=1e-6
+        )

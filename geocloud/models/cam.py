@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .base import CANONICAL_BANDS, CloudModel, ModelSpec, Prediction
+from .base import CANONICAL_BANDS, CloudModel, ModelSpec, Prediction, Region
+from .upsample import upsample_region
 
 #: where the shipped weights live (package data).
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -147,6 +148,30 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tens
     return conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
 
 
+def _max2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)`` (stride 2, odd edges dropped), as two elementwise maxima of
+    strided views: the same values, about 10x faster than torch's CPU pooling kernel."""
+    h, w = x.shape[-2:]
+    x = x[..., : h - h % 2, : w - w % 2]
+    x = torch.maximum(x[..., 0::2], x[..., 1::2])
+    return torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+
+
+def _max2_dense(x: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """A 2x2 max pool at stride 1 (the pruned form of a stride-2 pool), same size out.
+
+    ``dilation=1``: ``max_pool2d(pad(x, (0, 1, 0, 1), replicate), 2, stride=1)``;
+    ``dilation=2``: ``max_pool2d(pad(x, (1, 1, 1, 1), replicate), 2, stride=1, dilation=2)``.
+    Computed as elementwise maxima of shifted views (replicate padding), which gives the
+    same values as torch's pooling kernel, much faster on CPU.
+    """
+    lo, hi = (0, 1) if dilation == 1 else (1, 1)
+    x = F.pad(x, (lo, hi, lo, hi), mode="replicate")
+    d = dilation
+    x = torch.maximum(x[..., :-d], x[..., d:])
+    return torch.maximum(x[..., :-d, :], x[..., d:, :])
+
+
 class DenseCam(nn.Module):
     """The pruned network: z map (B, 1, H/stem, W/stem) from the weights of a trained :class:`CamNet`.
 
@@ -213,19 +238,19 @@ class DenseCam(nn.Module):
             x = F.relu(F.conv2d(x, self.w2, self.b2, padding=1))
             x = F.relu(F.conv2d(x, self.w3, self.b3, padding=1))
         elif self.mode == "dilate":
-            x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+            x = _max2_dense(x)
             x = F.relu(F.conv2d(x, self.w2, self.b2, padding=2, dilation=2))
-            x = F.max_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 2, stride=1, dilation=2)
+            x = _max2_dense(x, dilation=2)
             x = F.relu(F.conv2d(x, self.w3, self.b3, padding=4, dilation=4))
         elif self.mode == "dilate_last":
-            x = F.max_pool2d(x, 2)
+            x = _max2(x)
             x = F.relu(F.conv2d(x, self.w2, self.b2, padding=1))
-            x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+            x = _max2_dense(x)
             x = F.relu(F.conv2d(x, self.w3, self.b3, padding=2, dilation=2))
         else:
-            x = F.max_pool2d(x, 2)
+            x = _max2(x)
             x = F.relu(F.conv2d(x, self.w2, self.b2, padding=1))
-            x = F.max_pool2d(x, 2)
+            x = _max2(x)
             x = F.relu(F.conv2d(x, self.w3, self.b3, padding=1))
         z = (x * self.cam_w).sum(dim=1, keepdim=True) + self.cam_b
         k = self.STRIDE[self.mode]
@@ -341,27 +366,30 @@ class CamModel(CloudModel):
             )
 
     @torch.no_grad()
-    def score_tensor(self, x: torch.Tensor, gate: bool = True) -> torch.Tensor:
+    def score_tensor(self, x: torch.Tensor, gate: bool = True, region: Region | None = None) -> torch.Tensor:
         """Score (B, 1, H, W) in [0, 1] for reflectance ``x`` (B, 4, H, W) on the model's device.
 
         ``gate=False`` leaves out the brightness gate (``predict`` applies it in numpy on CPU).
+        With ``region`` (block pixel rows r0:r1, columns c0:c1) only that part of the score
+        is upsampled and returned; it equals the crop of the whole score.
         """
         h, w = x.shape[-2:]
+        r0, r1, c0, c1 = region if region is not None else (0, h, 0, w)
         m = self.spec.block_multiple
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         if self.dense.pixel:
-            u = self.dense.logits(x)
+            u = self.dense.logits(x)[..., r0:r1, c0:c1]
             s = ((u - self.z_lo) / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
         else:
             # normalise at the CAM's own resolution, then upsample (fewer full-resolution passes)
             z = self.dense(x)
             z = z.sub_(self.z_lo).mul_(1.0 / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
-            s = F.interpolate(z, scale_factor=self.dense.stride, mode="bilinear", align_corners=False)
+            s = upsample_region(z, self.dense.stride, (r0, r1, c0, c1))
         if self.refine and gate:
-            s.mul_(self.brightness_gate(x))
-        return s[..., :h, :w]
+            s.mul_(self.brightness_gate(x[..., r0:r1, c0:c1]))
+        return s
 
     def brightness_gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel gate in [0, 1]: a ramp of min(blue, green, red) from ``lo`` to ``hi``.
@@ -386,22 +414,26 @@ class CamModel(CloudModel):
         np.clip(g, 0.0, 1.0, out=g)
         score[:, 0] *= g
 
-    @torch.no_grad()
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
+        return self.predict_region(x, valid, None)
+
+    @torch.no_grad()
+    def predict_region(self, x: np.ndarray, valid: np.ndarray, region: Region | None = None) -> Prediction:
         if x.ndim != 4 or x.shape[1] != len(self.spec.bands):
             raise ModelError(
                 f"model {self.spec.name!r} expects (B, {len(self.spec.bands)}, H, W) blocks of bands "
                 f"{','.join(self.spec.bands)}, got shape {tuple(x.shape)}; give a 4-band blue,green,red,nir scene"
             )
+        r0, r1, c0, c1 = region if region is not None else (0, x.shape[2], 0, x.shape[3])
         x = np.ascontiguousarray(x, dtype=np.float32)
         t = torch.from_numpy(x).to(self.device)
         on_cpu = self.device.type == "cpu"
-        s = self.score_tensor(t, gate=not on_cpu)
+        s = self.score_tensor(t, gate=not on_cpu, region=(r0, r1, c0, c1))
         score = np.ascontiguousarray(s.float().cpu().numpy())
         if on_cpu and self.refine:
-            self._gate_numpy(x, score)
+            self._gate_numpy(x[:, :, r0:r1, c0:c1], score)
         np.nan_to_num(score, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
-        v = np.asarray(valid, dtype=bool)
+        v = np.asarray(valid, dtype=bool)[:, r0:r1, c0:c1]
         block_prob = np.where(v[:, None], score, np.float32(0.0)).reshape(score.shape[0], -1).max(axis=1)
         return Prediction(maps={"score": score}, block_prob=block_prob.astype(np.float32))
 

@@ -42,7 +42,8 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from ..errors import ModelError
-from .base import CANONICAL_BANDS, CloudModel, ModelSpec, Prediction
+from .base import CANONICAL_BANDS, CloudModel, ModelSpec, Prediction, Region
+from .upsample import upsample_region
 
 #: average-pooling factor between the input block and the networks' grid.
 POOL = 8
@@ -187,9 +188,13 @@ def upsample(t: torch.Tensor, pool: int = POOL) -> torch.Tensor:
 
 
 def matte(
-    net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None
+    net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None, region: Region | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-resolution (alpha (B,1,H,W), r_c (B,C,H,W)) for reflectance ``x`` (H, W multiples of POOL)."""
+    """Full-resolution (alpha (B,1,H,W), r_c (B,C,H,W)) for reflectance ``x`` (H, W multiples of POOL).
+
+    With ``region`` (block pixel rows r0:r1, columns c0:c1) the network still sees the
+    whole block, but alpha and r_c are computed for the region only (equal to the crop).
+    """
     feats = pooled_features(x, valid)
     if not bool(torch.isfinite(feats).all()):  # NaN/inf in the input: treat as 0 (cheap check at low res)
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -198,7 +203,10 @@ def matte(
     nb = colour_lo.shape[1]
     cell_mean = feats[:, :nb] * FEATURE_SCALE + FEATURE_OFFSET
     offset_lo = alpha_lo - (slope_lo * cell_mean).sum(dim=1, keepdim=True)
-    up = upsample(torch.cat([offset_lo, slope_lo, colour_lo], dim=1))
+    up = upsample_region(torch.cat([offset_lo, slope_lo, colour_lo], dim=1), POOL, region)
+    if region is not None:
+        r0, r1, c0, c1 = region
+        x = x[..., r0:r1, c0:c1]
     alpha = (up[:, 1 : 1 + nb] * x).sum(dim=1, keepdim=True).add_(up[:, :1]).clamp_(0.0, 1.0)
     return alpha, alpha * up[:, 1 + nb :]
 
@@ -233,14 +241,18 @@ class MattingModel(CloudModel):
         self.device = torch.device(device)
         self.spec = spec if spec is not None else matting_spec()
 
-    @torch.inference_mode()
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
+        return self.predict_region(x, valid, None)
+
+    @torch.inference_mode()
+    def predict_region(self, x: np.ndarray, valid: np.ndarray, region: Region | None = None) -> Prediction:
         if x.ndim != 4 or x.shape[1] != len(self.spec.bands):
             raise ModelError(
                 f"matting model got an array of shape {x.shape}; expected (B, {len(self.spec.bands)}, H, W) "
                 f"reflectance in band order {','.join(self.spec.bands)}"
             )
         b, _, h, w = x.shape
+        region = region if region is not None else (0, h, 0, w)
         ph, pw = (-h) % POOL, (-w) % POOL
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         vt = torch.from_numpy(np.ascontiguousarray(valid, dtype=bool)).to(self.device)
@@ -248,11 +260,9 @@ class MattingModel(CloudModel):
         if ph or pw:  # the engine pads to block_multiple; be safe when called directly
             xt = nnf.pad(xt, (0, pw, 0, ph), mode="replicate")
             vt = nnf.pad(vt[:, None].float(), (0, pw, 0, ph), mode="replicate")[:, 0] > 0.5
-        alpha, r_c = matte(self.net, xt, None if all_valid else vt)
-        alpha = alpha[:, :, :h, :w]
-        r_c = r_c[:, :, :h, :w]
+        alpha, r_c = matte(self.net, xt, None if all_valid else vt, region)
         a = alpha.float().cpu().numpy()
-        # block_prob: a per-block summary only (mean opacity over the block, cheap: 1/64 of the pixels).
+        # block_prob: a per-block summary only (mean opacity over the region, cheap: 1/64 of the pixels).
         block_prob = a[:, 0, POOL // 2 :: POOL, POOL // 2 :: POOL].reshape(b, -1).mean(axis=1)
         return Prediction(
             maps={"score": a, "alpha": a, "reflectance": r_c.float().cpu().numpy()},
