@@ -1,7 +1,7 @@
 """Seamless mosaicking of overlapping block outputs in bounded memory.
 
 The scene is processed in swaths of columns (:func:`geocloud.tiling.make_swaths`, about
-8192 px wide).  Within a swath each block's maps are added into strip accumulators as
+``TilingConfig.swath_width``, 4096 px by default).  Within a swath each block's maps are added into strip accumulators as
 ``sum(w * v)`` with the block's feather weights (:mod:`geocloud.tiling`); the total weight
 is separable and computed once.  Blocks arrive in row-major order, so once a block row
 starts at row ``r`` every row above ``r`` is final: it is normalised and handed out, and
