@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from rasterio.windows import Window
 
 from .compositing import ALPHA_MAX, invert
 from .errors import ConfigError
@@ -302,19 +303,49 @@ def _window_config(ctx: object) -> DecloudConfig:
 
 
 def _window_matte(ctx: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, DecloudConfig]:
-    """(y reflectance, alpha, r_c, valid, config) of one pass-2 window (refined if asked)."""
+    """(y reflectance, alpha, r_c, valid, config) of one pass-2 window (refined if asked).
+
+    The refinement looks beyond the window: it runs on the window grown by
+    :data:`REFINE_OVERLAP` px on every side (within the scene) and keeps the window's part,
+    so neighbouring windows and swaths join without seams.  The result is computed once per
+    window and shared by the products that need it (clear, quality).
+    """
+    cache = getattr(ctx, "cache", None)
+    if cache is not None and "matte" in cache:
+        return cache["matte"]  # type: ignore[no-any-return]
     cfg = _window_config(ctx)
-    dn, valid_in = ctx.read_input()  # type: ignore[attr-defined]
+    window = ctx.window  # type: ignore[attr-defined]
+    read_maps = getattr(ctx, "read_maps", None)
+    r0, c0 = int(window.row_off), int(window.col_off)
+    h, w = int(window.height), int(window.width)
+    if cfg.refine and read_maps is not None:
+        info = ctx.scene  # type: ignore[attr-defined]
+        m = REFINE_OVERLAP
+        er0, ec0 = max(0, r0 - m), max(0, c0 - m)
+        er1, ec1 = min(info.height, r0 + h + m), min(info.width, c0 + w + m)
+        ext = Window(ec0, er0, ec1 - ec0, er1 - er0)
+        maps = read_maps(ext)
+        dn, valid_in = ctx.read_input(ext)  # type: ignore[attr-defined]
+        valid = np.isfinite(maps["score"][0]) & valid_in
+        inner = (slice(r0 - er0, r0 - er0 + h), slice(c0 - ec0, c0 - ec0 + w))
+    else:
+        maps = ctx.maps  # type: ignore[attr-defined]
+        dn, valid_in = ctx.read_input()  # type: ignore[attr-defined]
+        valid = ctx.valid & valid_in  # type: ignore[attr-defined]
+        inner = (slice(0, h), slice(0, w))
     y = ctx.radiometry.to_reflectance(dn)  # type: ignore[attr-defined]
-    maps = ctx.maps  # type: ignore[attr-defined]
     alpha = maps["alpha"][0]
     r_c = maps["reflectance"]
-    valid = ctx.valid & valid_in & np.isfinite(alpha) & np.isfinite(r_c).all(axis=0)  # type: ignore[attr-defined]
+    valid = valid & np.isfinite(alpha) & np.isfinite(r_c).all(axis=0)
     alpha = np.where(valid, alpha, 0.0).astype(np.float32)
     r_c = np.where(valid[None], r_c, 0.0).astype(np.float32)
     if cfg.refine and valid.any():
         alpha, r_c = refine_chunked(np.where(valid[None], y, 0.0), alpha, r_c, valid, cfg)
-    return y, alpha, r_c, valid, cfg
+    ys, xs = inner
+    out = (y[:, ys, xs], alpha[ys, xs], r_c[:, ys, xs], valid[ys, xs], cfg)
+    if cache is not None:
+        cache["matte"] = out
+    return out
 
 
 #: column chunk and overlap of :func:`refine_chunked` (bounded memory on wide windows).

@@ -355,9 +355,12 @@ def process_scene(
             for row0 in range(0, info.height, PASS2_ROWS)
         ]
 
+        def read_maps(window: Window) -> dict[str, np.ndarray]:
+            return {name: s.read(window) for name, s in map_sinks.items()}
+
         def classify_window(window: Window) -> tuple[Window, np.ndarray, Any, list[np.ndarray]]:
             """Mask, statistics and second-pass products of one window (runs on a worker)."""
-            maps = {name: s.read(window) for name, s in map_sinks.items()}
+            maps = read_maps(window)
             valid = np.isfinite(maps["score"][0])
             mask = mask_rule(maps, threshold)
             hist = np.bincount(mask.ravel(), minlength=256)
@@ -365,9 +368,8 @@ def process_scene(
             if matting_stats is not None:
                 part = MattingStats(config.decloud)
                 part.add(mask, maps["alpha"][0])
-            ctx = WindowContext(
-                window, maps, valid, threshold, mask, info, radiometry, reader, config.decloud
-            )
+            ctx = WindowContext(window, maps, valid, threshold, mask, info, radiometry, reader, config.decloud,
+                                read_maps=read_maps)  # fmt: skip
             return window, hist, part, [compute(ctx) for _, compute in pass2]
 
         # windows are computed on PASS2_WORKERS threads (numpy and GDAL release the GIL) and

@@ -46,10 +46,15 @@ class WindowContext:
     #: declouding settings (:class:`geocloud.declouding.DecloudConfig`: alpha_max, --refine);
     #: None means its defaults.
     decloud: Any = None
+    #: reads the mosaicked maps of any window of the scene (products that need context
+    #: beyond their window, such as ``--refine``); None when unavailable.
+    read_maps: Callable[[Window], dict[str, np.ndarray]] | None = None
+    #: results shared by the products of this window (e.g. the refined matte).
+    cache: dict[str, Any] = field(default_factory=dict)
 
-    def read_input(self) -> tuple[np.ndarray, np.ndarray]:
-        """The input DN of the selected bands for this window, and its validity."""
-        return self.reader.read(self.window)
+    def read_input(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The input DN of the selected bands for this window (or ``window``), and its validity."""
+        return self.reader.read(self.window if window is None else window)
 
 
 @dataclass(frozen=True)
