@@ -11,10 +11,13 @@ How it maps onto the engine:
   does (:func:`geocloud.pipeline.scene_radiometry`: vendor XML, tags, --sensor...);
 * pixel validity is GDAL's mask for the selected bands (plus finiteness), as
   :class:`geocloud.io.SceneReader` decides it, read lazily chunk by chunk;
-* the model runs on every chunk grown by the model's halo (``dask.array.overlap`` with
-  zero, invalid padding beyond the scene, like the engine's edge blocks) and the halo is
-  trimmed.  Models are *local* (see :mod:`geocloud.models.base`), so this equals the
-  engine's feathered mosaic up to float rounding;
+* the model runs on every chunk grown by the model's halo inside the scene
+  (``dask.array.overlap`` with no boundary padding: a chunk at the scene edge starts or
+  ends there, like the engine's edge blocks, and one at the far edge is padded with
+  invalid zeros to the model's block multiple, as the engine pads the scene), and the halo
+  is trimmed.  Models are *local* (see :mod:`geocloud.models.base`), so this equals the
+  engine's feathered mosaic up to float rounding, edges included, as long as the chunk
+  size is a multiple of the model's block multiple (8 for the CAM; the default 1024 is);
 * the scene threshold is a lazy reduction of :class:`geocloud.threshold.ScoreStats` over
   full-width strips, then :func:`geocloud.threshold.fit_threshold`; the mask is
   :func:`geocloud.threshold.classify` with it (0 clear, 1 cloud, 255 nodata).
@@ -66,16 +69,39 @@ def _valid_block(
     return valid
 
 
-def _score_block(x: np.ndarray, model: Any, n_bands: int) -> np.ndarray:
-    """(bands + 1, h, w): reflectance bands and validity -> (h, w) score, NaN where invalid."""
+def _score_block(x: np.ndarray, model: Any, n_bands: int, multiple: int = 1) -> np.ndarray:
+    """(bands + 1, h, w): reflectance bands and validity -> (h, w) score, NaN where invalid.
+
+    A block whose sides are not multiples of ``multiple`` (one at the far scene edge) is
+    padded with invalid zeros first, as the engine pads the scene.
+    """
     valid = x[n_bands] > 0.5
-    refl = np.ascontiguousarray(x[:n_bands], dtype=np.float32)
-    refl[:, ~valid] = 0.0
+    h, w = valid.shape
     if not valid.any():
         return np.full(valid.shape, np.nan, np.float32)
-    score = model.predict(refl[None], valid[None]).maps["score"][0, 0].astype(np.float32)
+    ph, pw = (-h) % multiple, (-w) % multiple
+    refl = np.zeros((n_bands, h + ph, w + pw), np.float32)
+    refl[:, :h, :w] = x[:n_bands]
+    ok = np.zeros((h + ph, w + pw), bool)
+    ok[:h, :w] = valid
+    refl[:, ~ok] = 0.0
+    score = model.predict(refl[None], ok[None]).maps["score"][0, 0, :h, :w].astype(np.float32)
     score[~valid] = np.nan
     return score
+
+
+def _aligned_chunks(n: int, size: int, multiple: int, halo: int) -> tuple[int, ...]:
+    """Chunk lengths along an axis of ``n`` px: about ``size`` each, every boundary a
+    multiple of ``multiple``, none shorter than ``halo`` (a short last one joins its neighbour)."""
+    size = max(multiple, -(-size // multiple) * multiple, -(-halo // multiple) * multiple)
+    out = [size] * (n // size)
+    rest = n - sum(out)
+    if rest:
+        if out and rest < halo:
+            out[-1] += rest
+        else:
+            out.append(rest)
+    return tuple(out) or (n,)
 
 
 def _partial_stats(strip: np.ndarray, row0: int, height: int, width: int, cloudy_above: float) -> np.ndarray:
@@ -148,13 +174,32 @@ def detect_clouds(
     valid = plane.map_blocks(_valid_block, path=str(info.path), indexes=tuple(radiometry.indexes), dtype=bool)
     stack = da.concatenate([refl, valid[None].astype(np.float32)], axis=0).rechunk({0: -1})
     n_bands = len(radiometry.indexes)
+    # chunks are grown by the halo inside the scene only: like the engine's edge blocks, a
+    # chunk at the scene edge starts (or ends) there, so the model sees the same edge.  Chunk
+    # edges sit on multiples of the model's block multiple (as the engine's block origins),
+    # and no chunk is thinner than the halo (dask would otherwise rechunk off that grid).
+    stack = stack.rechunk(
+        {1: _aligned_chunks(stack.shape[1], chunks, spec.block_multiple, halo),
+         2: _aligned_chunks(stack.shape[2], chunks, spec.block_multiple, halo)}
+    )  # fmt: skip
     if halo > 0:
-        grown = da.overlap.overlap(stack, depth={0: 0, 1: halo, 2: halo}, boundary={0: "none", 1: 0, 2: 0})
+        grown = da.overlap.overlap(
+            stack, depth={0: 0, 1: halo, 2: halo}, boundary={0: "none", 1: "none", 2: "none"}
+        )
     else:
         grown = stack
-    score_g = grown.map_blocks(_score_block, model=model, n_bands=n_bands, drop_axis=0, dtype=np.float32)
+    score_g = grown.map_blocks(
+        _score_block,
+        model=model,
+        n_bands=n_bands,
+        multiple=spec.block_multiple,
+        drop_axis=0,
+        dtype=np.float32,
+    )
     score = (
-        da.overlap.trim_internal(score_g, {0: halo, 1: halo}, boundary={0: 0, 1: 0}) if halo > 0 else score_g
+        da.overlap.trim_internal(score_g, {0: halo, 1: halo}, boundary={0: "none", 1: "none"})
+        if halo > 0
+        else score_g
     )
 
     h, w = score.shape
