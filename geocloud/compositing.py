@@ -24,7 +24,7 @@ ALPHA_MAX = 0.8
 
 def compose(x: T, alpha: T, r_c: T) -> T:
     """Composite a cloud layer over a background: ``y = r_c + (1 - alpha) * x``."""
-    return r_c + (1 - alpha) * x  # type: ignore[operator]
+    return r_c + (1 - alpha) * x  # type: ignore[operator,return-value]
 
 
 def invert(y: np.ndarray, alpha: np.ndarray, r_c: np.ndarray, alpha_max: float = ALPHA_MAX) -> np.ndarray:

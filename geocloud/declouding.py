@@ -312,7 +312,7 @@ def _window_matte(ctx: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     """
     cache = getattr(ctx, "cache", None)
     if cache is not None and "matte" in cache:
-        return cache["matte"]  # type: ignore[no-any-return]
+        return cache["matte"]
     cfg = _window_config(ctx)
     window = ctx.window  # type: ignore[attr-defined]
     read_maps = getattr(ctx, "read_maps", None)

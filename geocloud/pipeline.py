@@ -387,8 +387,8 @@ def process_scene(
                 counts += hist
                 if matting_stats is not None:
                     matting_stats.merge(part)
-                for (p, _), out in zip(pass2, outs, strict=True):
-                    sinks[p.name].write_window(out, int(window.row_off), int(window.col_off))
+                for (p, _), arr in zip(pass2, outs, strict=True):
+                    sinks[p.name].write_window(arr, int(window.row_off), int(window.col_off))
                 if progress:
                     progress("classify", i, len(windows))
         timings["classify"] = time.perf_counter() - t0

@@ -75,6 +75,9 @@ class CamConfig:
 class CamNet(nn.Module):
     """The block classifier with global convolutional pooling (see module docstring)."""
 
+    mean: torch.Tensor  # buffers, declared for the type checker
+    std: torch.Tensor
+
     def __init__(self, config: CamConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or CamConfig()
@@ -144,6 +147,7 @@ class CamNet(nn.Module):
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    assert bn.running_var is not None and bn.running_mean is not None  # track_running_stats
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
 
@@ -180,6 +184,21 @@ class DenseCam(nn.Module):
     upsampled x4 to 1/4).  BatchNorm is folded into the convolutions.
     """
 
+    # buffers, declared for the type checker
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    w3: torch.Tensor
+    b3: torch.Tensor
+    cam_w: torch.Tensor
+    cam_b: torch.Tensor
+    pw1: torch.Tensor
+    pb1: torch.Tensor
+    pw2: torch.Tensor
+    pb2: torch.Tensor
+    mix: torch.Tensor
+
     def __init__(self, net: CamNet, mode: str = "remove") -> None:
         super().__init__()
         if mode not in LPP_MODES:
@@ -200,6 +219,7 @@ class DenseCam(nn.Module):
             self.pixel = bool(net.config.pixel_hidden)
             if self.pixel:
                 m4, s4 = net.mean.view(4), net.std.view(4)
+                assert net.pix1.bias is not None and net.pix2.bias is not None
                 pw1 = net.pix1.weight[:, :, 0, 0] / s4  # (h, 4)
                 pb1 = net.pix1.bias - (net.pix1.weight[:, :, 0, 0] * (m4 / s4)).sum(dim=1)
                 self.register_buffer("pw1", pw1.detach().clone().view(-1, 4, 1, 1))

@@ -120,6 +120,7 @@ class MattingNet(nn.Module):
         self.head = nn.Conv2d(width, 1 + 2 * bands, 1)
         with torch.no_grad():  # slopes start at 0: plain bilinear upsampling of alpha
             self.head.weight[1 + bands :].zero_()
+            assert self.head.bias is not None
             self.head.bias[1 + bands :].zero_()
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -180,7 +180,8 @@ def load_tagged_archive(data_dir: Path, cfg: CamTrainConfig) -> TrainingData:
     """
     path = data_dir / "tags.csv"
     cache: dict[str, np.ndarray] = {}
-    clear, cloudy = [], []
+    clear: list[np.ndarray] = []
+    cloudy: list[np.ndarray] = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = {"scene", "row", "col", "size", "label"} - set(reader.fieldnames or [])
