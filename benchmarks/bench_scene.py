@@ -17,8 +17,12 @@ What it does:
    raster product asked for, plus the stats JSON.  The floor's outputs hold real data
    derived from the input (so they compress like the engine's), but no model runs.
 
-Targets (issue 2, spectral model, 2-core machine): >= 15 Mpx/s end to end, within 2x the
-I/O floor, peak RSS <= 1 GB, and the same RSS at 20000^2 as at 10000^2.
+Targets on the 2-core machine, chosen by the pipeline measured (:func:`targets_for`):
+
+* spectral model (issue 2): >= 15 Mpx/s end to end, within 2x the I/O floor, peak RSS
+  <= 1 GB, and the same RSS at 20000^2 as at 10000^2;
+* ``--model cam`` without matting products (issue 4): >= 3 Mpx/s, peak RSS <= 1.5 GB;
+* ``--model cam`` with alpha, reflectance or clear (issue 3): >= 3.5 Mpx/s, <= 1.5 GB.
 """
 
 from __future__ import annotations
@@ -36,9 +40,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_MPX_S = 15.0
 TARGET_FLOOR_RATIO = 2.0
-TARGET_RSS_MB = 1024.0
+MATTING_PRODUCTS = {"alpha", "reflectance", "clear", "quality"}
+
+
+def targets_for(model: str, products: str) -> tuple[float, float]:
+    """(Mpx/s, peak RSS MB) the issues ask of this pipeline on the 2-core machine."""
+    if model == "spectral":
+        return 15.0, 1024.0
+    if set(products.split(",")) & MATTING_PRODUCTS or model == "matting":
+        return 3.5, 1536.0
+    return 3.0, 1536.0
 
 
 def build_scene(size: int, cache_dir: Path, seed: int = 0, compress: str = "ZSTD") -> tuple[Path, float]:
@@ -271,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             "all_wall_s": [round(r["wall_s"], 2) for r in floor_runs],
         }
         result["engine_over_floor"] = round(best["wall_s"] / fbest["wall_s"], 2)
+    want_mpx, want_rss = targets_for(args.model, args.products)
     result["targets"] = {
-        "mpx_s>=15": result["engine"]["mpx_s"] >= TARGET_MPX_S,
-        "rss<=1GB": result["engine"]["peak_rss_mb"] <= TARGET_RSS_MB,
+        f"mpx_s>={want_mpx:g}": result["engine"]["mpx_s"] >= want_mpx,
+        f"rss<={want_rss:g}MB": result["engine"]["peak_rss_mb"] <= want_rss,
     }
     if floor_runs:
         result["targets"]["within_2x_floor"] = result["engine_over_floor"] <= TARGET_FLOOR_RATIO

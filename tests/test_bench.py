@@ -26,6 +26,13 @@ def test_bench_scene_runs_end_to_end(tmp_path: Path, capsys) -> None:
     assert res["scene"]["size"] == 300
     assert res["engine"]["mpx_s"] > 0 and res["engine"]["peak_rss_mb"] > 0
     assert res["io_floor"]["wall_s"] > 0 and res["engine_over_floor"] > 0
-    assert set(res["targets"]) == {"mpx_s>=15", "rss<=1GB", "within_2x_floor"}
+    assert set(res["targets"]) == {"mpx_s>=15", "rss<=1024MB", "within_2x_floor"}
     # the scene is cached, the outputs are cleaned up
     assert list(tmp_path.glob("GF1_WFV1_bench_300_*.tif")) and not list(tmp_path.glob("out-*"))
+
+
+def test_bench_targets_follow_the_pipeline() -> None:
+    bench = load_bench()
+    assert bench.targets_for("spectral", "mask,score,stats") == (15.0, 1024.0)
+    assert bench.targets_for("cam", "mask,score,stats") == (3.0, 1536.0)
+    assert bench.targets_for("cam", "mask,score,alpha,reflectance,clear,stats") == (3.5, 1536.0)

@@ -233,3 +233,51 @@ def test_outputs_are_cogs_with_overviews(tmp_path):
                 np.testing.assert_allclose(a, b, atol=2e-6, err_msg=f"{name} level {level}")
     leftovers = [p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_inference_defaults_resolve_per_device(monkeypatch):
+    import os
+
+    from geocloud.config import InferenceConfig
+    from geocloud.errors import ConfigError
+
+    cfg = InferenceConfig()
+    assert cfg.resolved_batch_size("cpu") == InferenceConfig.CPU_BATCH == 1
+    assert cfg.resolved_batch_size("cuda:0") == InferenceConfig.CUDA_BATCH
+    assert InferenceConfig(batch_size=3).resolved_batch_size("cpu") == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert cfg.resolved_threads() == 14
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert cfg.resolved_threads() == 1
+    assert InferenceConfig(threads=5).resolved_threads() == 5
+    with pytest.raises(ConfigError, match="--threads"):
+        InferenceConfig(threads=0).validate()
+
+
+def test_cpu_threads_are_set_for_the_run_and_restored():
+    import torch
+
+    from geocloud.inference import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads("cpu", 1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpu_threads("cuda", 1):  # not touched for a GPU run
+        assert torch.get_num_threads() == before
+
+
+def test_weighted_region_skips_the_halo_ring_of_inner_blocks():
+    from geocloud.inference import weighted_region
+    from geocloud.tiling import make_tiling
+
+    t = make_tiling(2000, 2000, block_size=656, halo=64, feather=16, multiple=8)
+    blocks = list(t)
+    first, inner = blocks[0], blocks[len(t.cols.origins) + 1]
+    assert weighted_region([inner]) == (64, 592, 64, 592)
+    assert weighted_region([first]) == (0, 592, 0, 592)  # scene edge: no halo ring to skip
+    assert weighted_region([first, inner]) == (0, 592, 0, 592)  # a batch shares one region
+    for b in (first, inner):
+        r0, r1, c0, c1 = weighted_region([b])
+        w = b.weights()
+        assert w[r0:r1, c0:c1].sum() == w.sum()  # nothing with weight is left out
