@@ -84,8 +84,6 @@ class InferenceConfig:
     threads: int | None = None
     #: number of reader threads feeding the model (GDAL releases the GIL).
     readers: int = 2
-    #: mixed precision on CUDA.
-    autocast: bool = True
 
     #: On CPU one block per call was both fastest and smallest in memory (a 656 px block's
     #: working set stays in cache): at 10000^2 with every matting product, batch 1 gave
