@@ -12,7 +12,7 @@ from geocloud.catalog import CATALOG_FORMATS, CatalogConfig, build_catalog
 from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
 from geocloud.products import PRODUCTS
 
-from .main import setup_logging
+from .logs import setup_logging
 from .options import model_options, parse_band_numbers, scene_options
 from .process import parse_products
 

@@ -11,7 +11,7 @@ from geocloud.evaluate import evaluate as evaluate_masks
 from geocloud.evaluate import pair_inputs
 from geocloud.io import atomic_write_text
 
-from .main import setup_logging
+from .logs import setup_logging
 
 
 @click.command()

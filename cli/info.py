@@ -9,7 +9,7 @@ import click
 from geocloud.config import ProcessConfig
 from geocloud.pipeline import describe_scene
 
-from .main import setup_logging
+from .logs import setup_logging
 from .options import parse_band_numbers, scene_options
 
 

@@ -7,9 +7,7 @@ the traceback.
 
 from __future__ import annotations
 
-import logging
 import sys
-import warnings
 from typing import Any
 
 import click
@@ -18,28 +16,12 @@ from geocloud._version import __version__
 from geocloud.errors import GeocloudError
 
 
-class _OneLineFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"geocloud: {record.levelname.lower()}: {record.getMessage()}"
-
-
-def setup_logging(quiet: bool, debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter())
-    root = logging.getLogger("geocloud")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    root.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
-    if not debug:
-        warnings.filterwarnings("ignore", module="rasterio")
-
-
 class GeocloudGroup(click.Group):
     """A click group whose commands report errors in one line."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"geocloud: error: {exc.format_message()}{hint}", err=True)

@@ -14,7 +14,7 @@ from geocloud.pipeline import load_model_for, process_scene
 from geocloud.products import PRODUCTS, resolve_products
 from geocloud.vectorize import VectorizeConfig
 
-from .main import setup_logging
+from .logs import setup_logging
 from .options import model_options, parse_band_numbers, scene_options
 from .progress import ProgressBar
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .main import setup_logging
+from .logs import setup_logging
+
+if TYPE_CHECKING:
+    from geocloud.training.cam import CamTrainConfig
 
 
 @click.group()
@@ -19,7 +23,7 @@ def train() -> None:
     """Train a model on your own data (see docs/cam.md)."""
 
 
-def _defaults():  # type: ignore[no-untyped-def]
+def _defaults() -> CamTrainConfig:
     from geocloud.training.cam import CamTrainConfig
 
     return CamTrainConfig()
@@ -81,7 +85,7 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
     from geocloud.training.cam import run_training
 
     setup_logging(quiet, False)
-    changes = {
+    changes: dict[str, Any] = {
         k: v
         for k, v in dict(
             epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, threads=threads,

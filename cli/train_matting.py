@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .main import setup_logging
+from .logs import setup_logging
 from .train import train
 
+if TYPE_CHECKING:
+    from geocloud.training.matting import MattingTrainConfig
 
-def _defaults():  # type: ignore[no-untyped-def]
+
+def _defaults() -> MattingTrainConfig:
     from geocloud.training.matting import MattingTrainConfig
 
     return MattingTrainConfig()
@@ -61,7 +65,7 @@ def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | Non
     from geocloud.training.matting_eval import evaluate_real, evaluate_synthetic
 
     setup_logging(quiet, False)
-    changes = {
+    changes: dict[str, Any] = {
         k: v
         for k, v in {
             "gan_steps": gan_steps,
