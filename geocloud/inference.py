@@ -75,6 +75,8 @@ class BlockResult:
     #: block pixels ``region`` only
     maps: dict[str, np.ndarray]
     region: Region
+    #: name -> (k, h / cell, w / cell) low-resolution maps of the whole block (``spec.cells``)
+    cells: dict[str, np.ndarray]
     #: (h, w) bool: where the input has data
     valid: np.ndarray
     block_prob: float | None
@@ -165,14 +167,23 @@ def predict_blocks(
             r0, r1, c0, c1 = region
             if not batch.valid.any():
                 n = len(batch.blocks)
+                spec = model.spec
                 pred_maps = {
-                    k: np.zeros((n, c, r1 - r0, c1 - c0), np.float32) for k, c in model.spec.outputs.items()
+                    k: np.zeros((n, c, r1 - r0, c1 - c0), np.float32)
+                    for k, c in spec.outputs.items()
+                    if k not in spec.derived
+                }
+                h, w = batch.x.shape[2:]
+                cs = spec.cell_size
+                pred_cells = {
+                    k: np.zeros((n, c, -(-h // cs), -(-w // cs)), np.float32) for k, c in spec.cells.items()
                 }
                 block_prob = None
             else:
                 pred = model.predict_region(batch.x, batch.valid, region)
-                pred_maps, block_prob = pred.maps, pred.block_prob
+                pred_maps, pred_cells, block_prob = pred.maps, pred.cells, pred.block_prob
             for i, block in enumerate(batch.blocks):
                 maps = {k: m[i] for k, m in pred_maps.items()}
+                cells = {k: m[i] for k, m in pred_cells.items()}
                 prob = None if block_prob is None else float(block_prob[i])
-                yield BlockResult(block, maps, region, batch.valid[i], prob, *counts[i])
+                yield BlockResult(block, maps, region, cells, batch.valid[i], prob, *counts[i])

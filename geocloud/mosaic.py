@@ -137,3 +137,72 @@ class StripAccumulator:
             if strip is None:
                 break
             yield strip
+
+
+class CellMosaic:
+    """Whole-scene weighted mean of low-resolution maps (one value per ``cell`` x ``cell``
+    pixels, e.g. the matte's cloud colour), kept in memory: about ``4 * (channels + 1)``
+    bytes per cell, 1/64 of the scene's pixels for 8 px cells (31 MB for 5 channels of a
+    100 Mpx scene).
+
+    Blocks start on multiples of ``cell`` (the engine aligns them to the block multiple),
+    so their cells fall on the scene's cell grid.  A block's weight at a cell is its blend
+    weight at the cell's centre pixel; each swath adds only the cells whose centres are in
+    its own columns, so blocks computed by two swaths count once.
+    """
+
+    def __init__(self, height: int, width: int, cell: int, channels: dict[str, int]):
+        self.cell = cell
+        self.width = width
+        self.rows, self.cols = -(-height // cell), -(-width // cell)
+        self.sums = {k: np.zeros((n, self.rows, self.cols), np.float32) for k, n in channels.items()}
+        self.weight = np.zeros((self.rows, self.cols), np.float32)
+
+    def add(self, block: Block, cells: dict[str, np.ndarray], x0: int, x1: int) -> None:
+        """Add one block's cell maps ((k, h / cell, w / cell) each) for scene columns [x0, x1)."""
+        c = self.cell
+        r0, c0 = int(block.window.row_off), int(block.window.col_off)
+        if r0 % c or c0 % c:
+            raise ValueError(f"block at ({r0}, {c0}) is not on the {c} px cell grid")
+        wr = block.weight_rows[c // 2 :: c]
+        wc = block.weight_cols[c // 2 :: c]
+        i0, j0 = r0 // c, c0 // c
+        # own cells: centre column j*c + c//2 in [x0, x1) (the last swath also takes the
+        # scene's last, partial cell, whose centre may lie past the edge); rows in the scene
+        jlo = max(j0, -(-(x0 - c // 2) // c))
+        jend = self.cols if x1 >= self.width else -(-(x1 - c // 2) // c)
+        jhi = min(j0 + len(wc), jend, self.cols)
+        ihi = min(i0 + len(wr), self.rows)
+        if jhi <= jlo or ihi <= i0:
+            return
+        w = np.outer(wr[: ihi - i0], wc[jlo - j0 : jhi - j0])
+        self.weight[i0:ihi, jlo:jhi] += w
+        for k, s in self.sums.items():
+            s[:, i0:ihi, jlo:jhi] += cells[k][:, : ihi - i0, jlo - j0 : jhi - j0] * w
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """The blended maps (k, rows, cols), normalised in place (the mosaic is spent); 0
+        where no block gave weight (outside the data)."""
+        ok = self.weight > 0
+        inv = np.divide(np.float32(1.0), self.weight, out=np.zeros_like(self.weight), where=ok)
+        for s in self.sums.values():
+            s *= inv
+        return self.sums
+
+
+def upsample_cells(grid: np.ndarray, cell: int, region: tuple[int, int, int, int]) -> np.ndarray:
+    """Pixels ``region`` = (r0, r1, c0, c1) of the scene of a (k, rows, cols) cell map,
+    bilinear between cell centres (as ``F.interpolate(scale_factor=cell, align_corners=False)``
+    of the whole map, computed on the cells around the region only)."""
+    import torch
+
+    from .models.upsample import upsample_region
+
+    r0, r1, c0, c1 = region
+    i0, i1 = max(r0 // cell - 1, 0), min(-(-r1 // cell) + 1, grid.shape[1])
+    j0, j1 = max(c0 // cell - 1, 0), min(-(-c1 // cell) + 1, grid.shape[2])
+    z = torch.from_numpy(np.ascontiguousarray(grid[:, i0:i1, j0:j1]))[None]
+    dr, dc = i0 * cell, j0 * cell
+    with torch.inference_mode():
+        up = upsample_region(z, cell, (r0 - dr, r1 - dr, c0 - dc, c1 - dc))
+    return np.ascontiguousarray(up[0].numpy())

@@ -38,7 +38,7 @@ from .inference import BlockResult, cpu_threads, predict_blocks, resolve_device
 from .io import RasterSink, RasterSpec, SceneInfo, SceneReader, check_writable_dir, open_scene, partial_name
 from .models import build_model
 from .models.base import CloudModel, ModelSpec
-from .mosaic import Strip, StripAccumulator
+from .mosaic import CellMosaic, Strip, StripAccumulator, upsample_cells
 from .products import FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
 from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
@@ -127,6 +127,11 @@ def plan_products(names: tuple[str, ...]) -> tuple[list[RasterProduct], list[Fil
             if isinstance(dep, RasterProduct) and dep not in raster_products:
                 raster_products.append(dep)
     return raster_products, file_products, {"score"} | {m for p in raster_products for m in p.needs}
+
+
+def _copy_map(name: str, ctx: WindowContext) -> np.ndarray:
+    """Pass-2 window of a product that copies the (derived) map ``name``."""
+    return ctx.maps[name]
 
 
 def load_model_for(config: ProcessConfig) -> CloudModel:
@@ -245,7 +250,11 @@ def process_scene(
     try:
         cleanup.enter_context(cpu_threads(device, config.inference.resolved_threads()))
         # ---- pass 1: infer, mosaic, write maps
-        map_channels = {k: spec.outputs[k] for k in sorted(needed_maps)}
+        # derived maps (e.g. the matte's r_c) are formed in pass 2 from the other maps and
+        # the low-resolution cell maps, which are blended here at their own resolution
+        derived = [m for m in spec.derived if m in needed_maps]
+        map_channels = {k: spec.outputs[k] for k in sorted(needed_maps) if k not in derived}
+        cell_mosaic = CellMosaic(info.height, info.width, spec.cell_size, spec.cells) if derived else None
         map_sinks: dict[str, RasterSink] = {}
         for name, n in map_channels.items():
             rp = next((p for p in raster_products if p.from_map == name), None)
@@ -286,6 +295,8 @@ def process_scene(
         def add_block(acc: StripAccumulator, res: BlockResult, sw: Swath) -> None:
             for strip in acc.add(res.block, res.maps, res.valid, res.region):
                 handle(strip, sw)
+            if cell_mosaic is not None:
+                cell_mosaic.add(res.block, res.cells, sw.x0, sw.x1)
 
         def finish_swath(acc: StripAccumulator, sw: Swath) -> None:
             for strip in acc.finish():
@@ -334,8 +345,13 @@ def process_scene(
         # ---- threshold
         threshold = fit_threshold(score_stats, spec, config.threshold)
 
-        # ---- pass 2: window products
-        pass2 = [(p, p.compute) for p in raster_products if p.compute is not None]
+        # ---- pass 2: window products (and the products that copy a derived map)
+        pass2: list[tuple[RasterProduct, Callable[[WindowContext], np.ndarray]]] = [
+            (p, p.compute) for p in raster_products if p.compute is not None
+        ]
+        pass2 += [(p, partial(_copy_map, p.from_map)) for p in raster_products if p.from_map in derived]
+        cell_maps = cell_mosaic.finish() if cell_mosaic is not None else {}
+        cell_mosaic = None  # the maps above are its normalised sums; drop the rest
         for p, _ in pass2:
             lay = p.layout(info, spec.outputs)
             rspec = RasterSpec.like(info, count=lay.count, dtype=lay.dtype, nodata=lay.nodata,
@@ -356,7 +372,14 @@ def process_scene(
         ]
 
         def read_maps(window: Window) -> dict[str, np.ndarray]:
-            return {name: s.read(window) for name, s in map_sinks.items()}
+            maps = {name: s.read(window) for name, s in map_sinks.items()}
+            if derived:
+                r0, c0 = int(window.row_off), int(window.col_off)
+                r1, c1 = r0 + int(window.height), c0 + int(window.width)
+                up = {k: upsample_cells(g, spec.cell_size, (r0, r1, c0, c1)) for k, g in cell_maps.items()}
+                for name in derived:
+                    maps[name] = model.derive(name, maps, up)
+            return maps
 
         def classify_window(window: Window) -> tuple[Window, np.ndarray, Any, list[np.ndarray]]:
             """Mask, statistics and second-pass products of one window (runs on a worker)."""
@@ -372,25 +395,32 @@ def process_scene(
                                 read_maps=read_maps)  # fmt: skip
             return window, hist, part, [compute(ctx) for _, compute in pass2]
 
-        # windows are computed on PASS2_WORKERS threads (numpy and GDAL release the GIL) and
-        # written here, in order, a bounded number ahead
-        with ThreadPoolExecutor(PASS2_WORKERS, thread_name_prefix="geocloud-classify") as pool:
-            ahead: deque[Future[tuple[Window, np.ndarray, Any, list[np.ndarray]]]] = deque()
-            todo = iter(windows)
-            for i in range(1, len(windows) + 1):
-                while len(ahead) < PASS2_WORKERS:
-                    nxt = next(todo, None)
-                    if nxt is None:
-                        break
-                    ahead.append(pool.submit(classify_window, nxt))
-                window, hist, part, outs = ahead.popleft().result()
-                counts += hist
-                if matting_stats is not None:
-                    matting_stats.merge(part)
-                for (p, _), arr in zip(pass2, outs, strict=True):
-                    sinks[p.name].write_window(arr, int(window.row_off), int(window.col_off))
-                if progress:
-                    progress("classify", i, len(windows))
+        # windows are computed on PASS2_WORKERS threads (numpy and GDAL release the GIL), a
+        # bounded number ahead, and written in order by a writer thread, so writing overlaps the computing
+        def write_window(window: Window, outs: list[np.ndarray]) -> None:
+            for (p, _), arr in zip(pass2, outs, strict=True):
+                sinks[p.name].write_window(arr, int(window.row_off), int(window.col_off))
+
+        writer = _Worker("write")
+        try:
+            with ThreadPoolExecutor(PASS2_WORKERS, thread_name_prefix="geocloud-classify") as pool:
+                ahead: deque[Future[tuple[Window, np.ndarray, Any, list[np.ndarray]]]] = deque()
+                todo = iter(windows)
+                for i in range(1, len(windows) + 1):
+                    while len(ahead) < PASS2_WORKERS:
+                        nxt = next(todo, None)
+                        if nxt is None:
+                            break
+                        ahead.append(pool.submit(classify_window, nxt))
+                    window, hist, part, outs = ahead.popleft().result()
+                    counts += hist
+                    if matting_stats is not None:
+                        matting_stats.merge(part)
+                    writer.put(partial(write_window, window, outs))
+                    if progress:
+                        progress("classify", i, len(windows))
+        finally:
+            writer.close()
         timings["classify"] = time.perf_counter() - t0
 
         # ---- finalize rasters under temporary names

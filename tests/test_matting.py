@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -277,7 +279,8 @@ class _ConstMatting:
         outer = self
 
         class _M(CloudModel):
-            spec = matting_spec()
+            # r_c as a full-resolution map (no cells, nothing derived): the generic path
+            spec = dataclasses.replace(matting_spec(), cells={}, derived=())
 
             def predict(self, x, valid):  # type: ignore[no-untyped-def]
                 from geocloud.models.base import Prediction
@@ -455,19 +458,29 @@ def test_train_matting_end_to_end_tiny(shared_data, tmp_path) -> None:
 
 @pytest.mark.parametrize("region", [(64, 192, 64, 192), (0, 192, 0, 256), (5, 101, 17, 250)])
 def test_matting_predict_region_is_the_crop_of_predict(region: tuple[int, int, int, int]) -> None:
-    """alpha and r_c for a block's weighted region equal the crop of the whole block's."""
+    """alpha for a block's weighted region equals the crop of the whole block's; the cloud
+    colour comes as whole-block cells, and r_c = alpha x upsampled colour (derived)."""
     from geocloud.models.matting import load
+    from geocloud.models.upsample import upsample_region
 
     m = load("cpu")
     rng = np.random.default_rng(4)
     x = (rng.random((2, 4, 256, 256), dtype=np.float32) * 0.6).astype(np.float32)
     v = np.ones((2, 256, 256), bool)
     v[0, 100:120] = False
-    full = m.predict(x, v).maps
-    part = m.predict_region(x, v, region).maps
+    full = m.predict(x, v)
+    part = m.predict_region(x, v, region)
     r0, r1, c0, c1 = region
-    for k in ("alpha", "reflectance", "score"):
-        np.testing.assert_allclose(part[k], full[k][:, :, r0:r1, c0:c1], rtol=0, atol=1e-6)
+    assert set(part.maps) == {"score", "alpha"} and m.spec.derived == ("reflectance",)
+    for k in ("alpha", "score"):
+        np.testing.assert_allclose(part.maps[k], full.maps[k][:, :, r0:r1, c0:c1], rtol=0, atol=1e-6)
+    assert part.cells["colour"].shape == (2, 4, 32, 32)
+    np.testing.assert_array_equal(part.cells["colour"], full.cells["colour"])
+    import torch
+
+    up = upsample_region(torch.from_numpy(part.cells["colour"]), 8, region).numpy()
+    r_c = m.derive("reflectance", part.maps, {"colour": up})
+    np.testing.assert_allclose(r_c, full.maps["reflectance"][:, :, r0:r1, c0:c1], rtol=0, atol=1e-6)
 
 
 def test_upsample_region_equals_crop_of_interpolate() -> None:
@@ -519,3 +532,77 @@ def test_refined_products_have_no_window_or_swath_seams(make_raster, tmp_path, m
     # measured: 0 and 0.2 % with the overlap; 5 and 29 % without it (REFINE_OVERLAP = 0)
     assert np.abs(q1 - q2).max() <= 1  # quality in 1..100
     assert np.nanmax(np.abs(c1 - c2)) <= 0.005 * np.nanmax(c1)
+
+
+def test_cell_mosaic_blends_block_cells_and_counts_swath_edges_once() -> None:
+    from geocloud.mosaic import CellMosaic, upsample_cells
+    from geocloud.tiling import make_swaths, make_tiling, swath_blocks
+
+    t = make_tiling(300, 420, block_size=160, halo=32, feather=16, multiple=8)
+    swaths = make_swaths(t, 128, 8)
+    assert len(swaths) > 1
+    cm = CellMosaic(300, 420, 8, {"c": 2})
+    for sw in swaths:
+        for b in swath_blocks(t, sw):
+            h, w = b.shape
+            r0, c0 = int(b.window.row_off) // 8, int(b.window.col_off) // 8
+            ii, jj = np.meshgrid(np.arange(r0, r0 + h // 8), np.arange(c0, c0 + w // 8), indexing="ij")
+            cm.add(b, {"c": np.stack([ii * 1.0, jj * 2.0]).astype(np.float32)}, sw.x0, sw.x1)
+    out = cm.finish()["c"]
+    ii, jj = np.meshgrid(np.arange(cm.rows), np.arange(cm.cols), indexing="ij")
+    # every block gives a cell the same value, so the weighted mean is that value
+    np.testing.assert_allclose(out[0], ii, atol=1e-4)
+    np.testing.assert_allclose(out[1], 2 * jj, atol=1e-4)
+    # upsampling any window equals the same window of the whole upsampled map
+    whole = upsample_cells(out, 8, (0, 300, 0, 420))
+    np.testing.assert_allclose(
+        upsample_cells(out, 8, (37, 101, 250, 419)), whole[:, 37:101, 250:419], atol=1e-5
+    )
+
+
+def test_reflectance_from_cells_is_block_and_swath_size_independent(make_raster, tmp_path) -> None:
+    """The shipped matte through the engine: r_c (alpha x blended colour cells, second
+    pass) does not depend on the block size or the swath width."""
+    import rasterio
+
+    from geocloud.config import OutputConfig, ProcessConfig, TilingConfig
+    from geocloud.models.matting import WEIGHTS_FILE
+    from geocloud.pipeline import process_scene
+
+    if not WEIGHTS_FILE.exists():
+        pytest.skip("matting weights not shipped in this checkout")
+    src = make_raster("cells.tif", width=330, height=260, dtype="uint16", cloud_cover=0.5, collar=0)
+    out = {}
+    for bs, swath in ((240, 4096), (400, 4096), (240, 128)):
+        cfg = ProcessConfig(
+            tiling=TilingConfig(block_size=bs, swath_width=swath),
+            output=OutputConfig(products=("alpha", "reflectance", "clear")),
+        )
+        r = process_scene(src, tmp_path / f"o{bs}_{swath}", cfg)
+        with rasterio.open(r.outputs["reflectance"][0]) as f, rasterio.open(r.outputs["clear"][0]) as c:
+            out[bs, swath] = f.read(), c.read().astype(np.int64)
+        with rasterio.open(r.outputs["alpha"][0]) as a:
+            alpha = a.read(1)
+        # the cloud colour is positive everywhere, the scene's last partial cells included
+        # (330 = 41 * 8 + 2 columns), so r_c > 0 wherever alpha is
+        cloudy = np.isfinite(alpha) & (alpha > 0.05)
+        assert cloudy[:, -8:].any() and (out[bs, swath][0][:, cloudy] > 0).all()
+    ref, clear = out[400, 4096]
+    assert np.isfinite(ref).any()
+    # one 400 px block covers the scene: r_c equals the model's own on the padded scene
+    from geocloud.io import SceneReader, open_scene
+    from geocloud.models.matting import load
+    from geocloud.pipeline import scene_radiometry
+
+    info = open_scene(src)
+    rad = scene_radiometry(info, ProcessConfig())
+    with SceneReader(info, rad.indexes) as reader:
+        dn, valid = reader.read(rasterio.windows.Window(0, 0, 336, 264))  # padded to 8 like the engine
+    x = dn * np.asarray(rad.a, np.float32)[:, None, None] + np.asarray(rad.b, np.float32)[:, None, None]
+    x[:, ~valid] = 0
+    own = load("cpu").predict(x[None].astype(np.float32), valid[None]).maps["reflectance"][0, :, :260, :330]
+    ok = np.isfinite(ref).all(axis=0)
+    np.testing.assert_allclose(ref[:, ok], own[:, ok], atol=2e-5)
+    for k in ((240, 4096), (240, 128)):
+        np.testing.assert_allclose(out[k][0], ref, atol=2e-5, equal_nan=True)
+        assert np.abs(out[k][1] - clear).max() <= 1  # DN rounding

@@ -56,6 +56,15 @@ class ModelSpec:
     feather: int = 16
     #: the maps ``predict`` returns, name -> number of channels.  Must include "score".
     outputs: dict[str, int] = field(default_factory=lambda: {"score": 1})
+    #: low-resolution maps ``predict_region`` returns for the whole block, at one value per
+    #: ``cell_size`` x ``cell_size`` cell (name -> channels); the engine blends them at that
+    #: resolution (:class:`geocloud.mosaic.CellMosaic`).
+    cells: dict[str, int] = field(default_factory=dict)
+    cell_size: int = 8
+    #: maps of ``outputs`` that ``predict_region`` leaves out: the engine forms them per
+    #: window of the second pass with :meth:`CloudModel.derive` from the other maps and the
+    #: upsampled cell maps (e.g. the matte's r_c = alpha x cloud colour).
+    derived: tuple[str, ...] = ()
     #: clear-sky statistics of ``score`` and the calibrated k of mu + k*sigma.
     clear_mu: float = 0.0
     clear_sigma: float = 0.1
@@ -74,6 +83,8 @@ class Prediction:
     maps: dict[str, np.ndarray]
     #: optional per-block probability of "this block contains cloud", shape (B,).
     block_prob: np.ndarray | None = None
+    #: name -> float32 (B, k, H / cell_size, W / cell_size): ``spec.cells``, whole blocks.
+    cells: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class CloudModel(ABC):
@@ -95,7 +106,14 @@ class CloudModel(ABC):
         if region is None:
             return pred
         r0, r1, c0, c1 = region
-        return Prediction({k: v[:, :, r0:r1, c0:c1] for k, v in pred.maps.items()}, pred.block_prob)
+        return Prediction(
+            {k: v[:, :, r0:r1, c0:c1] for k, v in pred.maps.items()}, pred.block_prob, pred.cells
+        )
+
+    def derive(self, name: str, maps: dict[str, np.ndarray], cells: dict[str, np.ndarray]) -> np.ndarray:
+        """Form the derived map ``name`` (one of ``spec.derived``) for a window, from that
+        window's other maps (k, h, w) and its cell maps upsampled to pixels (k, h, w)."""
+        raise NotImplementedError(f"model {self.spec.name!r} derives no map {name!r}")
 
     @property
     def name(self) -> str:
@@ -126,24 +144,51 @@ class CombinedModel(CloudModel):
         multiple = primary.spec.block_multiple
         for h in helpers:
             multiple = math.lcm(multiple, h.spec.block_multiple)
+        cells = dict(primary.spec.cells)
+        derived = list(primary.spec.derived)
+        for h in helpers:
+            cells.update({k: v for k, v in h.spec.cells.items() if k not in cells})
+            derived += [d for d in h.spec.derived if d not in derived and d not in primary.spec.outputs]
+        sizes = {m.spec.cell_size for m in [primary, *helpers] if m.spec.cells}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"models with cell maps at different cell sizes {sorted(sizes)} cannot be combined"
+            )
         self.spec = replace(
             primary.spec,
             name="+".join([primary.spec.name] + [h.spec.name for h in helpers]),
             halo=max([primary.spec.halo] + [h.spec.halo for h in helpers]),
             block_multiple=multiple,
             outputs=outputs,
+            cells=cells,
+            cell_size=sizes.pop() if sizes else primary.spec.cell_size,
+            derived=tuple(derived),
         )
 
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
-        return self.predict_region(x, valid, None)
+        return self._merge(self.primary.predict(x, valid), [h.predict(x, valid) for h in self.helpers])
 
     def predict_region(self, x: np.ndarray, valid: np.ndarray, region: Region | None = None) -> Prediction:
-        pred = self.primary.predict_region(x, valid, region)
-        maps = dict(pred.maps)
-        for h in self.helpers:
-            for k, v in h.predict_region(x, valid, region).maps.items():
+        return self._merge(
+            self.primary.predict_region(x, valid, region),
+            [h.predict_region(x, valid, region) for h in self.helpers],
+        )
+
+    @staticmethod
+    def _merge(pred: Prediction, others: list[Prediction]) -> Prediction:
+        maps, cells = dict(pred.maps), dict(pred.cells)
+        for hp in others:
+            for k, v in hp.maps.items():
                 maps.setdefault(k, v)
-        return Prediction(maps=maps, block_prob=pred.block_prob)
+            for k, v in hp.cells.items():
+                cells.setdefault(k, v)
+        return Prediction(maps=maps, block_prob=pred.block_prob, cells=cells)
+
+    def derive(self, name: str, maps: dict[str, np.ndarray], cells: dict[str, np.ndarray]) -> np.ndarray:
+        for m in [self.primary, *self.helpers]:
+            if name in m.spec.derived:
+                return m.derive(name, maps, cells)
+        return super().derive(name, maps, cells)
 
     def describe(self) -> dict[str, Any]:
         d = self.primary.describe()

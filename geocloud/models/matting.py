@@ -188,13 +188,14 @@ def upsample(t: torch.Tensor, pool: int = POOL) -> torch.Tensor:
     return nnf.interpolate(t, scale_factor=pool, mode="bilinear", align_corners=False)
 
 
-def matte(
+def matte_cells(
     net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None, region: Region | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-resolution (alpha (B,1,H,W), r_c (B,C,H,W)) for reflectance ``x`` (H, W multiples of POOL).
+    """Full-resolution alpha (B,1,H,W) and the per-cell cloud colour c (B,C,H/POOL,W/POOL).
 
-    With ``region`` (block pixel rows r0:r1, columns c0:c1) the network still sees the
-    whole block, but alpha and r_c are computed for the region only (equal to the crop).
+    The network sees the whole block (H, W multiples of POOL); with ``region`` (block pixel
+    rows r0:r1, columns c0:c1) alpha is computed for the region only (equal to the crop).
+    The cloud reflectance is ``r_c = alpha * upsample(c)`` (:func:`matte`).
     """
     feats = pooled_features(x, valid)
     if not bool(torch.isfinite(feats).all()):  # NaN/inf in the input: treat as 0 (cheap check at low res)
@@ -204,12 +205,24 @@ def matte(
     nb = colour_lo.shape[1]
     cell_mean = feats[:, :nb] * FEATURE_SCALE + FEATURE_OFFSET
     offset_lo = alpha_lo - (slope_lo * cell_mean).sum(dim=1, keepdim=True)
-    up = upsample_region(torch.cat([offset_lo, slope_lo, colour_lo], dim=1), POOL, region)
+    up = upsample_region(torch.cat([offset_lo, slope_lo], dim=1), POOL, region)
     if region is not None:
         r0, r1, c0, c1 = region
         x = x[..., r0:r1, c0:c1]
-    alpha = (up[:, 1 : 1 + nb] * x).sum(dim=1, keepdim=True).add_(up[:, :1]).clamp_(0.0, 1.0)
-    return alpha, alpha * up[:, 1 + nb :]
+    alpha = (up[:, 1:] * x).sum(dim=1, keepdim=True).add_(up[:, :1]).clamp_(0.0, 1.0)
+    return alpha, colour_lo
+
+
+def matte(
+    net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None, region: Region | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-resolution (alpha (B,1,H,W), r_c (B,C,H,W)) for reflectance ``x`` (H, W multiples of POOL).
+
+    With ``region`` (block pixel rows r0:r1, columns c0:c1) the network still sees the
+    whole block, but alpha and r_c are computed for the region only (equal to the crop).
+    """
+    alpha, colour_lo = matte_cells(net, x, valid, region)
+    return alpha, alpha * upsample_region(colour_lo, POOL, region)
 
 
 # --------------------------------------------------------------------------- the model
@@ -222,6 +235,9 @@ def matting_spec(**extra: Any) -> ModelSpec:
         block_multiple=POOL,
         block_size=512,
         outputs={"score": 1, "alpha": 1, "reflectance": len(CANONICAL_BANDS)},
+        cells={"colour": len(CANONICAL_BANDS)},
+        cell_size=POOL,
+        derived=("reflectance",),
         clear_mu=0.0,
         clear_sigma=0.1,
         threshold_k=3.0,
@@ -243,10 +259,22 @@ class MattingModel(CloudModel):
         self.spec = spec if spec is not None else matting_spec()
 
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
-        return self.predict_region(x, valid, None)
+        """alpha, score (= alpha) and the cloud reflectance r_c of whole blocks, plus the
+        cells; ``reflectance`` is formed here with :meth:`derive`, as the engine does."""
+        pred = self.predict_region(x, valid, None)
+        colour = self._upsampled_colour(pred.cells["colour"], x.shape[2], x.shape[3])
+        pred.maps["reflectance"] = self.derive("reflectance", pred.maps, {"colour": colour})
+        return pred
+
+    @torch.inference_mode()
+    def _upsampled_colour(self, colour_lo: np.ndarray, h: int, w: int) -> np.ndarray:
+        up = upsample_region(torch.from_numpy(colour_lo), POOL, (0, h, 0, w))
+        return up.numpy()
 
     @torch.inference_mode()
     def predict_region(self, x: np.ndarray, valid: np.ndarray, region: Region | None = None) -> Prediction:
+        """alpha and score for ``region`` and the cloud colour cells of the whole block
+        (``reflectance`` is derived later, see :meth:`derive`)."""
         if x.ndim != 4 or x.shape[1] != len(self.spec.bands):
             raise ModelError(
                 f"matting model got an array of shape {x.shape}; expected (B, {len(self.spec.bands)}, H, W) "
@@ -261,13 +289,23 @@ class MattingModel(CloudModel):
         if ph or pw:  # the engine pads to block_multiple; be safe when called directly
             xt = nnf.pad(xt, (0, pw, 0, ph), mode="replicate")
             vt = nnf.pad(vt[:, None].float(), (0, pw, 0, ph), mode="replicate")[:, 0] > 0.5
-        alpha, r_c = matte(self.net, xt, None if all_valid else vt, region)
+        alpha, colour_lo = matte_cells(self.net, xt, None if all_valid else vt, region)
         a = alpha.float().cpu().numpy()
         # block_prob: a per-block summary only (mean opacity over the region, cheap: 1/64 of the pixels).
         block_prob = a[:, 0, POOL // 2 :: POOL, POOL // 2 :: POOL].reshape(b, -1).mean(axis=1)
         return Prediction(
-            maps={"score": a, "alpha": a, "reflectance": r_c.float().cpu().numpy()},
+            maps={"score": a, "alpha": a},
             block_prob=block_prob.astype(np.float32),
+            cells={"colour": colour_lo.float().cpu().numpy()},
+        )
+
+    def derive(self, name: str, maps: dict[str, np.ndarray], cells: dict[str, np.ndarray]) -> np.ndarray:
+        """``reflectance`` = r_c = alpha x the upsampled cloud colour (k, h, w) or (B, k, h, w)."""
+        if name != "reflectance":
+            return super().derive(name, maps, cells)
+        alpha = maps["alpha"]
+        return np.multiply(
+            alpha, cells["colour"][..., : alpha.shape[-2], : alpha.shape[-1]], dtype=np.float32
         )
 
     def describe(self) -> dict[str, Any]:
