@@ -281,3 +281,33 @@ def test_weighted_region_skips_the_halo_ring_of_inner_blocks():
         r0, r1, c0, c1 = weighted_region([b])
         w = b.weights()
         assert w[r0:r1, c0:c1].sum() == w.sum()  # nothing with weight is left out
+
+
+class _BadShapeModel(CloudModel):
+    """Returns maps one row short: the mosaic (on its own thread) must fail loudly."""
+
+    def __init__(self):
+        self.spec = ModelSpec(name="badshape", outputs={"score": 1}, default_threshold=0.5)
+
+    def predict(self, x, valid):
+        return Prediction({"score": np.zeros_like(x[:, :1, :-1])})
+
+
+def test_errors_on_worker_threads_surface_and_leave_no_outputs(tmp_path, monkeypatch):
+    """An error in the mosaic thread (pass 1) or a second-pass worker propagates to the
+    caller, and the output folder is left as it was (no partial or hidden files)."""
+    import geocloud.pipeline as pipeline
+
+    scene = write_scene(tmp_path / "s.tif", coord_scene(260, 300))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError):
+        run(scene, out, _BadShapeModel(), 128)
+    assert list(out.iterdir()) == []
+
+    def boom(maps, threshold):
+        raise RuntimeError("second pass failed")
+
+    monkeypatch.setattr(pipeline, "mask_rule", boom)
+    with pytest.raises(RuntimeError, match="second pass failed"):
+        run(scene, out, BoxModel(), 128)
+    assert list(out.iterdir()) == []
