@@ -1,12 +1,13 @@
 """Seamless mosaicking of overlapping block outputs in bounded memory.
 
-The scene is processed in swaths of columns (:func:`geocloud.tiling.make_swaths`, about
-``TilingConfig.swath_width``, 4096 px by default).  Within a swath each block's maps are added into strip accumulators as
-``sum(w * v)`` with the block's feather weights (:mod:`geocloud.tiling`); the total weight
-is separable and computed once.  Blocks arrive in row-major order, so once a block row
+The scene is processed in swaths of columns (:func:`geocloud.tiling.make_swaths`, at most
+``TilingConfig.swath_width``, 4096 px by default).  Within a swath each block's maps are
+added into strip accumulators as ``sum(w * v)`` with the block's feather weights
+(:mod:`geocloud.tiling`); the total weight is separable and computed once.  Blocks arrive in row-major order, so once a block row
 starts at row ``r`` every row above ``r`` is final: it is normalised and handed out, and
 the strip slides down.  Memory is about ``channels * swath_width * block_height * 4``
-bytes, independent of the scene's size.
+bytes, independent of the scene's size.  Low-resolution cell maps (the matte's cloud
+colour) are blended for the whole scene at their own resolution by :class:`CellMosaic`.
 
 The blend weights are multiples of ``1/feather``; with the default feather of 16 px a
 model that returns the same value from every block (the contract of

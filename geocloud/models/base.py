@@ -20,7 +20,10 @@ carries mosaic weight (the block minus its zero-weight halo ring, except on side
 touch the scene edge), and gets maps for that region only.  The default crops
 ``predict``'s maps; models with full-resolution work after a low-resolution network
 (the CAM's and the matte's upsampling) override it to skip the halo ring, which is 39 %
-of a default 656 px block.  Cropped maps must equal the crop of the full maps.
+of a default 656 px block.  Cropped maps must equal the crop of the full maps.  A model
+may also return low-resolution *cell* maps for the whole block (``spec.cells``) and leave
+out maps the engine can form later from them (``spec.derived``, :meth:`CloudModel.derive`):
+the matte's r_c = alpha x cloud colour is made that way, per window of the second pass.
 """
 
 from __future__ import annotations
@@ -151,7 +154,9 @@ class CombinedModel(CloudModel):
             derived += [d for d in h.spec.derived if d not in derived and d not in primary.spec.outputs]
         sizes = {m.spec.cell_size for m in [primary, *helpers] if m.spec.cells}
         if len(sizes) > 1:
-            raise ValueError(
+            from ..errors import ModelError
+
+            raise ModelError(
                 f"models with cell maps at different cell sizes {sorted(sizes)} cannot be combined"
             )
         self.spec = replace(
