@@ -403,7 +403,7 @@ def test_cli_ortho_warps_rpc_outputs(tmp_path):
 
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from geocloud.cli.main import cli
     from geocloud.synthetic import make_scene
 
     with warnings.catch_warnings():
