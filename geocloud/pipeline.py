@@ -457,6 +457,10 @@ def process_scene(
             "sensor": radiometry.as_dict(),
             "model": model.describe(),
             "device": device,
+            "inference": {
+                "batch_size": batch_size,
+                "torch_threads": config.inference.resolved_threads() if device == "cpu" else None,
+            },
             "size": {"width": info.width, "height": info.height, "bands": info.count, "dtype": info.dtype},
             "georeferencing": info.georef_kind,
             "crs": info.crs.to_string() if info.crs else None,
