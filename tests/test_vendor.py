@@ -402,8 +402,8 @@ def test_cli_ortho_warps_rpc_outputs(tmp_path):
     import warnings
 
     from click.testing import CliRunner
-
     from geocloud.cli.main import cli
+
     from geocloud.synthetic import make_scene
 
     with warnings.catch_warnings():
