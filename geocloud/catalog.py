@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import OutputConfig, ProcessConfig
-from .errors import ConfigError, GeocloudError, OutputError
+from .errors import ConfigError, GeocloudError
+from .io import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -490,20 +491,13 @@ def write_catalog(rows: list[dict[str, Any]], path: Path) -> Path:
         )
     rows = sorted(rows, key=lambda r: r["path"])
     df = _frame(rows)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
+    with atomic_output(path, keep_suffix=True, what="catalogue ") as tmp:
         if fmt == "csv":
             df.to_csv(tmp, index=False)
         elif fmt == "parquet":
             _write_geoparquet(df, tmp)
         else:
             _write_gpkg(df, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write catalogue {path} ({exc}); check the folder") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

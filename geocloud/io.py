@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,15 +281,43 @@ def partial_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.partial")
 
 
-def atomic_write_text(final: Path, text: str) -> None:
-    """Write ``text`` to ``final`` through a temporary file and a rename."""
-    tmp = partial_name(final)
+@contextmanager
+def atomic_output(
+    final: Path,
+    *,
+    keep_suffix: bool = False,
+    what: str = "",
+    errors: tuple[type[BaseException], ...] = (OSError,),
+) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; when the block completes it is renamed onto
+    ``final``, otherwise removed, so no file that looks finished is ever left half written.
+
+    ``keep_suffix`` keeps ``final``'s extension at the end of the temporary name (for writers
+    that choose the format from it).  ``errors`` raised in the block or by the rename become
+    an :class:`OutputError` naming the file (``what`` prefixes it, e.g. ``"catalogue "``).
+    """
+    tmp = (
+        final.with_name(f".{final.stem}.{os.getpid()}.partial{final.suffix}")
+        if keep_suffix
+        else partial_name(final)
+    )
+    tmp.unlink(missing_ok=True)  # a stale one would make some drivers append or refuse
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, final)
+    except OutputError:
+        raise
+    except errors as exc:
+        raise OutputError(f"cannot write {what}{final} ({exc}); check the output folder") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_write_text(final: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``final`` through a temporary file and a rename."""
+    with atomic_output(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _halve(a: np.ndarray, resampling: str) -> np.ndarray:

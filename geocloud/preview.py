@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError
+from .io import atomic_output
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,9 @@ def encode_png(image: np.ndarray) -> bytes:
 def write_png(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write a PNG atomically (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_bytes(encode_png(image))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc}); check the output folder") from exc
+    data = encode_png(image)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .io import atomic_write_text
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2630;background:#f7f8fa}
@@ -209,13 +209,5 @@ def write_html(
 ) -> Path:
     """Write the page atomically beside the catalogue."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(render_html(rows, path.parent, title), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc}); check the folder") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, render_html(rows, path.parent, title))
     return path

@@ -38,7 +38,8 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, mapping
 
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError
+from .io import atomic_output, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -342,12 +343,7 @@ def write_geojson(
         b = np.array([shapely.bounds(g) for g in wgs])
         doc["bbox"] = [round(float(b[:, 0].min()), precision), round(float(b[:, 1].min()), precision),
                        round(float(b[:, 2].max()), precision), round(float(b[:, 3].max()), precision)]  # fmt: skip
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc}); check the output folder") from exc
+    atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
     return path
 
 
@@ -363,11 +359,9 @@ def write_gpkg(polys: CloudPolygons, path: str | os.PathLike[str], layer: str = 
     else:
         geoms, crs = polys.geometries, None
     multi = [g if isinstance(g, MultiPolygon) else MultiPolygon([g]) for g in geoms]
-    tmp = path.with_name(path.stem + ".partial.gpkg")
-    if tmp.exists():
-        tmp.unlink()
     ids = np.arange(1, len(multi) + 1, dtype=np.int64)
-    try:
+    # pyogrio raises its own DataSourceError types; the GPKG driver needs the .gpkg suffix
+    with atomic_output(path, keep_suffix=True, errors=(Exception,)) as tmp:
         write(
             str(tmp),
             geometry=np.array(shapely.to_wkb(multi), dtype=object) if multi else np.array([], dtype=object),
@@ -382,11 +376,6 @@ def write_gpkg(polys: CloudPolygons, path: str | os.PathLike[str], layer: str = 
             layer=layer,
             geometry_type="MultiPolygon",
         )
-        os.replace(tmp, path)
-    except (OSError, Exception) as exc:  # pyogrio raises its own DataSourceError types
-        if tmp.exists():
-            tmp.unlink()
-        raise OutputError(f"cannot write {path} ({exc}); check the output folder") from exc
     return path
 
 

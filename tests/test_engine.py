@@ -311,3 +311,20 @@ def test_errors_on_worker_threads_surface_and_leave_no_outputs(tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="second pass failed"):
         run(scene, out, BoxModel(), 128)
     assert list(out.iterdir()) == []
+
+
+def test_atomic_output_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from geocloud.errors import OutputError
+    from geocloud.io import atomic_output
+
+    final = tmp_path / "table.gpkg"
+    with atomic_output(final, keep_suffix=True) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".gpkg") and tmp.name.startswith(".")
+        tmp.write_text("done")
+    assert final.read_text() == "done" and [p.name for p in tmp_path.iterdir()] == ["table.gpkg"]
+
+    other = tmp_path / "page.html"
+    with pytest.raises(OutputError, match="cannot write .*page.html"), atomic_output(other) as tmp:
+        tmp.write_text("half")
+        raise OSError("disk full")
+    assert [p.name for p in tmp_path.iterdir()] == ["table.gpkg"]
