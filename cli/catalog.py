@@ -9,11 +9,11 @@ import click
 from tqdm import tqdm
 
 from geocloud.catalog import CATALOG_FORMATS, CatalogConfig, build_catalog
-from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
+from geocloud.config import OutputConfig
 from geocloud.products import PRODUCTS
 
 from .logs import setup_logging
-from .options import model_options, parse_band_numbers, scene_options
+from .options import model_options, process_config, scene_options
 from .process import parse_products
 
 _DEFAULTS = CatalogConfig()
@@ -87,15 +87,11 @@ def catalog(inputs: tuple[str, ...], catalog: Path, workers: int, scheduler: str
     Also writes <catalogue>.html with thumbnails and a cloud-cover histogram.
     """
     setup_logging(quiet, debug)
-    process = ProcessConfig(
-        model=model,
-        sensor=sensor,
-        bands=parse_band_numbers(bands),
-        tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
-        inference=InferenceConfig(device=device, batch_size=batch_size, threads=threads),
-        threshold=ThresholdConfig(value=threshold, k=k),
+    process = process_config(
+        model=model, block_size=block_size, halo=halo, feather=feather, device=device, batch_size=batch_size,
+        threads=threads, threshold=threshold, k=k, sensor=sensor, bands=bands,
         output=OutputConfig(products=parse_products(products), overwrite=True),
-    )
+    )  # fmt: skip
     kwargs = {"scale": scale, "offset": offset, "sun_elevation": sun_elevation}
     cfg = CatalogConfig(
         process=process, workers=workers, scheduler=scheduler, fingerprint="hash" if use_hash else "stat",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geocloud.config import InferenceConfig, ThresholdConfig, TilingConfig
+from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
 from geocloud.errors import ConfigError
 from geocloud.models import DEFAULT_MODEL, MODELS
 from geocloud.sensors import SENSORS
@@ -75,3 +75,20 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ):  # fmt: skip
         f = opt(f)
     return f
+
+
+def process_config(*, model: str, block_size: int | None, halo: int | None, feather: int | None, device: str,
+                   batch_size: int | None, threads: int | None, threshold: float | None, k: float | None,
+                   sensor: str | None, bands: str | None, output: OutputConfig, **fields: Any) -> ProcessConfig:  # fmt: skip
+    """The :class:`ProcessConfig` of the options :func:`model_options` and :func:`scene_options`
+    add, with ``output`` and any other ProcessConfig ``fields`` (decloud, vector...)."""
+    return ProcessConfig(
+        model=model,
+        sensor=sensor,
+        bands=parse_band_numbers(bands),
+        tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
+        inference=InferenceConfig(device=device, batch_size=batch_size, threads=threads),
+        threshold=ThresholdConfig(value=threshold, k=k),
+        output=output,
+        **fields,
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
+from geocloud.config import OutputConfig
 from geocloud.declouding import DecloudConfig
 from geocloud.errors import ConfigError, GeocloudError
 from geocloud.pipeline import load_model_for, process_scene
@@ -15,7 +15,7 @@ from geocloud.products import PRODUCTS, resolve_products
 from geocloud.vectorize import VectorizeConfig
 
 from .logs import setup_logging
-from .options import model_options, parse_band_numbers, scene_options
+from .options import model_options, process_config, scene_options
 from .progress import ProgressBar
 
 
@@ -88,17 +88,13 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
     255 nodata), <stem>_score.tif, <stem>_stats.json, ... as Cloud-Optimised GeoTIFFs.
     """
     setup_logging(quiet, debug)
-    config = ProcessConfig(
-        model=model,
-        sensor=sensor,
-        bands=parse_band_numbers(bands),
-        tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
-        inference=InferenceConfig(device=device, batch_size=batch_size, threads=threads),
-        threshold=ThresholdConfig(value=threshold, k=k),
+    config = process_config(
+        model=model, block_size=block_size, halo=halo, feather=feather, device=device, batch_size=batch_size,
+        threads=threads, threshold=threshold, k=k, sensor=sensor, bands=bands,
         output=OutputConfig(products=parse_products(products), overwrite=overwrite),
         decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),
         vector=VectorizeConfig(min_area_m2=min_area, simplify_px=simplify),
-    )
+    )  # fmt: skip
     stems = [Path(s).stem for s in scenes]
     dup = {s for s in stems if stems.count(s) > 1}
     if dup:
