@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,7 +135,7 @@ def predict_blocks(
     batch_size: int = 4,
     readers: int = 2,
     reflectance_range: tuple[float, float] = (-0.05, 1.6),
-) -> Iterator[BlockResult]:
+) -> Generator[BlockResult, None, None]:
     """Yield every block's model maps, in row-major order.
 
     Reads run ahead by up to two batches on ``readers`` threads, each writing its block

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -309,19 +309,23 @@ def process_scene(
                 for sw in swaths:
                     acc = StripAccumulator(sw.c1 - sw.c0, info.height, tiling.block_shape[0], map_channels,
                                            row_weights=row_weights, col_weights=col_weights, col0=sw.c0)  # fmt: skip
-                    for res in predict_blocks(
+                    # closed explicitly: if the loop is left early (an error, SIGTERM), the
+                    # reader threads finish before the scene reader is closed under them
+                    results = predict_blocks(
                         reader, radiometry, swath_blocks(tiling, sw), model,
                         batch_size=batch_size, readers=config.inference.readers,
                         reflectance_range=REFLECTANCE_RANGE,
-                    ):  # fmt: skip
-                        done += 1
-                        out_of_range += res.out_of_range
-                        checked += res.checked
-                        if res.block_prob is not None:
-                            block_probs.append(res.block_prob)
-                        mosaicker.put(partial(add_block, acc, res, sw))
-                        if progress:
-                            progress("infer", done, n_blocks)
+                    )  # fmt: skip
+                    with closing(results):
+                        for res in results:
+                            done += 1
+                            out_of_range += res.out_of_range
+                            checked += res.checked
+                            if res.block_prob is not None:
+                                block_probs.append(res.block_prob)
+                            mosaicker.put(partial(add_block, acc, res, sw))
+                            if progress:
+                                progress("infer", done, n_blocks)
                     mosaicker.put(partial(finish_swath, acc, sw))
                     del acc
             finally:
