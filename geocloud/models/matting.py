@@ -185,7 +185,7 @@ class CloudDiscriminator(nn.Module):
 
 def upsample(t: torch.Tensor, pool: int = POOL) -> torch.Tensor:
     """Bilinear upsampling of a pooled map back to the pixel grid (cell centres)."""
-    return nnf.interpolate(t, scale_factor=pool, mode="bilinear", align_corners=False)
+    return upsample_region(t, pool)
 
 
 def matte_cells(
