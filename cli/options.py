@@ -71,6 +71,9 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
                          help="Fixed score threshold, overriding the scene's statistical threshold."),
             click.option("--k", "k", type=float, default=ThresholdConfig.k,
                          help="k of the statistical threshold mu + k*sigma (default: the model's calibrated k)."),
+            click.option("--grow/--no-grow", default=ThresholdConfig.grow, show_default=True,
+                         help="Grow cloud edges with the model's calibrated hysteresis (thin cloud at "
+                              "cloud edges; see docs/cam.md)."),
         ]
     ):  # fmt: skip
         f = opt(f)
@@ -79,7 +82,7 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def process_config(*, model: str, block_size: int | None, halo: int | None, feather: int | None, device: str,
                    batch_size: int | None, threads: int | None, threshold: float | None, k: float | None,
-                   sensor: str | None, bands: str | None, output: OutputConfig, **fields: Any) -> ProcessConfig:  # fmt: skip
+                   grow: bool, sensor: str | None, bands: str | None, output: OutputConfig, **fields: Any) -> ProcessConfig:  # fmt: skip
     """The :class:`ProcessConfig` of the options :func:`model_options` and :func:`scene_options`
     add, with ``output`` and any other ProcessConfig ``fields`` (decloud, vector...)."""
     return ProcessConfig(
@@ -88,7 +91,7 @@ def process_config(*, model: str, block_size: int | None, halo: int | None, feat
         bands=parse_band_numbers(bands),
         tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
         inference=InferenceConfig(device=device, batch_size=batch_size, threads=threads),
-        threshold=ThresholdConfig(value=threshold, k=k),
+        threshold=ThresholdConfig(value=threshold, k=k, grow=grow),
         output=output,
         **fields,
     )

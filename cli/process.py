@@ -78,7 +78,7 @@ def parse_products(text: str) -> tuple[str, ...]:
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,
             halo: int | None, feather: int, device: str, batch_size: int | None, threads: int | None, threshold: float | None,
-            k: float | None, sensor: str | None, bands: str | None, scale: float | None, offset: float,
+            k: float | None, grow: bool, sensor: str | None, bands: str | None, scale: float | None, offset: float,
             sun_elevation: float | None, refine: bool, alpha_max: float, min_area: float, simplify: float,
             overwrite: bool, ortho: bool,
             quiet: bool, debug: bool) -> None:  # fmt: skip
@@ -90,7 +90,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
     setup_logging(quiet, debug)
     config = process_config(
         model=model, block_size=block_size, halo=halo, feather=feather, device=device, batch_size=batch_size,
-        threads=threads, threshold=threshold, k=k, sensor=sensor, bands=bands,
+        threads=threads, threshold=threshold, k=k, grow=grow, sensor=sensor, bands=bands,
         output=OutputConfig(products=parse_products(products), overwrite=overwrite),
         decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),
         vector=VectorizeConfig(min_area_m2=min_area, simplify_px=simplify),

@@ -128,6 +128,9 @@ class ThresholdConfig:
     method: str = "statistical"
     value: float | None = None
     k: float | None = None
+    #: grow cloud edges with the model's calibrated hysteresis (``--grow/--no-grow``; see
+    #: :mod:`geocloud.threshold`).  Off for models that calibrated none.
+    grow: bool = True
 
     def validate(self) -> None:
         if self.value is not None and not (0.0 <= self.value <= 1.0):

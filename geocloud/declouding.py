@@ -27,10 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from rasterio.windows import Window
 
 from .compositing import ALPHA_MAX, invert
 from .errors import ConfigError
+from .tiling import grow_window
 
 
 @dataclass(frozen=True)
@@ -316,18 +316,13 @@ def _window_matte(ctx: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     cfg = _window_config(ctx)
     window = ctx.window  # type: ignore[attr-defined]
     read_maps = getattr(ctx, "read_maps", None)
-    r0, c0 = int(window.row_off), int(window.col_off)
     h, w = int(window.height), int(window.width)
     if cfg.refine and read_maps is not None:
         info = ctx.scene  # type: ignore[attr-defined]
-        m = REFINE_OVERLAP
-        er0, ec0 = max(0, r0 - m), max(0, c0 - m)
-        er1, ec1 = min(info.height, r0 + h + m), min(info.width, c0 + w + m)
-        ext = Window(ec0, er0, ec1 - ec0, er1 - er0)
+        ext, inner = grow_window(window, REFINE_OVERLAP, info.height, info.width)
         maps = read_maps(ext)
         dn, valid_in = ctx.read_input(ext)  # type: ignore[attr-defined]
         valid = np.isfinite(maps["score"][0]) & valid_in
-        inner = (slice(r0 - er0, r0 - er0 + h), slice(c0 - ec0, c0 - ec0 + w))
     else:
         maps = ctx.maps  # type: ignore[attr-defined]
         dn, valid_in = ctx.read_input()  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ from .mosaic import CellMosaic, Strip, StripAccumulator, upsample_cells
 from .products import FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
 from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
-from .tiling import Swath, Tiling, make_swaths, make_tiling, swath_blocks, weight_sums
+from .tiling import Swath, Tiling, grow_window, make_swaths, make_tiling, swath_blocks, weight_sums
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,11 @@ def process_scene(
             """Mask, statistics and second-pass products of one window (runs on a worker)."""
             maps = read_maps(window)
             valid = np.isfinite(maps["score"][0])
-            mask = mask_rule(maps, threshold)
+            around = None
+            if threshold.grow_radius > 0:  # edge growing looks grow_radius px beyond the window
+                ext, inner = grow_window(window, threshold.grow_radius, info.height, info.width)
+                around = (map_sinks["score"].read(ext)[0], inner)
+            mask = mask_rule(maps, threshold, around)
             hist = np.bincount(mask.ravel(), minlength=256)
             part = None
             if matting_stats is not None:

@@ -27,7 +27,7 @@ from rasterio.windows import Window
 from .errors import ConfigError
 from .io import SceneInfo, SceneReader, atomic_write_text
 from .sensors import Radiometry
-from .threshold import NODATA, ThresholdResult, classify
+from .threshold import NODATA, ThresholdResult, classify_result
 
 
 @dataclass
@@ -143,9 +143,22 @@ def _clear_nodata(info: SceneInfo) -> float | int:
     return _decloud().clear_product_nodata(info)
 
 
-def mask_rule(maps: dict[str, np.ndarray], threshold: ThresholdResult) -> np.ndarray:
-    """The scene's mask for one window: cloud where the score reaches the threshold."""
-    return classify(maps["score"][0], threshold.value)
+def mask_rule(
+    maps: dict[str, np.ndarray],
+    threshold: ThresholdResult,
+    around: tuple[np.ndarray, tuple[slice, slice]] | None = None,
+) -> np.ndarray:
+    """The scene's mask for one window: cloud where the score reaches the threshold, and
+    at grown cloud edges (:mod:`geocloud.threshold`).
+
+    ``around``: the score (h', w') of the window grown by ``threshold.grow_radius`` px and
+    the window's slices inside it (:func:`geocloud.tiling.grow_window`); without it the
+    edges are grown within the window only.
+    """
+    if around is None:
+        return classify_result(maps["score"][0], threshold)
+    score, (ys, xs) = around
+    return classify_result(score, threshold)[ys, xs]
 
 
 PRODUCTS: dict[str, Product] = {

@@ -20,14 +20,24 @@ Rules (:data:`THRESHOLD_RULES`, chosen with ``ThresholdConfig.method``):
 
 ``--threshold`` overrides any rule with a fixed value.  The value used, its method and
 inputs are recorded in the stats JSON and the raster tags.
+
+**Growing cloud edges** (hysteresis, the model's calibrated ``grow_ratio`` and
+``grow_radius``; ``--no-grow`` turns it off).  A pixel whose score reaches the lower
+threshold ``grow_ratio * t`` is cloud too when a pixel at or above ``t`` lies within
+``grow_radius`` pixels of it (Chebyshev distance: a square window).  This keeps the thin
+cloud at the edges of clouds, whose score falls off more slowly than cloud does, without
+lowering the threshold everywhere.  It is local, so a mask window needs the score
+``grow_radius`` pixels around it (:func:`classify` with a grown array) and the mask does
+not depend on how the scene is cut.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from scipy.ndimage import maximum_filter
 
 from .config import ThresholdConfig
 from .models.base import ModelSpec
@@ -47,6 +57,9 @@ class ThresholdResult:
     k: float | None = None
     clear_cells: int = 0
     cells: int = 0
+    #: edge growing: the lower threshold and the radius in pixels (None / 0: off).
+    grow_low: float | None = None
+    grow_radius: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -142,10 +155,21 @@ THRESHOLD_RULES: dict[str, ThresholdRule] = {
 }
 
 
+def with_growing(result: ThresholdResult, spec: ModelSpec, cfg: ThresholdConfig) -> ThresholdResult:
+    """``result`` with the model's edge growing (lower threshold ``grow_ratio * value``)."""
+    if not cfg.grow or spec.grow_radius <= 0 or spec.grow_ratio >= 1.0:
+        return result
+    return replace(result, grow_low=float(spec.grow_ratio * result.value), grow_radius=int(spec.grow_radius))
+
+
 def fit_threshold(stats: ScoreStats, spec: ModelSpec, cfg: ThresholdConfig) -> ThresholdResult:
-    """Decide the scene's threshold; ``cfg.value`` (``--threshold``) wins."""
+    """Decide the scene's threshold; ``cfg.value`` (``--threshold``) wins.
+
+    Edge growing (see the module docstring) applies to a user threshold too.
+    """
     if cfg.value is not None:
-        return ThresholdResult(float(cfg.value), "user: --threshold", cells=int((stats.count > 0).sum()))
+        user = ThresholdResult(float(cfg.value), "user: --threshold", cells=int((stats.count > 0).sum()))
+        return with_growing(user, spec, cfg)
     try:
         rule = THRESHOLD_RULES[cfg.method]
     except KeyError:
@@ -154,15 +178,30 @@ def fit_threshold(stats: ScoreStats, spec: ModelSpec, cfg: ThresholdConfig) -> T
         raise ConfigError(
             f"threshold method {cfg.method!r} is unknown; use one of: {', '.join(THRESHOLD_RULES)}"
         ) from None
-    return rule(stats, spec, cfg)
+    return with_growing(rule(stats, spec, cfg), spec, cfg)
 
 
 #: mask codes, written down once
 CLEAR, CLOUD, NODATA = 0, 1, 255
 
 
-def classify(score: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 mask of a score array: 1 where score >= threshold, 0 below, 255 where NaN."""
-    mask = np.where(score >= threshold, np.uint8(CLOUD), np.uint8(CLEAR)).astype(np.uint8)
+def classify(score: np.ndarray, threshold: float, low: float | None = None, radius: int = 0) -> np.ndarray:
+    """uint8 mask of a score array: 1 where score >= threshold, 0 below, 255 where NaN.
+
+    With ``low`` and ``radius`` > 0, pixels with ``score >= low`` within ``radius`` pixels
+    (a square window) of a pixel at or above ``threshold`` are cloud too.  Pass the score
+    grown by ``radius`` on every side (within the scene) and crop the result: the mask of
+    the inner part is then the same as the whole scene's.
+    """
+    core = score >= threshold
+    if low is not None and radius > 0 and low < threshold:
+        near = maximum_filter(core.view(np.uint8), size=2 * radius + 1, mode="constant", cval=0)
+        core |= (near > 0) & (score >= low)
+    mask = np.where(core, np.uint8(CLOUD), np.uint8(CLEAR)).astype(np.uint8)
     mask[~np.isfinite(score)] = NODATA
     return mask
+
+
+def classify_result(score: np.ndarray, threshold: ThresholdResult) -> np.ndarray:
+    """:func:`classify` with a fitted :class:`ThresholdResult` (edge growing included)."""
+    return classify(score, threshold.value, threshold.grow_low, threshold.grow_radius)

@@ -203,3 +203,18 @@ def swath_blocks(tiling: Tiling, swath: Swath) -> Iterator[Block]:
             c0 = tiling.cols.origins[c]
             wc = axis_weights(c0, tiling.cols.size, tiling.cols.padded, tiling.halo, tiling.feather)
             yield Block(r * ncols + c, r, c, Window(c0, r0, tiling.cols.size, tiling.rows.size), wr, wc)
+
+
+def grow_window(window: Window, margin: int, height: int, width: int) -> tuple[Window, tuple[slice, slice]]:
+    """``window`` grown by ``margin`` px on every side within a ``height`` x ``width`` scene,
+    and the (rows, cols) slices of the original window inside the grown one.
+
+    Second-pass products that need context beyond their window (edge growing of the
+    mask, ``--refine``) compute on the grown window and keep the inner part.
+    """
+    r0, c0 = int(window.row_off), int(window.col_off)
+    h, w = int(window.height), int(window.width)
+    er0, ec0 = max(0, r0 - margin), max(0, c0 - margin)
+    er1, ec1 = min(height, r0 + h + margin), min(width, c0 + w + margin)
+    inner = (slice(r0 - er0, r0 - er0 + h), slice(c0 - ec0, c0 - ec0 + w))
+    return Window(ec0, er0, ec1 - ec0, er1 - er0), inner

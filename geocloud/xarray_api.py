@@ -123,6 +123,35 @@ def _fit(parts: list[np.ndarray], height: int, width: int, spec: Any, threshold_
     return fit_threshold(st, spec, threshold_cfg)
 
 
+def _mask(score: Any, result: Any, spec: Any, threshold_cfg: Any) -> Any:
+    """The lazy mask of a lazy score.  ``result`` is the delayed :class:`ThresholdResult`;
+    edge growing (the model's ``grow_radius``) reads the score ``grow_radius`` px around
+    each chunk, as the engine's second pass does, so the mask equals the engine's."""
+    import dask
+    import dask.array as da
+
+    from .threshold import classify
+
+    def scalar(get: Any) -> Any:
+        return da.from_delayed(dask.delayed(lambda r: np.float64(get(r)))(result), shape=(), dtype=np.float64)
+
+    t = scalar(lambda r: r.value)
+    low = scalar(lambda r: np.nan if r.grow_low is None else r.grow_low)
+    rad = scalar(lambda r: r.grow_radius)
+
+    def one(s: np.ndarray, t: np.ndarray, low: np.ndarray, rad: np.ndarray) -> np.ndarray:
+        lo = None if np.isnan(low) else float(low)
+        return classify(s, float(t), lo, int(rad))
+
+    radius = spec.grow_radius if threshold_cfg.grow and spec.grow_ratio < 1.0 else 0
+    if radius <= 0:
+        return da.map_blocks(one, score, t, low, rad, dtype=np.uint8)
+    edges = {0: "none", 1: "none"}
+    grown = da.overlap.overlap(score, depth={0: radius, 1: radius}, boundary=edges)
+    m = da.map_blocks(one, grown, t, low, rad, dtype=np.uint8)
+    return da.overlap.trim_internal(m, {0: radius, 1: radius}, boundary=edges)
+
+
 def detect_clouds(
     scene: Any,
     config: ProcessConfig | None = None,
@@ -146,7 +175,6 @@ def detect_clouds(
 
     from .io import open_scene as _open
     from .pipeline import load_model_for, scene_radiometry
-    from .threshold import classify
 
     cfg = config or ProcessConfig()
     cfg.validate()
@@ -211,7 +239,7 @@ def detect_clouds(
     ]
     result = dask.delayed(_fit)(parts, h, w, spec, cfg.threshold)
     thr = da.from_delayed(dask.delayed(lambda r: np.float64(r.value))(result), shape=(), dtype=np.float64)
-    mask = da.map_blocks(lambda s, t: classify(s, float(t)), score, thr, dtype=np.uint8)
+    mask = _mask(score, result, spec, cfg.threshold)
 
     coords = {"y": arr.coords["y"], "x": arr.coords["x"]}
     ds = xr.Dataset(

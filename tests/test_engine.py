@@ -304,7 +304,7 @@ def test_errors_on_worker_threads_surface_and_leave_no_outputs(tmp_path, monkeyp
         run(scene, out, _BadShapeModel(), 128)
     assert list(out.iterdir()) == []
 
-    def boom(maps, threshold):
+    def boom(maps, threshold, around=None):
         raise RuntimeError("second pass failed")
 
     monkeypatch.setattr(pipeline, "mask_rule", boom)

@@ -74,6 +74,10 @@ class ModelSpec:
     threshold_k: float = 3.0
     #: fallback fixed threshold when no clear-sky statistics can be derived.
     default_threshold: float = 0.5
+    #: edge growing (hysteresis, :mod:`geocloud.threshold`): pixels at >= grow_ratio x the
+    #: threshold within grow_radius px of a pixel at the threshold are cloud too (0: off).
+    grow_ratio: float = 1.0
+    grow_radius: int = 0
     #: anything else worth recording (training data hash, validation metrics...).
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -353,6 +353,8 @@ def build_spec(sidecar: CamSidecar, dense: DenseCam) -> ModelSpec:
         clear_sigma=float(s.get("clear_sigma", 0.1)),
         threshold_k=float(s.get("threshold_k", 3.0)),
         default_threshold=float(s.get("default_threshold", 0.5)),
+        grow_ratio=float(s.get("grow_ratio", 1.0)),
+        grow_radius=int(s.get("grow_radius", 0)),
         extra={
             "lpp_mode": sidecar.lpp_mode,
             "z_lo": sidecar.z_lo,

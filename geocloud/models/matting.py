@@ -87,6 +87,35 @@ def pooled_features(x: torch.Tensor, valid: torch.Tensor | None = None, pool: in
     return torch.cat([(mean - FEATURE_OFFSET) / FEATURE_SCALE, log_std], dim=1)
 
 
+#: number of extra cell features :class:`MattingNet` takes with ``extremes=True``.
+N_EXTREMES = 2
+
+
+def cell_extremes(x: torch.Tensor, valid: torch.Tensor | None = None, pool: int = POOL) -> torch.Tensor:
+    """(B, C, H, W) reflectance -> (B, 2, H/pool, W/pool): per cell, the darkest and the
+    brightest visible value (min of min(blue, green, red), max of max), normalised like the
+    band means.
+
+    The darkest value is the cell's *dark channel* (He et al. 2009): cloud adds its own
+    reflectance to every band, so a cell with one dark pixel can only be under thin cloud,
+    whatever its mean.  Cells with no valid pixel get 0 (the engine ignores their outputs).
+    """
+    vis = x[:, :3]
+    lo = vis.amin(dim=1, keepdim=True)
+    hi = vis.amax(dim=1, keepdim=True)
+    if valid is not None:
+        v = valid.unsqueeze(1)
+        lo = torch.where(v, lo, torch.full_like(lo, float("inf")))
+        hi = torch.where(v, hi, torch.full_like(hi, float("-inf")))
+    b, _, h, w = lo.shape
+    cells = (b, 1, h // pool, pool, w // pool, pool)
+    dark = lo.reshape(cells).amin(dim=(3, 5))
+    bright = hi.reshape(cells).amax(dim=(3, 5))
+    out = torch.cat([dark, bright], dim=1)
+    out = torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+    return (out - FEATURE_OFFSET) / FEATURE_SCALE
+
+
 def _block(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, padding_mode="replicate"),
@@ -108,11 +137,13 @@ class MattingNet(nn.Module):
     texture regain pixel resolution at the cost of upsampling 9 channels.
     """
 
-    def __init__(self, bands: int = 4, width: int = 32) -> None:
+    def __init__(self, bands: int = 4, width: int = 32, extremes: bool = False) -> None:
         super().__init__()
         self.bands = bands
+        #: whether the net also takes the cells' darkest/brightest values (:func:`cell_extremes`).
+        self.extremes = extremes
         self.body = nn.Sequential(
-            _block(2 * bands, width, 1),
+            _block(2 * bands + (N_EXTREMES if extremes else 0), width, 1),
             _block(width, width, 1),
             _block(width, width, 2),
             _block(width, width, 2),
@@ -122,6 +153,14 @@ class MattingNet(nn.Module):
             self.head.weight[1 + bands :].zero_()
             assert self.head.bias is not None
             self.head.bias[1 + bands :].zero_()
+
+    def features(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The net's input for reflectance ``x``: :func:`pooled_features` (band means first)
+        and, with ``extremes``, :func:`cell_extremes`."""
+        feats = pooled_features(x, valid)
+        if self.extremes:
+            feats = torch.cat([feats, cell_extremes(x, valid)], dim=1)
+        return feats
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.head(self.body(feats))
@@ -197,10 +236,10 @@ def matte_cells(
     rows r0:r1, columns c0:c1) alpha is computed for the region only (equal to the crop).
     The cloud reflectance is ``r_c = alpha * upsample(c)`` (:func:`matte`).
     """
-    feats = pooled_features(x, valid)
+    feats = net.features(x, valid)
     if not bool(torch.isfinite(feats).all()):  # NaN/inf in the input: treat as 0 (cheap check at low res)
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        feats = pooled_features(x, valid)
+        feats = net.features(x, valid)
     alpha_lo, colour_lo, slope_lo = net(feats)
     nb = colour_lo.shape[1]
     cell_mean = feats[:, :nb] * FEATURE_SCALE + FEATURE_OFFSET
@@ -333,10 +372,17 @@ def save_weights(
         },
         "pool": POOL,
         "width": net.head.in_channels,
+        "extremes": net.extremes,
         "normalisation": {
             "input": "TOA reflectance, bands " + ",".join(spec.bands),
             "features": f"per {POOL}x{POOL} cell: (band mean - {FEATURE_OFFSET}) / {FEATURE_SCALE}, "
-            f"0.5*log(band variance + {STD_EPS}**2)",
+            f"0.5*log(band variance + {STD_EPS}**2)"
+            + (
+                f"; min of min(blue,green,red) and max of max(blue,green,red), "
+                f"(value - {FEATURE_OFFSET}) / {FEATURE_SCALE}"
+                if net.extremes
+                else ""
+            ),
         },
         **meta,
     }
@@ -363,7 +409,7 @@ def load_net(
             f"matting sidecar {sidecar} describes bands {bands} / pool {meta.get('pool')}; this geocloud "
             f"expects {list(CANONICAL_BANDS)} / {POOL}; retrain with 'geocloud train matting'"
         )
-    net = MattingNet(bands=len(bands), width=int(meta.get("width", 32)))
+    net = MattingNet(bands=len(bands), width=int(meta.get("width", 32)), extremes=bool(meta.get("extremes", False)))
     net.load_state_dict(load_file(str(weights), device="cpu"))
     return net.to(device), meta
 

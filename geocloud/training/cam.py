@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..evaluate import confusion, metrics
 from ..models.cam import LPP_MODES, CamConfig, CamModel, CamNet, CamSidecar, save_weights
+from ..threshold import classify
 from .data import (
     BLOCK_CLEAR,
     BLOCK_CLOUDY,
@@ -83,6 +85,11 @@ class CamTrainConfig:
     pixel_weight: float = 1.0
     #: candidate (lo, hi) ramps of the per-pixel brightness gate, chosen on training chips.
     gate_candidates: tuple[tuple[float, float], ...] = ((0.03, 0.1), (0.05, 0.15), (0.08, 0.2), (0.1, 0.25))
+    #: candidate (ratio, radius px) edge-growing rules (hysteresis, geocloud.threshold), chosen
+    #: with the gate and threshold on training chips; (1.0, 0) grows nothing.
+    grow_candidates: tuple[tuple[float, int], ...] = (
+        (1.0, 0), (0.75, 8), (0.75, 16), (0.75, 32), (0.5, 8), (0.5, 16), (0.5, 32),
+    )  # fmt: skip
     #: constrain the gate/threshold choice with small synthetic GF-1 scenes (see synthetic_checks).
     synthetic_check: bool = True
     #: score normalisation: z_lo = this quantile of clear-block z, z_hi = that of cloudy pixels.
@@ -337,10 +344,20 @@ def chip_scores(model: Any, chips: list[Chip]) -> dict[str, tuple[np.ndarray, np
     return out
 
 
+def cloud_at(score: np.ndarray, threshold: float, grow: tuple[float, int] = (1.0, 0)) -> np.ndarray:
+    """uint8 0/1 cloud prediction of a score map at ``threshold`` with edge growing
+    ``grow`` = (ratio, radius), the rule of :func:`geocloud.threshold.classify`."""
+    ratio, radius = grow
+    return (classify(score, threshold, ratio * threshold, int(radius)) == 1).astype(np.uint8)
+
+
 def pooled_metrics(
-    scored: dict[str, tuple[np.ndarray, np.ndarray]], chips: list[Chip], threshold: float
+    scored: dict[str, tuple[np.ndarray, np.ndarray]],
+    chips: list[Chip],
+    threshold: float,
+    grow: tuple[float, int] = (1.0, 0),
 ) -> dict[str, Any]:
-    """Per-chip, per-sensor, per-surface and pooled metrics at a fixed threshold."""
+    """Per-chip, per-sensor, per-surface and pooled metrics at a fixed threshold (and edge growing)."""
     per_chip: dict[str, Any] = {}
     groups: dict[str, dict[str, int]] = {}
 
@@ -351,8 +368,7 @@ def pooled_metrics(
 
     for chip in chips:
         score, truth = scored[chip.key]
-        pred = (score >= threshold).astype(np.uint8)
-        c = confusion(pred, truth)
+        c = confusion(cloud_at(score, threshold, grow), truth)
         per_chip[chip.key] = {**metrics(c), "quality": chip.label_quality}
         add("pooled", c)
         add(f"sensor:{chip.sensor}", c)
@@ -363,6 +379,7 @@ def pooled_metrics(
             add("pooled_good", c)
     return {
         "threshold": threshold,
+        "grow": {"ratio": grow[0], "radius": grow[1]},
         "groups": {k: metrics(v) for k, v in sorted(groups.items())},
         "chips": per_chip,
     }
@@ -438,6 +455,7 @@ def calibrate(
     ]
     refine: dict[str, Any] = gates[1] if len(gates) > 1 else {}
     threshold = 0.5
+    grow: tuple[float, int] = (1.0, 0)
     note: dict[str, Any] = {}
     train_good = [ch for ch in data.train_chips if ch.label_quality == "good"]
     checks = synthetic_checks(cfg) if cfg.synthetic_check else []
@@ -448,20 +466,21 @@ def calibrate(
                 model.refine = dict(gate)
                 scored = chip_scores(model, train_good)
                 syn = [(model.predict(x[None], v[None]).maps["score"][0, 0], c, k) for x, v, c, k in checks]
-                for t in np.arange(0.1, 0.91, 0.025):
+                for t, g in itertools.product(np.arange(0.1, 0.91, 0.025), cfg.grow_candidates):
                     if constrained and not all(
-                        (sc[c] < t).mean() >= 0.9 and (sc[k] >= t).mean() >= 0.9 for sc, c, k in syn
+                        (m := cloud_at(sc, float(t), g))[c].mean() <= 0.1 and m[k].mean() >= 0.9
+                        for sc, c, k in syn
                     ):
                         continue
                     tot = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
                     for score, truth in scored.values():
-                        cc = confusion((score >= t).astype(np.uint8), truth)
+                        cc = confusion(cloud_at(score, float(t), g), truth)
                         for key in tot:
                             tot[key] += cc[key]
                     m = metrics(tot)
                     val = m["oa"] + m["f1"]
                     if val > best + 1e-9:
-                        best, refine, threshold = val, dict(gate), float(t)
+                        best, refine, threshold, grow = val, dict(gate), float(t), g
                         note = {"train_oa_plus_f1": round(val, 4), "synthetic_constraint_met": constrained}
             if best >= 0:
                 break
@@ -497,6 +516,7 @@ def calibrate(
         "clear_sigma": sigma,
         "threshold_k": round(k, 4),
         "refine": refine,
+        "grow": grow,
         "calibration": note,
     }
 
@@ -525,6 +545,8 @@ def calibrate_and_validate(
             "clear_sigma": cal["clear_sigma"],
             "threshold_k": cal["threshold_k"],
             "default_threshold": min(0.95, cal["clear_mu"] + cal["threshold_k"] * cal["clear_sigma"]),
+            "grow_ratio": float(cal["grow"][0]),
+            "grow_radius": int(cal["grow"][1]),
         }
         sidecar.refine = dict(cal["refine"])
         sidecar.spec["calibration"] = cal["calibration"]
@@ -533,10 +555,11 @@ def calibrate_and_validate(
             chosen = sidecar
             break
         thr = sidecar.spec["default_threshold"]
+        grow = cal["grow"]
         scored = chip_scores(model, data.val_chips)
-        res = pooled_metrics(scored, data.val_chips, thr)
+        res = pooled_metrics(scored, data.val_chips, thr, grow)
         best = max(
-            (pooled_metrics(scored, data.val_chips, float(t))["groups"]["pooled"]["oa"], float(t))
+            (pooled_metrics(scored, data.val_chips, float(t), grow)["groups"]["pooled"]["oa"], float(t))
             for t in np.arange(0.1, 0.91, 0.05)
         )
         variants[mode] = {

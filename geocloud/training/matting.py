@@ -94,6 +94,8 @@ class MattingTrainConfig:
     f_steps: int = 7000
     f_lr: float = 2e-3
     width: int = 32
+    #: F also takes each cell's darkest and brightest visible value (the dark channel).
+    extremes: bool = False
     #: mix of the layers F is trained on: share from G, share procedural; the rest is clear.
     p_gan_layer: float = 0.35
     p_procedural: float = 0.5
@@ -107,6 +109,11 @@ class MattingTrainConfig:
     w_rc: float = 1.0
     w_recompose: float = 1.0
     w_real: float = 0.2
+    #: L1 on the recovered background x_hat = (y - r_c_hat) / (1 - alpha_hat) against the true
+    #: x, where the true alpha <= alpha_max (alpha_hat clamped there too).  This is what the
+    #: clear product is made of: where alpha is ambiguous (bright, flat ground), it teaches F
+    #: a cloud colour that leaves the ground unchanged instead of inventing a dark one.
+    w_background: float = 0.0
     #: procedural layers are drawn once into a bank (then flipped/rotated/scaled).
     bank_size: int = 1200
     threads: int = 1
@@ -261,6 +268,24 @@ def real_label_hinge(alpha: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return total / count.clamp_min(1.0)
 
 
+def background_l1(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: torch.Tensor,
+    a_hat: torch.Tensor,
+    r_hat: torch.Tensor,
+    alpha_max: float = ALPHA_MAX,
+) -> torch.Tensor:
+    """Mean |x_hat - x| where the true alpha <= alpha_max, x_hat = (y - r_hat) / (1 - a_hat).
+
+    ``a_hat`` is clamped to ``alpha_max`` so the division amplifies by at most
+    1 / (1 - alpha_max), as the clear product's inversion does.
+    """
+    x_hat = (y - r_hat) / (1.0 - a_hat.clamp(max=alpha_max))
+    m = (alpha <= alpha_max).to(x.dtype)
+    return ((x_hat - x).abs() * m).sum() / (m.sum() * x.shape[1]).clamp_min(1.0)
+
+
 # --------------------------------------------------------------------------- training
 @dataclass
 class TrainResult:
@@ -378,7 +403,7 @@ def train_matting(
     total = cfg.gan_steps + cfg.f_steps
     g, gan_stats = _gan_phase(data, cfg, rng, progress, total)
 
-    net = MattingNet(width=cfg.width)
+    net = MattingNet(width=cfg.width, extremes=cfg.extremes)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.f_lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, cfg.f_steps) / max(cfg.f_steps, 1)))
@@ -392,6 +417,9 @@ def train_matting(
         l_rc = (r_hat - r_c).abs().mean()
         l_y = (compose(x, a_hat, r_hat) - y).abs().mean()
         loss = cfg.w_alpha * l_alpha + cfg.w_rc * l_rc + cfg.w_recompose * l_y
+        l_x = background_l1(x, y, alpha, a_hat, r_hat, cfg.alpha_max)
+        if cfg.w_background > 0:
+            loss = loss + cfg.w_background * l_x
         l_real = torch.zeros(())
         if cfg.w_real > 0 and len(good):
             k = rng.choice(good, size=min(8, len(good)))
@@ -416,6 +444,7 @@ def train_matting(
             "rc_l1": float(l_rc.detach()),
             "y_l1": float(l_y.detach()),
             "real_hinge": float(l_real.detach()),
+            "background_l1": float(l_x.detach()),
         }
         if progress is not None:
             progress(cfg.gan_steps + step + 1, total)
