@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "grow": not args.no_grow,
         "chips": rows,
-        "groups": {k: {**metrics(v), "fp_of_clear": v["fp"] / max(v["fp"] + v["tn"], 1)} for k, v in groups.items()},
+        "groups": {
+            k: {**metrics(v), "fp_of_clear": v["fp"] / max(v["fp"] + v["tn"], 1)} for k, v in groups.items()
+        },
         "seconds": round(time.perf_counter() - t0, 1),
     }
     print(f"model {args.model}, edge growing {'off' if args.no_grow else 'on'}, {len(rows)} held-out chips")
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{g['iou']:.3f} | {100 * g['fp_of_clear']:.1f} | {int(g['pixels'])} |")  # fmt: skip
     print("\nper chip: OA / F1 / FP % of clear (threshold)")
     for r in rows:
-        print(f"  {r['chip']:32s} {r['labels']:6s} {r['oa']:.3f} / {r['f1']:.3f} / {100 * r['fp_of_clear']:.1f} ({r['threshold']:.3f})")
+        print(
+            f"  {r['chip']:32s} {r['labels']:6s} {r['oa']:.3f} / {r['f1']:.3f} / {100 * r['fp_of_clear']:.1f} ({r['threshold']:.3f})"
+        )
     a = out["groups"]["all"]
     print(f"\ngoal (issue 4): pooled OA >= {GOALS['oa']}, F1 >= {GOALS['f1']}: "
           f"{'met' if a['oa'] >= GOALS['oa'] and a['f1'] >= GOALS['f1'] else 'NOT met'} "

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
+from test_engine import BoxModel, coord_scene, run, write_scene
 
 from geocloud import pipeline
 from geocloud.config import ThresholdConfig
 from geocloud.models.base import ModelSpec
 from geocloud.threshold import CLEAR, CLOUD, NODATA, ScoreStats, classify, fit_threshold
 from geocloud.tiling import grow_window
-
-from test_engine import BoxModel, coord_scene, run, write_scene
 
 
 def test_classify_grows_only_near_cores_and_only_above_the_low_threshold():
@@ -37,7 +36,9 @@ def test_classify_grows_only_near_cores_and_only_above_the_low_threshold():
     m2 = classify(s2, 0.8, 0.4, 4)
     assert m2[14, 14] == CLOUD and m2[15, 10] == CLEAR
     # without growing it is the plain threshold
-    np.testing.assert_array_equal(classify(s, 0.8), np.where(np.isnan(s), NODATA, (s >= 0.8).astype(np.uint8)))
+    np.testing.assert_array_equal(
+        classify(s, 0.8), np.where(np.isnan(s), NODATA, (s >= 0.8).astype(np.uint8))
+    )
     np.testing.assert_array_equal(classify(s, 0.8, 0.4, 0), classify(s, 0.8))
 
 

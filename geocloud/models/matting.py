@@ -409,7 +409,9 @@ def load_net(
             f"matting sidecar {sidecar} describes bands {bands} / pool {meta.get('pool')}; this geocloud "
             f"expects {list(CANONICAL_BANDS)} / {POOL}; retrain with 'geocloud train matting'"
         )
-    net = MattingNet(bands=len(bands), width=int(meta.get("width", 32)), extremes=bool(meta.get("extremes", False)))
+    net = MattingNet(
+        bands=len(bands), width=int(meta.get("width", 32)), extremes=bool(meta.get("extremes", False))
+    )
     net.load_state_dict(load_file(str(weights), device="cpu"))
     return net.to(device), meta
 
