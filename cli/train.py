@@ -75,10 +75,18 @@ def _defaults() -> CamTrainConfig:
     show_default=True,
     help="Also measure the spectral baseline on the validation chips.",
 )
+@click.option(
+    "--recalibrate",
+    "recalibrate_from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Skip training: calibrate and validate these cam.safetensors again (e.g. the shipped ones).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, steps_per_epoch: int | None,
               batch_size: int | None, lr: float | None, threads: int | None, val_fraction: float | None,
-              lpp_mode: str | None, device: str, baseline: bool, quiet: bool) -> None:  # fmt: skip
+              lpp_mode: str | None, device: str, baseline: bool, recalibrate_from: Path | None,
+              quiet: bool) -> None:  # fmt: skip
     """Train the CAM cloud detector on block labels; writes OUT/cam.safetensors + OUT/cam.json."""
     from tqdm import tqdm
 
@@ -106,7 +114,12 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
         bar.refresh()
 
     try:
-        side = run_training(data_dir, out_dir, cfg, progress=progress, baseline=base)
+        if recalibrate_from is not None:
+            from geocloud.training.cam import recalibrate
+
+            side = recalibrate(data_dir, recalibrate_from, out_dir, cfg, baseline=base)
+        else:
+            side = run_training(data_dir, out_dir, cfg, progress=progress, baseline=base)
     finally:
         bar.close()
     if quiet:

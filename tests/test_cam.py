@@ -487,3 +487,38 @@ def test_fast_pools_equal_torch_pooling(shape: tuple[int, ...]) -> None:
     assert torch.equal(_max2_dense(x), F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1))
     dense2 = F.max_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 2, stride=1, dilation=2)
     assert torch.equal(_max2_dense(x, dilation=2), dense2)
+
+
+@needs_weights
+def test_shipped_model_grows_cloud_edges() -> None:
+    from geocloud.config import ThresholdConfig
+    from geocloud.models import load_model
+    from geocloud.threshold import ScoreStats, fit_threshold
+
+    spec = load_model("cam").spec
+    meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    assert (spec.grow_ratio, spec.grow_radius) == (meta["spec"]["grow_ratio"], meta["spec"]["grow_radius"])
+    assert 0 < spec.grow_ratio < 1 and spec.grow_radius > 0
+    assert meta["validation"]["cam"]["grow"] == {"ratio": spec.grow_ratio, "radius": spec.grow_radius}
+    stats = ScoreStats(64, 64, cloudy_above=spec.default_threshold)
+    t = fit_threshold(stats, spec, ThresholdConfig())
+    assert t.grow_radius == spec.grow_radius and t.grow_low == pytest.approx(spec.grow_ratio * t.value)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@needs_weights
+def test_recalibrating_the_shipped_net_reproduces_its_sidecar(shared_data: Path, tmp_path: Path) -> None:
+    from geocloud.models import load_model
+    from geocloud.training.cam import recalibrate
+
+    side = recalibrate(shared_data, DEFAULT_WEIGHTS, tmp_path, baseline=load_model("spectral"))
+    shipped = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    for k in ("default_threshold", "threshold_k", "clear_mu", "clear_sigma", "grow_ratio", "grow_radius"):
+        assert side["spec"][k] == pytest.approx(shipped["spec"][k], abs=1e-4), k
+    assert side["refine"] == shipped["refine"]
+    for g in ("pooled", "pooled_good"):
+        assert side["validation"]["cam"]["groups"][g]["oa"] == pytest.approx(
+            shipped["validation"]["cam"]["groups"][g]["oa"], abs=1e-4
+        )
+    assert (tmp_path / "cam.safetensors").read_bytes() == DEFAULT_WEIGHTS.read_bytes()

@@ -647,6 +647,36 @@ def run_training(
     return sidecar.to_json()
 
 
+def recalibrate(
+    data_dir: str | Path,
+    weights: str | Path,
+    out_dir: str | Path,
+    cfg: CamTrainConfig | None = None,
+    baseline: Any | None = None,
+) -> dict[str, Any]:
+    """Calibrate and validate already trained CAM weights again, without training.
+
+    The last stage of :func:`run_training` on the net of ``weights``: for a change of the
+    calibration (e.g. new ``grow_candidates``) the result equals a full retraining's when
+    the weights are the ones that training reproduces.  Writes ``out_dir/cam.safetensors``
+    (the same weights) and a new ``cam.json``; the training record is kept.
+    """
+    from ..models.cam import load_weights
+
+    cfg = cfg or CamTrainConfig()
+    torch.set_num_threads(max(1, cfg.threads))
+    net, old = load_weights(weights)
+    data = gather(data_dir, cfg)
+    t0 = time.perf_counter()
+    sidecar = calibrate_and_validate(net, data, cfg, baseline)
+    sidecar.training = dict(old.training)
+    sidecar.training["seconds"] = {**old.training.get("seconds", {}),
+                                   "calibrate_validate": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    sidecar.training["recalibrated"] = True
+    save_weights(net, sidecar, Path(out_dir) / "cam.safetensors")
+    return sidecar.to_json()
+
+
 __all__ = [
     "CamTrainConfig",
     "TrainingData",
@@ -657,6 +687,7 @@ __all__ = [
     "gather",
     "load_tagged_archive",
     "pooled_metrics",
+    "recalibrate",
     "run_training",
     "train_net",
 ]
