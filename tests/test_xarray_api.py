@@ -117,6 +117,25 @@ def test_cam_equals_cli_edges_included(scene, tmp_path):
     np.testing.assert_allclose(c.score.values, score, atol=1e-5, equal_nan=True)
 
 
+def test_grown_mask_equals_cli(scene, tmp_path):
+    """Edge growing (hysteresis): the lazy mask reads the score around each chunk, as the
+    engine's second pass reads around each window, so the masks agree."""
+    import dataclasses
+
+    model = BoxModel(halo=3)
+    model.spec = dataclasses.replace(model.spec, grow_ratio=0.6, grow_radius=12)
+    cfg = ProcessConfig(tiling=TilingConfig(block_size=64))
+    mask, score, stats, _, _ = _cli(scene, tmp_path, cfg, model=model)
+    thr = stats["threshold"]
+    assert thr["grow_radius"] == 12 and thr["grow_low"] == pytest.approx(0.6 * thr["value"])
+    c = gx.detect_clouds(scene, cfg, chunks=90, model=model).compute()
+    assert float(c.threshold) == pytest.approx(thr["value"], abs=1e-6)
+    near = (np.abs(score - thr["value"]) < 1e-5) | (np.abs(score - thr["grow_low"]) < 1e-5)
+    assert np.array_equal(c.mask.values[~near], mask[~near])
+    grown = (mask == 1) & (score < thr["value"])
+    assert grown.sum() > 100  # the rule did grow edges here
+
+
 @given(n=st.integers(1, 5000), size=st.integers(1, 2048), multiple=st.sampled_from([1, 4, 8, 16]),
        halo=st.integers(0, 128))  # fmt: skip
 def test_aligned_chunks(n, size, multiple, halo):
