@@ -140,8 +140,11 @@ def test_sigterm_leaves_no_partial_files(tmp_path):
     if proc.poll() is not None:
         pytest.skip("the run finished before it could be signalled")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    assert list(out.iterdir()) == []
+    rc = proc.wait(timeout=60)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    assert rc == 128 + signal.SIGTERM, f"exit code {rc}; stderr: {err[-2000:]}"
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [], f"left behind: {left}; stderr: {err[-2000:]}"
 
 
 @pytest.mark.parametrize("command", ["info", "process"])
