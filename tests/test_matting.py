@@ -141,9 +141,9 @@ def test_refine_raises_psnr_of_a_low_resolution_matte() -> None:
 
 
 # --------------------------------------------------------------------------- model
-def _model(seed: int = 0) -> MattingModel:
+def _model(seed: int = 0, extremes: bool = False) -> MattingModel:
     torch.manual_seed(seed)
-    return MattingModel(MattingNet(width=8))
+    return MattingModel(MattingNet(width=8, extremes=extremes))
 
 
 def test_predict_maps_contract() -> None:
@@ -164,9 +164,10 @@ def test_predict_maps_contract() -> None:
     assert set(m.spec.outputs) == {"score", "alpha", "reflectance"}
 
 
-def test_predict_is_local_within_halo() -> None:
+@pytest.mark.parametrize("extremes", [False, True])
+def test_predict_is_local_within_halo(extremes: bool) -> None:
     """Core pixels agree whether predicted in a small block or inside a bigger one."""
-    m = _model(1)
+    m = _model(1, extremes)
     rng = np.random.default_rng(5)
     big = rng.uniform(0, 1, size=(1, 4, 320, 320)).astype(np.float32)
     full = m.predict(big, np.ones((1, 320, 320), bool)).maps
@@ -180,9 +181,10 @@ def test_predict_is_local_within_halo() -> None:
         )
 
 
-def test_no_per_block_normalisation() -> None:
+@pytest.mark.parametrize("extremes", [False, True])
+def test_no_per_block_normalisation(extremes: bool) -> None:
     """Changing far-away pixels (outside the halo) leaves a pixel's output unchanged."""
-    m = _model(2)
+    m = _model(2, extremes)
     rng = np.random.default_rng(6)
     x = rng.uniform(0, 0.3, size=(1, 4, 256, 256)).astype(np.float32)
     v = np.ones((1, 256, 256), bool)
@@ -205,10 +207,44 @@ def test_pooled_features_ignore_invalid() -> None:
     torch.testing.assert_close(f, ref, atol=2e-3, rtol=0)  # var cancellation in float32
 
 
-def test_weights_roundtrip(tmp_path) -> None:
-    net = MattingNet(width=8)
+def test_cell_extremes_are_the_darkest_and_brightest_valid_visible_values() -> None:
+    from geocloud.models.matting import FEATURE_OFFSET, FEATURE_SCALE, cell_extremes
+
+    x = torch.full((1, 4, 16, 16), 0.3)
+    x[0, 0, 9, 9] = 0.05  # a dark blue pixel in cell (1, 1)
+    x[0, 2, 2, 3] = 0.9  # a bright red pixel in cell (0, 0)
+    x[0, 3, 12, 1] = 1.5  # nir does not count
+    v = torch.ones(1, 16, 16, dtype=torch.bool)
+    x[0, :, 8:, :8] = 0.0  # cell (1, 0): invalid (its features read as a black cell)
+    v[0, 8:, :8] = False
+    e = cell_extremes(x, v) * FEATURE_SCALE + FEATURE_OFFSET
+    assert e.shape == (1, 2, 2, 2)
+    torch.testing.assert_close(e[0, 0], torch.tensor([[0.3, 0.3], [0.0, 0.05]]))
+    torch.testing.assert_close(e[0, 1], torch.tensor([[0.9, 0.3], [0.0, 0.3]]))
+
+
+def test_background_loss_is_the_inversion_error() -> None:
+    from geocloud.training.matting import background_l1
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.uniform(0, 0.4, (2, 4, 16, 16)).astype(np.float32))
+    a = torch.from_numpy(rng.uniform(0, 1, (2, 1, 16, 16)).astype(np.float32))
+    r = a * 0.8
+    y = compose(x, a, r)
+    assert float(background_l1(x, y, a, a, r)) < 1e-5  # the true matte recovers x exactly
+    a_hat = (a + 0.1).clamp(max=1.0)
+    got = float(background_l1(x, y, a, a_hat, r))
+    keep = (a <= ALPHA_MAX).expand_as(x).numpy()
+    x_hat = invert(y.numpy(), np.minimum(a_hat.numpy(), ALPHA_MAX), r.numpy(), ALPHA_MAX)
+    assert got == pytest.approx(float(np.abs(x_hat - x.numpy())[keep].mean()), rel=1e-4)
+
+
+@pytest.mark.parametrize("extremes", [False, True])
+def test_weights_roundtrip(tmp_path, extremes: bool) -> None:
+    net = MattingNet(width=8, extremes=extremes)
     save_weights(net, {"alpha_max": 0.8}, tmp_path / "m.safetensors")
     net2, meta = load_net(tmp_path / "m.safetensors")
+    assert net2.extremes is extremes and meta["extremes"] is extremes
     assert meta["alpha_max"] == 0.8 and meta["spec"]["halo"] == HALO
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, net2.state_dict()[k])
