@@ -468,7 +468,7 @@ def calibrate(
                 syn = [(model.predict(x[None], v[None]).maps["score"][0, 0], c, k) for x, v, c, k in checks]
                 for t, g in itertools.product(np.arange(0.1, 0.91, 0.025), cfg.grow_candidates):
                     if constrained and not all(
-                        (m := cloud_at(sc, float(t), g))[c].mean() <= 0.1 and m[k].mean() >= 0.9
+                        (pred := cloud_at(sc, float(t), g))[c].mean() <= 0.1 and pred[k].mean() >= 0.9
                         for sc, c, k in syn
                     ):
                         continue

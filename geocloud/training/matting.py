@@ -95,7 +95,9 @@ class MattingTrainConfig:
     f_lr: float = 2e-3
     width: int = 32
     #: F also takes each cell's darkest and brightest visible value (the dark channel).
-    extremes: bool = False
+    #: (Third session, with w_background 1: alpha MAE 0.106 -> 0.099, PSNR a<=0.5 18.8 ->
+    #: 20.5 dB, AUC 0.855 -> 0.879; the loss alone: 0.115, 19.5 dB, 0.856.)
+    extremes: bool = True
     #: mix of the layers F is trained on: share from G, share procedural; the rest is clear.
     p_gan_layer: float = 0.35
     p_procedural: float = 0.5
@@ -113,7 +115,8 @@ class MattingTrainConfig:
     #: x, where the true alpha <= alpha_max (alpha_hat clamped there too).  This is what the
     #: clear product is made of: where alpha is ambiguous (bright, flat ground), it teaches F
     #: a cloud colour that leaves the ground unchanged instead of inventing a dark one.
-    w_background: float = 0.0
+    #: (3.0 with the extremes: alpha MAE 0.105, PSNR 18.1 dB, AUC 0.870, worse than 1.0.)
+    w_background: float = 1.0
     #: procedural layers are drawn once into a bank (then flipped/rotated/scaled).
     bank_size: int = 1200
     threads: int = 1
