@@ -29,6 +29,8 @@ from scipy.stats import rankdata
 
 from ..compositing import ALPHA_MAX, compose, invert
 from ..models.base import CloudModel
+from ..threshold import CLEAR as CLEAR_CODE
+from ..threshold import classify
 from .data import CLEAR, CLOUD, THIN, load_catalog, read_chip, split_chips
 from .synth import cloud_layer
 
@@ -112,8 +114,9 @@ def evaluate_synthetic(
     """Alpha MAE and background PSNR/SSIM of composites over held-out chips' clear pixels.
 
     Chips whose key contains any string of ``exclude`` are skipped (e.g. ``("SnowIce",)``).
-    ``gate``: a detector whose score below its ``spec.default_threshold`` sets alpha and
-    r_c to 0, as ``geocloud process`` does with its mask (the pipeline's clear product).
+    ``gate``: a detector whose mask (its ``spec.default_threshold`` and edge growing, the
+    rule of :func:`geocloud.threshold.classify`) sets alpha and r_c to 0 where clear, as
+    ``geocloud process`` does with its mask (the pipeline's clear product).
     """
     cfg = cfg or EvalConfig()
     cases = [c for c in synthetic_cases(data_dir, cfg) if not any(e in c[0] for e in exclude)]
@@ -134,9 +137,13 @@ def evaluate_synthetic(
         if refine is not None:
             a_hat, r_hat = refine(y, a_hat, r_hat)
             a_hat = a_hat.reshape(alpha.shape)
-        if gate is not None:
+        if gate is not None:  # the engine's mask rule at the model's default threshold, edges grown
             score = gate.predict(y[None], valid).maps["score"][0, 0]
-            clear = score < gate.spec.default_threshold
+            t, gs = gate.spec.default_threshold, gate.spec
+            clear = (
+                classify(score, t, gs.grow_ratio * t if gs.grow_radius > 0 else None, gs.grow_radius)
+                == CLEAR_CODE
+            )
             a_hat = np.where(clear, 0.0, a_hat).astype(np.float32)
             r_hat = np.where(clear[None], 0.0, r_hat).astype(np.float32)
         e = np.abs(a_hat - alpha)[known]
