@@ -375,8 +375,10 @@ def process_scene(
             for row0 in range(0, info.height, PASS2_ROWS)
         ]
 
-        def read_maps(window: Window) -> dict[str, np.ndarray]:
-            maps = {name: s.read(window) for name, s in map_sinks.items()}
+        def read_maps(window: Window, have: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+            """The mosaicked (and derived) maps of ``window``; ``have``: maps already read for it."""
+            maps = dict(have or {})
+            maps.update({name: s.read(window) for name, s in map_sinks.items() if name not in maps})
             if derived:
                 r0, c0 = int(window.row_off), int(window.col_off)
                 r1, c1 = r0 + int(window.height), c0 + int(window.width)
@@ -387,12 +389,15 @@ def process_scene(
 
         def classify_window(window: Window) -> tuple[Window, np.ndarray, Any, list[np.ndarray]]:
             """Mask, statistics and second-pass products of one window (runs on a worker)."""
-            maps = read_maps(window)
-            valid = np.isfinite(maps["score"][0])
             around = None
+            have = None
             if threshold.grow_radius > 0:  # edge growing looks grow_radius px beyond the window
                 ext, inner = grow_window(window, threshold.grow_radius, info.height, info.width)
-                around = (map_sinks["score"].read(ext)[0], inner)
+                grown = map_sinks["score"].read(ext)
+                around = (grown[0], inner)
+                have = {"score": grown[(slice(None), *inner)]}  # the window's score: read once
+            maps = read_maps(window, have)
+            valid = np.isfinite(maps["score"][0])
             mask = mask_rule(maps, threshold, around)
             hist = np.bincount(mask.ravel(), minlength=256)
             part = None

@@ -155,11 +155,20 @@ THRESHOLD_RULES: dict[str, ThresholdRule] = {
 }
 
 
+def growing_radius(spec: ModelSpec, cfg: ThresholdConfig) -> int:
+    """The edge-growing radius a run uses: the model's, or 0 when it calibrated none or
+    ``cfg.grow`` is off (the one place that decides whether edges grow)."""
+    if not cfg.grow or spec.grow_radius <= 0 or spec.grow_ratio >= 1.0:
+        return 0
+    return int(spec.grow_radius)
+
+
 def with_growing(result: ThresholdResult, spec: ModelSpec, cfg: ThresholdConfig) -> ThresholdResult:
     """``result`` with the model's edge growing (lower threshold ``grow_ratio * value``)."""
-    if not cfg.grow or spec.grow_radius <= 0 or spec.grow_ratio >= 1.0:
+    radius = growing_radius(spec, cfg)
+    if radius == 0:
         return result
-    return replace(result, grow_low=float(spec.grow_ratio * result.value), grow_radius=int(spec.grow_radius))
+    return replace(result, grow_low=float(spec.grow_ratio * result.value), grow_radius=radius)
 
 
 def fit_threshold(stats: ScoreStats, spec: ModelSpec, cfg: ThresholdConfig) -> ThresholdResult:

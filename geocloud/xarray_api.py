@@ -130,7 +130,7 @@ def _mask(score: Any, result: Any, spec: Any, threshold_cfg: Any) -> Any:
     import dask
     import dask.array as da
 
-    from .threshold import classify
+    from .threshold import classify, growing_radius
 
     def scalar(get: Any) -> Any:
         return da.from_delayed(dask.delayed(lambda r: np.float64(get(r)))(result), shape=(), dtype=np.float64)
@@ -143,7 +143,7 @@ def _mask(score: Any, result: Any, spec: Any, threshold_cfg: Any) -> Any:
         lo = None if np.isnan(low) else float(low)
         return classify(s, float(t), lo, int(rad))
 
-    radius = spec.grow_radius if threshold_cfg.grow and spec.grow_ratio < 1.0 else 0
+    radius = growing_radius(spec, threshold_cfg)
     if radius <= 0:
         return da.map_blocks(one, score, t, low, rad, dtype=np.uint8)
     edges = {0: "none", 1: "none"}

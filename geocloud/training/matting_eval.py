@@ -28,9 +28,10 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import rankdata
 
 from ..compositing import ALPHA_MAX, compose, invert
+from ..config import ThresholdConfig
 from ..models.base import CloudModel
 from ..threshold import CLEAR as CLEAR_CODE
-from ..threshold import classify
+from ..threshold import ThresholdResult, classify_result, with_growing
 from .data import CLEAR, CLOUD, THIN, load_catalog, read_chip, split_chips
 from .synth import cloud_layer
 
@@ -139,11 +140,10 @@ def evaluate_synthetic(
             a_hat = a_hat.reshape(alpha.shape)
         if gate is not None:  # the engine's mask rule at the model's default threshold, edges grown
             score = gate.predict(y[None], valid).maps["score"][0, 0]
-            t, gs = gate.spec.default_threshold, gate.spec
-            clear = (
-                classify(score, t, gs.grow_ratio * t if gs.grow_radius > 0 else None, gs.grow_radius)
-                == CLEAR_CODE
+            fixed = ThresholdResult(
+                float(gate.spec.default_threshold), "fixed: the model's default threshold"
             )
+            clear = classify_result(score, with_growing(fixed, gate.spec, ThresholdConfig())) == CLEAR_CODE
             a_hat = np.where(clear, 0.0, a_hat).astype(np.float32)
             r_hat = np.where(clear[None], 0.0, r_hat).astype(np.float32)
         e = np.abs(a_hat - alpha)[known]
