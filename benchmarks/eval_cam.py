@@ -9,7 +9,8 @@ to a temporary folder and scores the masks against the chips' label rasters with
 :func:`geocloud.evaluate.evaluate` (thin + thick = cloud, shadow = not cloud, 255
 ignored), the function behind ``geocloud evaluate``.
 
-Prints pooled figures for all chips, for ``good`` and ``coarse`` labels (the data's
+Prints pooled figures (the groups of :func:`geocloud.training.cam.grouped_metrics`, as in
+the CAM sidecar's validation) for all chips, for ``good`` and ``coarse`` labels (the data's
 README: coarse labels are blobby, for block labels rather than pixel truth), per sensor
 and per L8 surface, and a row per chip.
 """
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from geocloud import OutputConfig, ProcessConfig, process_scene
 from geocloud.config import ThresholdConfig
-from geocloud.evaluate import evaluate_arrays, metrics
+from geocloud.evaluate import evaluate_arrays
+from geocloud.training.cam import grouped_metrics
 from geocloud.training.data import load_catalog, split_chips
 
 GOALS = {"oa": 0.96, "f1": 0.92}
@@ -51,46 +53,36 @@ def main(argv: list[str] | None = None) -> int:
         threshold=ThresholdConfig(grow=not args.no_grow),
         output=OutputConfig(products=("mask", "stats"), overwrite=True),
     )
-    groups: dict[str, dict[str, int]] = {}
-    rows = []
+    counts: dict[str, dict[str, int]] = {}
+    thresholds: dict[str, float] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for chip in chips:
             res = process_scene(chip.scene, Path(tmp) / chip.set, cfg)
             with rasterio.open(res.outputs["mask"][0]) as m, rasterio.open(chip.label) as t:
-                c = evaluate_arrays(m.read(1), t.read(1), name=chip.key)
-            keys = ["all", f"labels:{chip.label_quality}", f"sensor:{chip.sensor}"]
-            if chip.set == "l8_biome":
-                keys.append(f"surface:{chip.surface}")
-            for k in keys:
-                g = groups.setdefault(k, {"tp": 0, "fp": 0, "fn": 0, "tn": 0})
-                for n in g:
-                    g[n] += c[n]
-            m_ = metrics(c)
-            rows.append({"chip": chip.key, "labels": chip.label_quality, "threshold": res.stats["threshold"]["value"],
-                         "fp_of_clear": c["fp"] / max(c["fp"] + c["tn"], 1), **m_})  # fmt: skip
-    out = {
-        "model": args.model,
-        "grow": not args.no_grow,
-        "chips": rows,
-        "groups": {
-            k: {**metrics(v), "fp_of_clear": v["fp"] / max(v["fp"] + v["tn"], 1)} for k, v in groups.items()
-        },
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    print(f"model {args.model}, edge growing {'off' if args.no_grow else 'on'}, {len(rows)} held-out chips")
+                counts[chip.key] = evaluate_arrays(m.read(1), t.read(1), name=chip.key)
+            thresholds[chip.key] = res.stats["threshold"]["value"]
+    out = {"model": args.model, "grow": not args.no_grow, **grouped_metrics(counts, chips),
+           "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    for g in list(out["groups"].values()) + list(out["chips"].values()):
+        g["fp_of_clear"] = g["fp"] / max(g["fp"] + g["tn"], 1)
+    for k, thr in thresholds.items():
+        out["chips"][k]["threshold"] = thr
+    print(f"model {args.model}, edge growing {'off' if args.no_grow else 'on'}, {len(chips)} held-out chips")
     print("| group | OA | precision | recall | F1 | IoU | FP % of clear | pixels |")
     print("|---|---|---|---|---|---|---|---|")
-    for k in sorted(out["groups"], key=lambda k: (k != "all", not k.startswith("labels"), k)):
+    for k in sorted(
+        out["groups"], key=lambda k: (not k.startswith("pooled"), not k.startswith("quality"), k)
+    ):
         g = out["groups"][k]
         print(f"| {k} | {g['oa']:.3f} | {g['precision']:.3f} | {g['recall']:.3f} | {g['f1']:.3f} | "
               f"{g['iou']:.3f} | {100 * g['fp_of_clear']:.1f} | {int(g['pixels'])} |")  # fmt: skip
     print("\nper chip: OA / F1 / FP % of clear (threshold)")
-    for r in rows:
+    for key, r in out["chips"].items():
         print(
-            f"  {r['chip']:32s} {r['labels']:6s} {r['oa']:.3f} / {r['f1']:.3f} / {100 * r['fp_of_clear']:.1f} ({r['threshold']:.3f})"
+            f"  {key:32s} {r['quality']:6s} {r['oa']:.3f} / {r['f1']:.3f} / {100 * r['fp_of_clear']:.1f} ({r['threshold']:.3f})"
         )
-    a = out["groups"]["all"]
+    a = out["groups"]["pooled"]
     print(f"\ngoal (issue 4): pooled OA >= {GOALS['oa']}, F1 >= {GOALS['f1']}: "
           f"{'met' if a['oa'] >= GOALS['oa'] and a['f1'] >= GOALS['f1'] else 'NOT met'} "
           f"(OA {a['oa']:.3f}, F1 {a['f1']:.3f}); evaluated in {out['seconds']} s")  # fmt: skip

@@ -358,6 +358,20 @@ def pooled_metrics(
     grow: tuple[float, int] = (1.0, 0),
 ) -> dict[str, Any]:
     """Per-chip, per-sensor, per-surface and pooled metrics at a fixed threshold (and edge growing)."""
+    counts = {
+        chip.key: confusion(cloud_at(scored[chip.key][0], threshold, grow), scored[chip.key][1])
+        for chip in chips
+    }
+    return {
+        "threshold": threshold,
+        "grow": {"ratio": grow[0], "radius": grow[1]},
+        **grouped_metrics(counts, chips),
+    }
+
+
+def grouped_metrics(counts: dict[str, dict[str, int]], chips: list[Chip]) -> dict[str, Any]:
+    """``groups`` (pooled, pooled_good, per sensor, label quality and L8 surface) and
+    ``chips`` metrics from each chip's confusion counts (``counts[chip.key]``)."""
     per_chip: dict[str, Any] = {}
     groups: dict[str, dict[str, int]] = {}
 
@@ -367,8 +381,7 @@ def pooled_metrics(
             g[k] += c[k]
 
     for chip in chips:
-        score, truth = scored[chip.key]
-        c = confusion(cloud_at(score, threshold, grow), truth)
+        c = counts[chip.key]
         per_chip[chip.key] = {**metrics(c), "quality": chip.label_quality}
         add("pooled", c)
         add(f"sensor:{chip.sensor}", c)
@@ -377,12 +390,7 @@ def pooled_metrics(
             add(f"surface:{chip.surface}", c)
         if chip.label_quality == "good":
             add("pooled_good", c)
-    return {
-        "threshold": threshold,
-        "grow": {"ratio": grow[0], "radius": grow[1]},
-        "groups": {k: metrics(v) for k, v in sorted(groups.items())},
-        "chips": per_chip,
-    }
+    return {"groups": {k: metrics(v) for k, v in sorted(groups.items())}, "chips": per_chip}
 
 
 def synthetic_checks(cfg: CamTrainConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -685,6 +693,7 @@ __all__ = [
     "chip_scores",
     "cloud_truth",
     "gather",
+    "grouped_metrics",
     "load_tagged_archive",
     "pooled_metrics",
     "recalibrate",
