@@ -349,7 +349,8 @@ class _Level:
         profile: dict[str, Any] = {
             "driver": "GTiff", "width": width, "height": height, "count": spec.count,
             "dtype": spec.dtype, "nodata": spec.nodata, "tiled": True, "blockxsize": 512,
-            "blockysize": 512, "compress": "NONE", "BIGTIFF": "IF_SAFER", "SPARSE_OK": "TRUE",
+            "blockysize": 512, "compress": "NONE", "interleave": "band", "BIGTIFF": "IF_SAFER",
+            "SPARSE_OK": "TRUE",
         }  # fmt: skip
         with warnings.catch_warnings():
             # intermediate files: the georeferencing goes onto the COG from the VRT
@@ -415,6 +416,8 @@ class RasterSink:
         self.tmp = workdir / (final.stem + ".stream.tif")
         self._top = _Level(self.tmp, spec.width, spec.height, spec, blocksize)
         self._lock = threading.Lock()
+        #: read-only handle once sealed (reads may then run beside :meth:`finalize`)
+        self._reader: rasterio.DatasetReader | None = None
 
     def write_window(self, array: np.ndarray, row0: int, col0: int = 0) -> None:
         """Write ``array`` (k, n, w) at rows ``row0..``, columns ``col0..``.  Within a column
@@ -441,10 +444,27 @@ class RasterSink:
     def read(self, window: Window) -> np.ndarray:
         """Read back what was written (used by the second pass)."""
         with self._lock:
-            return self._top.ds.read(window=window)
+            return (self._reader or self._top.ds).read(window=window)
+
+    def seal(self) -> None:
+        """Finish writing (every row and column must have been written).  Afterwards
+        :meth:`read` and :meth:`finalize` may run side by side, on different threads."""
+        with self._lock:
+            if self._reader is not None:
+                return
+            self._top.close()
+            if not self._top.complete():
+                raise ValueError(f"{self.final.name}: not every row and column was written")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._reader = rasterio.open(self.tmp)
 
     def close(self) -> None:
-        self._top.close()
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            self._top.close()
 
     def _vrt(self, tags: Mapping[str, str]) -> str:
         from xml.sax.saxutils import escape
@@ -482,17 +502,16 @@ class RasterSink:
         parts.append("</VRTDataset>")
         return "".join(parts)
 
-    def finalize(self, tags: Mapping[str, str], dest: Path | None = None) -> Path:
+    def finalize(self, tags: Mapping[str, str], dest: Path | None = None, *, keep: bool = False) -> Path:
         """Assemble the COG (tiled, compressed, with the streamed overviews).
 
         With ``dest`` the COG is written there (the caller renames it into place later);
         without, it goes to a temporary name beside ``final`` and is renamed to ``final``.
+        ``keep`` keeps the intermediate files for :meth:`read` (call :meth:`discard` later).
         """
         from rasterio.shutil import copy as rio_copy
 
-        self.close()
-        if not self._top.complete():
-            raise ValueError(f"{self.final.name}: not every row and column was written")
+        self.seal()
         vrt = self.tmp.with_suffix(".vrt")
         vrt.write_text(self._vrt(tags))
         out_tmp = dest if dest is not None else partial_name(self.final)
@@ -517,7 +536,8 @@ class RasterSink:
                 f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions"
             ) from None
         finally:
-            self.discard()
+            if not keep:
+                self.discard()
             vrt.unlink(missing_ok=True)
         return out_tmp if dest is not None else self.final
 

@@ -67,9 +67,11 @@ class StripAccumulator:
         w = np.outer(self.row_weights[self.top : upto], self.col_weights)
         valid = self.valid[:n].copy()
         out: dict[str, np.ndarray] = {}
+        invalid = None if valid.all() else ~valid
         for k, s in self.sums.items():
             v = np.divide(s[:, :n], w)
-            v[:, ~valid] = np.nan
+            if invalid is not None:
+                np.copyto(v, np.float32(np.nan), where=invalid)
             out[k] = v
         strip = Strip(self.top, upto, out, valid)
         # slide the strip down

@@ -58,6 +58,9 @@ GDAL_CACHE_MB = (96, 512)
 PASS2_ROWS = 256
 #: threads computing second-pass windows (mask, clear product) side by side.
 PASS2_WORKERS = 2
+#: COGs assembled side by side once the second pass is done (each also compresses on
+#: GDAL's own threads).
+COG_WORKERS = 2
 #: warn when more than this fraction of valid reflectances fall outside REFLECTANCE_RANGE.
 OUT_OF_RANGE_WARN = 0.02
 
@@ -349,6 +352,36 @@ def process_scene(
         # ---- threshold
         threshold = fit_threshold(score_stats, spec, config.threshold)
 
+        # ---- the first pass's products become COGs on a background thread while the
+        # second pass reads their intermediate files (each side with its own GDAL handle)
+        tags = {
+            "GEOCLOUD_VERSION": __version__,
+            "GEOCLOUD_MODEL": spec.name,
+            "GEOCLOUD_THRESHOLD": f"{threshold.value:.6g}",
+            "GEOCLOUD_THRESHOLD_METHOD": threshold.method,
+            "GEOCLOUD_SENSOR": radiometry.sensor,
+            "GEOCLOUD_SCENE": info.path.name,
+        }
+        for s in map_sinks.values():
+            s.seal()
+        # during the second pass one thread assembles them in turn (the second pass has
+        # the cores); the second pass's rasters are assembled COG_WORKERS at a time after it
+        early_pool = ThreadPoolExecutor(1, thread_name_prefix="geocloud-cog")
+        late_pool = ThreadPoolExecutor(COG_WORKERS, thread_name_prefix="geocloud-cog")
+        for pool_ in (early_pool, late_pool):  # on any failure: wait, then clean up
+            cleanup.callback(pool_.shutdown, wait=True, cancel_futures=True)
+
+        def assemble(name: str, sink: RasterSink, pool_: ThreadPoolExecutor, keep: bool) -> Future[Path]:
+            """Queue the COG of ``sink`` (under a temporary name; rasters only needed by file
+            products stay in the work folder)."""
+            dest = partial_name(sink.final) if name in wanted else workdir / sink.final.name
+            if name in wanted:
+                partials.append((dest, sink.final))
+            return pool_.submit(sink.finalize, {**tags, "GEOCLOUD_PRODUCT": name}, dest, keep=keep)
+
+        # only first-pass products so far; their intermediates stay for the second pass
+        cog_jobs = [(name, assemble(name, sink, early_pool, True)) for name, sink in sinks.items()]
+
         # ---- pass 2: window products (and the products that copy a derived map)
         pass2: list[tuple[RasterProduct, Callable[[WindowContext], np.ndarray]]] = [
             (p, p.compute) for p in raster_products if p.compute is not None
@@ -436,26 +469,15 @@ def process_scene(
             writer.close()
         timings["classify"] = time.perf_counter() - t0
 
-        # ---- finalize rasters under temporary names
+        # ---- the other rasters become COGs under temporary names, COG_WORKERS at a time
         t0 = time.perf_counter()
-        tags = {
-            "GEOCLOUD_VERSION": __version__,
-            "GEOCLOUD_MODEL": spec.name,
-            "GEOCLOUD_THRESHOLD": f"{threshold.value:.6g}",
-            "GEOCLOUD_THRESHOLD_METHOD": threshold.method,
-            "GEOCLOUD_SENSOR": radiometry.sensor,
-            "GEOCLOUD_SCENE": info.path.name,
-        }
+        early = {name for name, _ in cog_jobs}
+        cog_jobs += [(name, assemble(name, s, late_pool, False)) for name, s in sinks.items() if name not in early]
         raster_done: dict[str, Path] = {}
-        for k, (name, sink) in enumerate(sinks.items(), start=1):
-            # rasters asked for go to a temporary name beside their final one; rasters only
-            # needed by file products stay in the work folder
-            dest = partial_name(sink.final) if name in wanted else workdir / sink.final.name
-            if name in wanted:
-                partials.append((dest, sink.final))
-            raster_done[name] = sink.finalize({**tags, "GEOCLOUD_PRODUCT": name}, dest)
+        for k, (name, job) in enumerate(cog_jobs, start=1):
+            raster_done[name] = job.result()
             if progress:
-                progress("write", k, len(sinks))
+                progress("write", k, len(cog_jobs))
         for s in map_sinks.values():
             s.discard()
         timings["write_cogs"] = time.perf_counter() - t0

@@ -283,6 +283,27 @@ def test_weighted_region_skips_the_halo_ring_of_inner_blocks():
         assert w[r0:r1, c0:c1].sum() == w.sum()  # nothing with weight is left out
 
 
+def test_block_reads_count_out_of_range_reflectance_on_valid_pixels_only(tmp_path):
+    """The wrong-scaling check samples the block: out-of-range share of valid pixels, nodata left out."""
+    from geocloud.inference import _Batch, _read_into
+    from geocloud.io import SceneReader, open_scene
+    from geocloud.sensors import Radiometry
+    from geocloud.tiling import make_tiling
+
+    data = np.full((4, 128, 128), 0.2, np.float32)
+    data[:, :, :32] = 3.0  # a quarter of the columns far too bright
+    data[:, 64:, :] = np.nan  # the lower half is nodata (its bright pixels must not count)
+    scene = write_scene(tmp_path / "s.tif", data, nodata=float("nan"))
+    info = open_scene(scene)
+    rad = Radiometry("generic", (1, 2, 3, 4), (1.0,) * 4, (0.0,) * 4, "test")
+    block = next(iter(make_tiling(128, 128, block_size=128, halo=0, feather=0, multiple=8)))
+    batch = _Batch([block], 4)
+    with SceneReader(info, rad.indexes) as reader:
+        bad, checked = _read_into(reader, rad, batch, 0, -0.05, 1.6)
+    assert checked > 0 and bad / checked == pytest.approx(0.25)
+    assert checked <= 4 * 64 * 128  # valid pixel-bands only
+    assert not batch.valid[0, 64:].any() and (batch.x[0][:, 64:] == 0).all()  # nodata zeroed
+
 class _BadShapeModel(CloudModel):
     """Returns maps one row short: the mosaic (on its own thread) must fail loudly."""
 
