@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import numpy as np
 
@@ -129,6 +130,27 @@ def weighted_region(blocks: list[Block]) -> Region:
     return r0, max(r1, r0), c0, max(c1, c0)
 
 
+def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int]]]) -> tuple[
+    list[tuple[int, int]], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None, Region
+]:  # fmt: skip
+    """Wait for the batch's reads, then run the model on its weighted region (a worker job)."""
+    counts = [f.result() for f in reads]
+    region = weighted_region(batch.blocks)
+    r0, r1, c0, c1 = region
+    if not batch.valid.any():
+        n = len(batch.blocks)
+        spec = model.spec
+        maps = {
+            k: np.zeros((n, c, r1 - r0, c1 - c0), np.float32) for k, c in spec.outputs.items() if k not in spec.derived
+        }
+        h, w = batch.x.shape[2:]
+        cs = spec.cell_size
+        cells = {k: np.zeros((n, c, -(-h // cs), -(-w // cs)), np.float32) for k, c in spec.cells.items()}
+        return counts, maps, cells, None, region
+    pred = model.predict_region(batch.x, batch.valid, region)
+    return counts, pred.maps, pred.cells, pred.block_prob, region
+
+
 def predict_blocks(
     reader: SceneReader,
     radiometry: Radiometry,
@@ -137,56 +159,48 @@ def predict_blocks(
     *,
     batch_size: int = 4,
     readers: int = 2,
+    predictors: int = 1,
     reflectance_range: tuple[float, float] = (-0.05, 1.6),
 ) -> Generator[BlockResult, None, None]:
     """Yield every block's model maps, in row-major order.
 
     Reads run ahead by up to two batches on ``readers`` threads, each writing its block
-    straight into the batch array the model will see.
+    straight into the batch array the model will see.  ``predictors`` batches go through
+    the model at once, each on its own thread (torch releases the GIL); results still come
+    out in order.
     """
     lo, hi = reflectance_range
     blocks = iter(blocks)
     bands = len(radiometry.indexes)
-    pending: deque[tuple[_Batch, list[Future[tuple[int, int]]]]] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="geocloud-read") as pool:
+    ahead = max(1, predictors) + 2  # batches being read or predicted
+    inflight: deque[tuple[_Batch, Future[Any]]] = deque()
+    read_pool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="geocloud-read")
+    model_pool = ThreadPoolExecutor(max_workers=max(1, predictors), thread_name_prefix="geocloud-model")
+    reading: deque[tuple[_Batch, list[Future[tuple[int, int]]]]] = deque()
+    try:
 
         def refill() -> None:
-            while len(pending) < 2:
+            while len(reading) + len(inflight) < ahead:
                 chunk = list(islice(blocks, batch_size))
                 if not chunk:
-                    return
+                    break
                 batch = _Batch(chunk, bands)
-                futures = [
-                    pool.submit(_read_into, reader, radiometry, batch, i, lo, hi) for i in range(len(chunk))
-                ]
-                pending.append((batch, futures))
+                reads = [read_pool.submit(_read_into, reader, radiometry, batch, i, lo, hi) for i in range(len(chunk))]
+                reading.append((batch, reads))
+            while reading and len(inflight) < max(1, predictors):
+                batch, reads = reading.popleft()
+                inflight.append((batch, model_pool.submit(_predict, model, batch, reads)))
 
         refill()
-        while pending:
-            batch, futures = pending.popleft()
-            counts = [f.result() for f in futures]
+        while inflight:
+            batch, job = inflight.popleft()
+            counts, pred_maps, pred_cells, block_prob, region = job.result()
             refill()
-            region = weighted_region(batch.blocks)
-            r0, r1, c0, c1 = region
-            if not batch.valid.any():
-                n = len(batch.blocks)
-                spec = model.spec
-                pred_maps = {
-                    k: np.zeros((n, c, r1 - r0, c1 - c0), np.float32)
-                    for k, c in spec.outputs.items()
-                    if k not in spec.derived
-                }
-                h, w = batch.x.shape[2:]
-                cs = spec.cell_size
-                pred_cells = {
-                    k: np.zeros((n, c, -(-h // cs), -(-w // cs)), np.float32) for k, c in spec.cells.items()
-                }
-                block_prob = None
-            else:
-                pred = model.predict_region(batch.x, batch.valid, region)
-                pred_maps, pred_cells, block_prob = pred.maps, pred.cells, pred.block_prob
             for i, block in enumerate(batch.blocks):
                 maps = {k: m[i] for k, m in pred_maps.items()}
                 cells = {k: m[i] for k, m in pred_cells.items()}
                 prob = None if block_prob is None else float(block_prob[i])
                 yield BlockResult(block, maps, region, cells, batch.valid[i], prob, *counts[i])
+    finally:  # also when the caller stops early: nothing new starts, running jobs finish
+        model_pool.shutdown(wait=True, cancel_futures=True)
+        read_pool.shutdown(wait=True, cancel_futures=True)

@@ -179,6 +179,18 @@ class _Worker:
             raise self.error
 
 
+def _close_all(workers: list[_Worker]) -> None:
+    """Close every worker (each finishes its queue), then raise the first error any had."""
+    errors = []
+    for w in workers:
+        try:
+            w.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, once all are closed
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
 def process_scene(
     path: str | os.PathLike[str],
     outdir: str | os.PathLike[str],
@@ -317,6 +329,7 @@ def process_scene(
                     results = predict_blocks(
                         reader, radiometry, swath_blocks(tiling, sw), model,
                         batch_size=batch_size, readers=config.inference.readers,
+                        predictors=config.inference.resolved_predictors(device),
                         reflectance_range=REFLECTANCE_RANGE,
                     )  # fmt: skip
                     with closing(results):
@@ -442,12 +455,9 @@ def process_scene(
             return window, hist, part, [compute(ctx) for _, compute in pass2]
 
         # windows are computed on PASS2_WORKERS threads (numpy and GDAL release the GIL), a
-        # bounded number ahead, and written in order by a writer thread, so writing overlaps the computing
-        def write_window(window: Window, outs: list[np.ndarray]) -> None:
-            for (p, _), arr in zip(pass2, outs, strict=True):
-                sinks[p.name].write_window(arr, int(window.row_off), int(window.col_off))
-
-        writer = _Worker("write")
+        # bounded number ahead, and written in order, so writing overlaps the computing; each
+        # product has its own writer thread (one writer for all was the second pass's bottleneck)
+        writers = [_Worker(f"write-{p.name}") for p, _ in pass2]
         try:
             with ThreadPoolExecutor(PASS2_WORKERS, thread_name_prefix="geocloud-classify") as pool:
                 ahead: deque[Future[tuple[Window, np.ndarray, Any, list[np.ndarray]]]] = deque()
@@ -462,11 +472,12 @@ def process_scene(
                     counts += hist
                     if matting_stats is not None:
                         matting_stats.merge(part)
-                    writer.put(partial(write_window, window, outs))
+                    for w, (p, _), arr in zip(writers, pass2, outs, strict=True):
+                        w.put(partial(sinks[p.name].write_window, arr, int(window.row_off), int(window.col_off)))
                     if progress:
                         progress("classify", i, len(windows))
         finally:
-            writer.close()
+            _close_all(writers)
         timings["classify"] = time.perf_counter() - t0
 
         # ---- the other rasters become COGs under temporary names, COG_WORKERS at a time
@@ -495,6 +506,7 @@ def process_scene(
             "inference": {
                 "batch_size": batch_size,
                 "torch_threads": config.inference.resolved_threads() if device == "cpu" else None,
+                "predictors": config.inference.resolved_predictors(device),
             },
             "size": {"width": info.width, "height": info.height, "bands": info.count, "dtype": info.dtype},
             "georeferencing": info.georef_kind,
