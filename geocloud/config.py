@@ -114,8 +114,9 @@ class InferenceConfig:
 
         With one torch thread the model would leave a core to the reader, mosaic and
         writer threads, which do not fill it; a second model thread does.  On the 2-core
-        machine at 10000^2 with every matting product, the first pass took 12.1 s with 2
-        against 14.4 s with 1 (see docs/benchmarks.md).  On CUDA one stream of batches is kept.
+        machine at 10000^2 with every matting product, the first pass took 13.1 s with 2
+        against 16.6 s with 1 (16.9 against 20.3 s in a slower round; docs/benchmarks.md).
+        On CUDA one stream of batches is kept.
         """
         if self.predictors is not None:
             return self.predictors

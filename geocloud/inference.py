@@ -141,7 +141,9 @@ def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int
         n = len(batch.blocks)
         spec = model.spec
         maps = {
-            k: np.zeros((n, c, r1 - r0, c1 - c0), np.float32) for k, c in spec.outputs.items() if k not in spec.derived
+            k: np.zeros((n, c, r1 - r0, c1 - c0), np.float32)
+            for k, c in spec.outputs.items()
+            if k not in spec.derived
         }
         h, w = batch.x.shape[2:]
         cs = spec.cell_size
@@ -185,7 +187,10 @@ def predict_blocks(
                 if not chunk:
                     break
                 batch = _Batch(chunk, bands)
-                reads = [read_pool.submit(_read_into, reader, radiometry, batch, i, lo, hi) for i in range(len(chunk))]
+                reads = [
+                    read_pool.submit(_read_into, reader, radiometry, batch, i, lo, hi)
+                    for i in range(len(chunk))
+                ]
                 reading.append((batch, reads))
             while reading and len(inflight) < max(1, predictors):
                 batch, reads = reading.popleft()

@@ -473,7 +473,9 @@ def process_scene(
                     if matting_stats is not None:
                         matting_stats.merge(part)
                     for w, (p, _), arr in zip(writers, pass2, outs, strict=True):
-                        w.put(partial(sinks[p.name].write_window, arr, int(window.row_off), int(window.col_off)))
+                        w.put(
+                            partial(sinks[p.name].write_window, arr, int(window.row_off), int(window.col_off))
+                        )
                     if progress:
                         progress("classify", i, len(windows))
         finally:
@@ -483,7 +485,9 @@ def process_scene(
         # ---- the other rasters become COGs under temporary names, COG_WORKERS at a time
         t0 = time.perf_counter()
         early = {name for name, _ in cog_jobs}
-        cog_jobs += [(name, assemble(name, s, late_pool, False)) for name, s in sinks.items() if name not in early]
+        cog_jobs += [
+            (name, assemble(name, s, late_pool, False)) for name, s in sinks.items() if name not in early
+        ]
         raster_done: dict[str, Path] = {}
         for k, (name, job) in enumerate(cog_jobs, start=1):
             raster_done[name] = job.result()

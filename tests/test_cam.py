@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from geocloud.errors import InputError, ModelError  # noqa: E402
+from geocloud.errors import InputError, ModelError, OutputError  # noqa: E402
 from geocloud.evaluate import evaluate_arrays, metrics, pair_inputs  # noqa: E402
 from geocloud.models.cam import (  # noqa: E402
     DEFAULT_WEIGHTS,
@@ -232,6 +232,30 @@ def test_weights_round_trip_and_band_check(tmp_path: Path) -> None:
         model.check_bands(("red", "green", "blue"))
     with pytest.raises(ModelError, match="4-band"):
         model.predict(np.zeros((1, 3, 64, 64), np.float32), np.ones((1, 64, 64), bool))
+
+
+def test_interrupted_weight_save_keeps_the_previous_weights(tmp_path: Path, monkeypatch) -> None:
+    """Saving goes through temporary names: a failure mid-write leaves the old pair intact."""
+    import hashlib
+
+    import safetensors.torch
+
+    net = _net(64)
+    side = CamSidecar(config=net.config, lpp_mode="dilate", z_lo=-3.0, z_hi=3.0)
+    path = tmp_path / "cam.safetensors"
+    save_weights(net, side, path)
+    before = path.read_bytes(), (tmp_path / "cam.json").read_text()
+
+    def half_write(state, filename):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    with pytest.raises(OutputError, match="cam.safetensors"):
+        save_weights(_net(64), CamSidecar(config=net.config), path)
+    assert (path.read_bytes(), (tmp_path / "cam.json").read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.json", "cam.safetensors"]
+    assert json.loads(before[1])["training"]["weights_sha256"] == hashlib.sha256(before[0]).hexdigest()
 
 
 def test_weights_load_safely(tmp_path: Path) -> None:

@@ -304,6 +304,7 @@ def test_block_reads_count_out_of_range_reflectance_on_valid_pixels_only(tmp_pat
     assert checked <= 4 * 64 * 128  # valid pixel-bands only
     assert not batch.valid[0, 64:].any() and (batch.x[0][:, 64:] == 0).all()  # nodata zeroed
 
+
 class _BadShapeModel(CloudModel):
     """Returns maps one row short: the mosaic (on its own thread) must fail loudly."""
 

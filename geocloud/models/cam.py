@@ -480,13 +480,17 @@ def save_weights(net: CamNet, sidecar: CamSidecar, path: str | Path) -> Path:
 
     from safetensors.torch import save_file
 
+    from ..io import atomic_output, atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path))
-    sidecar.training["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    # both through temporary names: an interrupted save never leaves a half-written file
+    with atomic_output(path, keep_suffix=True, what="weights ") as tmp:
+        save_file(state, str(tmp))
+        sidecar.training["weights_sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
     side = path.with_suffix(".json")
-    side.write_text(json.dumps(sidecar.to_json(), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(side, json.dumps(sidecar.to_json(), indent=2, sort_keys=False) + "\n")
     return side
 
 

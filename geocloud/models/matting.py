@@ -363,8 +363,12 @@ def save_weights(
     weights = Path(weights)
     sidecar = Path(sidecar) if sidecar is not None else weights.with_suffix(".json")
     weights.parent.mkdir(parents=True, exist_ok=True)
+    from ..io import atomic_output, atomic_write_text
+
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(weights))
+    # both through temporary names: an interrupted save never leaves a half-written file
+    with atomic_output(weights, keep_suffix=True, what="weights ") as tmp:
+        save_file(state, str(tmp))
     spec = matting_spec()
     doc = {
         "spec": {
@@ -386,7 +390,7 @@ def save_weights(
         },
         **meta,
     }
-    sidecar.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(sidecar, json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
 def load_net(
