@@ -36,3 +36,19 @@ def test_bench_targets_follow_the_pipeline() -> None:
     assert bench.targets_for("spectral", "mask,score,stats") == (15.0, 1024.0)
     assert bench.targets_for("cam", "mask,score,stats") == (3.0, 1536.0)
     assert bench.targets_for("cam", "mask,score,alpha,reflectance,clear,stats") == (3.5, 1536.0)
+
+
+def test_compare_trees_alternates_runs_and_reports_each_tree(tmp_path: Path, capsys, make_raster) -> None:
+    spec = importlib.util.spec_from_file_location("compare_trees", REPO / "benchmarks" / "compare_trees.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    scene = make_raster("s.tif", width=96, height=96)
+    rc = mod.main(["--scene", str(scene), "--pairs", "2", "--products", "mask,stats", str(REPO), str(REPO),
+                   "--", "--model", "spectral"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rounds = [line for line in out.splitlines() if line.startswith("round")]
+    assert [r.split()[1] for r in rounds] == ["1", "1", "2", "2"]  # tree A, tree B, A, B
+    assert all(float(r.split("wall")[1].split()[0]) > 0 for r in rounds)
+    assert out.count("fastest in") == 2
