@@ -335,6 +335,31 @@ def test_errors_on_worker_threads_surface_and_leave_no_outputs(tmp_path, monkeyp
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("failing", ["score", "mask"])
+def test_cog_assembly_errors_surface_and_leave_no_outputs(tmp_path, monkeypatch, failing):
+    """The score COG is assembled on a background thread during the second pass, the mask's
+    after it: a failure in either reaches the caller, other outputs are removed, and a
+    previous run's outputs are left untouched."""
+    from geocloud.errors import OutputError
+    from geocloud.io import RasterSink
+
+    scene = write_scene(tmp_path / "s.tif", coord_scene(260, 300))
+    out = tmp_path / "out"
+    run(scene, out, BoxModel(), 128)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    finalize = RasterSink.finalize
+
+    def flaky(self, tags, dest=None, **kw):
+        if tags["GEOCLOUD_PRODUCT"] == failing:
+            raise OutputError(f"writing {self.final.name} failed (disk full)")
+        return finalize(self, tags, dest, **kw)
+
+    monkeypatch.setattr(RasterSink, "finalize", flaky)
+    with pytest.raises(OutputError, match=f"s_{failing}.tif"):
+        run(scene, out, BoxModel(), 128)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_atomic_output_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     from geocloud.errors import OutputError
     from geocloud.io import atomic_output

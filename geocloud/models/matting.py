@@ -360,11 +360,11 @@ def save_weights(
     """Write ``net`` as safetensors plus a JSON sidecar (``meta`` + the spec)."""
     from safetensors.torch import save_file
 
+    from ..io import atomic_output, atomic_write_text
+
     weights = Path(weights)
     sidecar = Path(sidecar) if sidecar is not None else weights.with_suffix(".json")
     weights.parent.mkdir(parents=True, exist_ok=True)
-    from ..io import atomic_output, atomic_write_text
-
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     # both through temporary names: an interrupted save never leaves a half-written file
     with atomic_output(weights, keep_suffix=True, what="weights ") as tmp:
