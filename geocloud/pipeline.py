@@ -445,7 +445,9 @@ def process_scene(
             maps = read_maps(window, have)
             valid = np.isfinite(maps["score"][0])
             mask = mask_rule(maps, threshold, around)
-            hist = np.bincount(mask.ravel(), minlength=256)
+            hist = np.zeros(256, np.int64)  # masks hold only these classes
+            for cls in (CLEAR, CLOUD, NODATA):
+                hist[cls] = np.count_nonzero(mask == cls)
             part = None
             if matting_stats is not None:
                 part = MattingStats(config.decloud)
