@@ -70,6 +70,22 @@ def test_out_of_range_reflectance_warns(make_raster, tmp_path):
     assert any("--scale" in w for w in stats["warnings"])
 
 
+@pytest.mark.parametrize("predictors", ["1", "3"])
+def test_predictors_option_reaches_the_run_and_keeps_the_mask(make_raster, tmp_path, predictors):
+    """--predictors N runs N model threads (recorded in the stats); the mask is the same."""
+    scene = make_raster("s.tif", width=300, height=260)
+    base, out = tmp_path / "base", tmp_path / "o"
+    args = ["--model", "spectral", "--block-size", "64", "--products", "mask,stats"]
+    assert CliRunner().invoke(cli, ["process", str(scene), "-o", str(base), *args]).exit_code == 0
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), *args, "--predictors", predictors])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "s_stats.json").read_text())["inference"]["predictors"] == int(predictors)
+    with rasterio.open(base / "s_mask.tif") as a, rasterio.open(out / "s_mask.tif") as b:
+        assert (a.read() == b.read()).all()
+    bad = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--predictors", "0"])
+    assert bad.exit_code == 2 and "--predictors" in bad.output
+
+
 def test_unknown_product_is_a_usage_error(make_raster, tmp_path):
     scene = make_raster("s.tif")
     r = CliRunner().invoke(
