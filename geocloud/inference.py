@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
@@ -130,9 +130,18 @@ def weighted_region(blocks: list[Block]) -> Region:
     return r0, max(r1, r0), c0, max(c1, c0)
 
 
-def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int]]]) -> tuple[
-    list[tuple[int, int]], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None, Region
-]:  # fmt: skip
+class _Predicted(NamedTuple):
+    """One batch through the model (a model-thread job's result)."""
+
+    #: per block: (out-of-range reflectances, reflectances checked)
+    counts: list[tuple[int, int]]
+    maps: dict[str, np.ndarray]
+    cells: dict[str, np.ndarray]
+    block_prob: np.ndarray | None
+    region: Region
+
+
+def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int]]]) -> _Predicted:
     """Wait for the batch's reads, then run the model on its weighted region (a worker job)."""
     counts = [f.result() for f in reads]
     region = weighted_region(batch.blocks)
@@ -148,9 +157,9 @@ def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int
         h, w = batch.x.shape[2:]
         cs = spec.cell_size
         cells = {k: np.zeros((n, c, -(-h // cs), -(-w // cs)), np.float32) for k, c in spec.cells.items()}
-        return counts, maps, cells, None, region
+        return _Predicted(counts, maps, cells, None, region)
     pred = model.predict_region(batch.x, batch.valid, region)
-    return counts, pred.maps, pred.cells, pred.block_prob, region
+    return _Predicted(counts, pred.maps, pred.cells, pred.block_prob, region)
 
 
 def predict_blocks(
@@ -175,7 +184,7 @@ def predict_blocks(
     blocks = iter(blocks)
     bands = len(radiometry.indexes)
     ahead = max(1, predictors) + 2  # batches being read or predicted
-    inflight: deque[tuple[_Batch, Future[Any]]] = deque()
+    inflight: deque[tuple[_Batch, Future[_Predicted]]] = deque()
     read_pool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="geocloud-read")
     model_pool = ThreadPoolExecutor(max_workers=max(1, predictors), thread_name_prefix="geocloud-model")
     reading: deque[tuple[_Batch, list[Future[tuple[int, int]]]]] = deque()
@@ -199,13 +208,13 @@ def predict_blocks(
         refill()
         while inflight:
             batch, job = inflight.popleft()
-            counts, pred_maps, pred_cells, block_prob, region = job.result()
+            p = job.result()
             refill()
             for i, block in enumerate(batch.blocks):
-                maps = {k: m[i] for k, m in pred_maps.items()}
-                cells = {k: m[i] for k, m in pred_cells.items()}
-                prob = None if block_prob is None else float(block_prob[i])
-                yield BlockResult(block, maps, region, cells, batch.valid[i], prob, *counts[i])
+                maps = {k: m[i] for k, m in p.maps.items()}
+                cells = {k: m[i] for k, m in p.cells.items()}
+                prob = None if p.block_prob is None else float(p.block_prob[i])
+                yield BlockResult(block, maps, p.region, cells, batch.valid[i], prob, *p.counts[i])
     finally:  # also when the caller stops early: nothing new starts, running jobs finish
         model_pool.shutdown(wait=True, cancel_futures=True)
         read_pool.shutdown(wait=True, cancel_futures=True)
