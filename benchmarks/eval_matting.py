@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             model, args.data, gate=detector, exclude=("SnowIce",)
         )
     out["real"] = evaluate_real(model, args.data)
+    if args.gate:
+        out["real_gated"] = evaluate_real(model, args.data, gate=detector)
     out["seconds"] = round(time.perf_counter() - t0, 1)
 
     print("Synthetic composites over held-out clear pixels (PSNR peak 1.0 reflectance):\n")
@@ -99,11 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if key in out:
             print(_syn_row(name, out[key]))
-    print("\nReal labelled held-out chips (alpha of the model):\n")
+    print("\nReal labelled held-out chips (alpha of the model; gated: 0 where the mask says clear,")
+    print("the opacity the clear product inverts):\n")
     print("| labels | mean alpha clear | thin | thick | ROC-AUC cloud vs clear | pixels clear/thin/thick |")
     print("|---|---|---|---|---|---|")
-    for q in ("good", "coarse", "all"):
-        r = out["real"][q]
+    rows = [(q, out["real"][q]) for q in ("good", "coarse", "all")]
+    if "real_gated" in out:
+        rows += [
+            (f"{q}, gated by the {args.gate} mask", out["real_gated"][q]) for q in ("good", "coarse", "all")
+        ]
+    for q, r in rows:
 
         def f(v):  # type: ignore[no-untyped-def]
             return "-" if v is None else f"{v:.3f}"

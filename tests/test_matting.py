@@ -642,3 +642,26 @@ def test_reflectance_from_cells_is_block_and_swath_size_independent(make_raster,
     for k in ((240, 4096), (240, 128)):
         np.testing.assert_allclose(out[k][0], ref, atol=2e-5, equal_nan=True)
         assert np.abs(out[k][1] - clear).max() <= 1  # DN rounding
+
+
+def test_gate_clear_is_the_engines_mask_rule_at_the_default_threshold():
+    """eval_matting's --gate: clear where the detector's score is below its default threshold,
+    with the detector's edge growing (here: cores at 0.8, grown to 0.5 within 2 px)."""
+    from geocloud.models.base import CloudModel, ModelSpec, Prediction
+    from geocloud.training.matting_eval import gate_clear
+
+    class BlueScore(CloudModel):
+        def __init__(self, grow_radius):
+            self.spec = ModelSpec(name="blue", outputs={"score": 1}, default_threshold=0.8,
+                                  grow_ratio=0.625, grow_radius=grow_radius)  # fmt: skip
+
+        def predict(self, x, valid):
+            return Prediction({"score": x[:, :1].astype(np.float32)})
+
+    y = np.zeros((4, 1, 12), np.float32)
+    y[0, 0] = [0.9, 0.6, 0.6, 0.6, 0.1, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6]
+    valid = np.ones((1, 1, 12), bool)
+    plain = gate_clear(BlueScore(0), y, valid)[0]
+    grown = gate_clear(BlueScore(2), y, valid)[0]
+    assert plain.tolist() == [False] + [True] * 11
+    assert grown.tolist() == [False, False, False, True, True, True, True, True, True, True, True, True]

@@ -104,6 +104,15 @@ def synthetic_cases(
     return cases
 
 
+def gate_clear(gate: CloudModel, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Where ``gate``'s mask says clear for reflectance ``y`` (C, H, W): the engine's mask
+    rule at the model's default threshold, edges grown (as ``geocloud process`` gates the
+    clear product)."""
+    score = gate.predict(y[None], valid).maps["score"][0, 0]
+    fixed = ThresholdResult(float(gate.spec.default_threshold), "fixed: the model's default threshold")
+    return classify_result(score, with_growing(fixed, gate.spec, ThresholdConfig())) == CLEAR_CODE
+
+
 def evaluate_synthetic(
     model: CloudModel,
     data_dir: str | Path,
@@ -138,12 +147,8 @@ def evaluate_synthetic(
         if refine is not None:
             a_hat, r_hat = refine(y, a_hat, r_hat)
             a_hat = a_hat.reshape(alpha.shape)
-        if gate is not None:  # the engine's mask rule at the model's default threshold, edges grown
-            score = gate.predict(y[None], valid).maps["score"][0, 0]
-            fixed = ThresholdResult(
-                float(gate.spec.default_threshold), "fixed: the model's default threshold"
-            )
-            clear = classify_result(score, with_growing(fixed, gate.spec, ThresholdConfig())) == CLEAR_CODE
+        if gate is not None:
+            clear = gate_clear(gate, y, valid)
             a_hat = np.where(clear, 0.0, a_hat).astype(np.float32)
             r_hat = np.where(clear[None], 0.0, r_hat).astype(np.float32)
         e = np.abs(a_hat - alpha)[known]
@@ -189,8 +194,14 @@ def evaluate_synthetic(
     return out
 
 
-def evaluate_real(model: CloudModel, data_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any]:
-    """Mean alpha by class and ROC-AUC of alpha (cloud+thin vs clear) on held-out labelled chips."""
+def evaluate_real(
+    model: CloudModel, data_dir: str | Path, cfg: EvalConfig | None = None, gate: CloudModel | None = None
+) -> dict[str, Any]:
+    """Mean alpha by class and ROC-AUC of alpha (cloud+thin vs clear) on held-out labelled chips.
+
+    ``gate``: alpha is set to 0 where the detector's mask says clear (:func:`gate_clear`), the
+    opacity the pipeline's clear product inverts.
+    """
     cfg = cfg or EvalConfig()
     chips = load_catalog(data_dir, four_band_only=True)
     split = split_chips(chips, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
@@ -201,6 +212,8 @@ def evaluate_real(model: CloudModel, data_dir: str | Path, cfg: EvalConfig | Non
         valid = label != 255
         pred = model.predict(refl[None], valid[None])
         a = pred.maps["alpha"][0, 0]
+        if gate is not None:
+            a = np.where(gate_clear(gate, refl, valid[None]), np.float32(0.0), a)
         for cls in (CLEAR, CLOUD, THIN):
             per[chip.label_quality].setdefault(cls, []).append(a[label == cls])
         cm = (label == CLOUD) | (label == THIN)
