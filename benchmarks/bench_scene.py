@@ -70,11 +70,12 @@ def build_scene(size: int, cache_dir: Path, seed: int = 0, compress: str = "ZSTD
     return path, time.perf_counter() - t0
 
 
-def run_child(cmd: list[str]) -> dict[str, Any]:
-    """Run ``cmd``; its wall time, exit status, peak RSS (MB) and the tail of its stderr."""
+def run_child(cmd: list[str], *, cwd: Path = REPO, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` in ``cwd`` (with ``env``, default: this process's); its wall time, exit
+    status, peak RSS (MB), CPU seconds and the tail of its stderr."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -183,10 +183,11 @@ def predict_blocks(
     lo, hi = reflectance_range
     blocks = iter(blocks)
     bands = len(radiometry.indexes)
-    ahead = max(1, predictors) + 2  # batches being read or predicted
+    predictors = max(1, predictors)
+    ahead = predictors + 2  # batches being read or predicted
     inflight: deque[tuple[_Batch, Future[_Predicted]]] = deque()
     read_pool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="geocloud-read")
-    model_pool = ThreadPoolExecutor(max_workers=max(1, predictors), thread_name_prefix="geocloud-model")
+    model_pool = ThreadPoolExecutor(max_workers=predictors, thread_name_prefix="geocloud-model")
     reading: deque[tuple[_Batch, list[Future[tuple[int, int]]]]] = deque()
     try:
 
@@ -201,7 +202,7 @@ def predict_blocks(
                     for i in range(len(chunk))
                 ]
                 reading.append((batch, reads))
-            while reading and len(inflight) < max(1, predictors):
+            while reading and len(inflight) < predictors:
                 batch, reads = reading.popleft()
                 inflight.append((batch, model_pool.submit(_predict, model, batch, reads)))
 

@@ -240,6 +240,7 @@ def process_scene(
     if model is None:
         model = build_model(config.model, device, needed_maps)
     batch_size = config.inference.resolved_batch_size(device)
+    predictors = config.inference.resolved_predictors(device)
     spec = model.spec
     missing = needed_maps - set(spec.outputs)
     if missing:
@@ -329,7 +330,7 @@ def process_scene(
                     results = predict_blocks(
                         reader, radiometry, swath_blocks(tiling, sw), model,
                         batch_size=batch_size, readers=config.inference.readers,
-                        predictors=config.inference.resolved_predictors(device),
+                        predictors=predictors,
                         reflectance_range=REFLECTANCE_RANGE,
                     )  # fmt: skip
                     with closing(results):
@@ -512,7 +513,7 @@ def process_scene(
             "inference": {
                 "batch_size": batch_size,
                 "torch_threads": config.inference.resolved_threads() if device == "cpu" else None,
-                "predictors": config.inference.resolved_predictors(device),
+                "predictors": predictors,
             },
             "size": {"width": info.width, "height": info.height, "bands": info.count, "dtype": info.dtype},
             "georeferencing": info.georef_kind,
