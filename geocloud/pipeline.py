@@ -109,6 +109,16 @@ def size_gdal_cache(info: SceneInfo, block_size: int, width: int | None = None) 
     set_gdal_config("GDAL_CACHEMAX", mb * 2**20)
 
 
+def input_cache_bytes(
+    info: SceneInfo, bands: int, block_size: int, width: int, tile: tuple[int, int] | None
+) -> int:
+    """Bytes of decoded input tiles the readers share (:class:`geocloud.io.TileCache`):
+    two rows of blocks across a swath ``width`` (the row being read and the next one,
+    which the read-ahead starts), rounded out to whole tiles."""
+    th, tw = tile or (0, 0)
+    return (2 * block_size + th) * (width + tw) * bands * np.dtype(info.dtype).itemsize
+
+
 def plan_tiling(info: SceneInfo, config: ProcessConfig, spec: ModelSpec) -> Tiling:
     """The blocks of ``info`` for a model with ``spec`` under ``config.tiling``."""
     block_size, halo, feather = config.tiling.resolve(spec.halo, spec.feather)
@@ -254,13 +264,17 @@ def process_scene(
     tiling = plan_tiling(info, config, spec)
     align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
     swaths = make_swaths(tiling, config.tiling.swath_width, align)
-    size_gdal_cache(info, tiling.rows.size, max(sw.c1 - sw.c0 for sw in swaths))
+    swath_px = max(sw.c1 - sw.c0 for sw in swaths)
+    size_gdal_cache(info, tiling.rows.size, swath_px)
 
     workdir = outdir / f".geocloud-{stem}-{os.getpid()}.partial"
     workdir.mkdir(exist_ok=True)
     partials: list[tuple[Path, Path]] = []  # (temporary, final)
     sinks: dict[str, RasterSink] = {}
     reader = SceneReader(info, radiometry.indexes)
+    if reader.cache is not None:
+        bands = len(radiometry.indexes)
+        reader.cache.capacity = input_cache_bytes(info, bands, tiling.rows.size, swath_px, reader.tile)
     timings: dict[str, float] = {}
     cleanup = ExitStack()
     try:

@@ -223,6 +223,24 @@ def test_cell_extremes_are_the_darkest_and_brightest_valid_visible_values() -> N
     torch.testing.assert_close(e[0, 1], torch.tensor([[0.9, 0.3], [0.0, 0.3]]))
 
 
+def test_cell_extremes_equal_the_direct_reduction_bit_for_bit() -> None:
+    """The rows-then-columns reduction gives exactly amin/amax over the channel and the
+    cell at once (the shipped weights were trained with those values)."""
+    from geocloud.models.matting import FEATURE_OFFSET, FEATURE_SCALE, cell_extremes
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 4, 48, 40, generator=g)
+    v = torch.rand(2, 48, 40, generator=g) > 0.2
+    v[1, :8, :8] = False  # a cell with no valid pixel
+    lo = torch.where(v[:, None], x[:, :3].amin(1, keepdim=True), torch.tensor(float("inf")))
+    hi = torch.where(v[:, None], x[:, :3].amax(1, keepdim=True), torch.tensor(float("-inf")))
+    cells = (2, 1, 6, 8, 5, 8)
+    ref = torch.cat([lo.reshape(cells).amin(dim=(3, 5)), hi.reshape(cells).amax(dim=(3, 5))], dim=1)
+    ref = (torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref)) - FEATURE_OFFSET) / FEATURE_SCALE
+    assert torch.equal(cell_extremes(x, v), ref)
+    assert torch.equal(cell_extremes(x), cell_extremes(x, torch.ones_like(v)))
+
+
 def test_background_loss_is_the_inversion_error() -> None:
     from geocloud.training.matting import background_l1
 

@@ -100,17 +100,20 @@ def cell_extremes(x: torch.Tensor, valid: torch.Tensor | None = None, pool: int 
     reflectance to every band, so a cell with one dark pixel can only be under thin cloud,
     whatever its mean.  Cells with no valid pixel get 0 (the engine ignores their outputs).
     """
-    vis = x[:, :3]
-    lo = vis.amin(dim=1, keepdim=True)
-    hi = vis.amax(dim=1, keepdim=True)
+    # elementwise minima and maxima, then rows before columns within a cell: the same
+    # values as amin/amax over (channel) and (cell rows, cell columns) at once, which
+    # torch computes about 3x slower on the CPU (min and max are exact in any order)
+    lo = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+    hi = torch.maximum(torch.maximum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
     if valid is not None:
         v = valid.unsqueeze(1)
         lo = torch.where(v, lo, torch.full_like(lo, float("inf")))
         hi = torch.where(v, hi, torch.full_like(hi, float("-inf")))
     b, _, h, w = lo.shape
-    cells = (b, 1, h // pool, pool, w // pool, pool)
-    dark = lo.reshape(cells).amin(dim=(3, 5))
-    bright = hi.reshape(cells).amax(dim=(3, 5))
+    rows = (b, 1, h // pool, pool, w)
+    cols = (b, 1, h // pool, w // pool, pool)
+    dark = lo.reshape(rows).amin(dim=3).reshape(cols).amin(dim=4)
+    bright = hi.reshape(rows).amax(dim=3).reshape(cols).amax(dim=4)
     out = torch.cat([dark, bright], dim=1)
     out = torch.where(torch.isfinite(out), out, torch.zeros_like(out))
     return (out - FEATURE_OFFSET) / FEATURE_SCALE

@@ -1,0 +1,125 @@
+"""SceneReader's shared tile cache: the same pixels as windowed reads, each tile decoded once."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from geocloud.io import SceneReader, TileCache, open_scene
+
+
+def _scene(path, *, dtype="uint16", nodata_kind="value", tiled=True, h=200, w=150):
+    rng = np.random.default_rng(0)
+    if dtype == "float32":
+        data = rng.uniform(0.01, 0.6, (4, h, w)).astype(np.float32)
+        data[1, 20:40, 30:70] = np.nan  # NaN in one band: invalid
+    else:
+        data = rng.integers(1, 4000, (4, h, w)).astype(dtype)
+        data[:, 150:, :20] = 0  # nodata corner
+    prof = dict(driver="GTiff", width=w, height=h, count=4, dtype=dtype, compress="ZSTD", crs="EPSG:32650",
+                transform=from_origin(500000, 4000000, 16, 16))  # fmt: skip
+    if tiled:
+        prof.update(tiled=True, blockxsize=64, blockysize=64)
+    if nodata_kind == "value":
+        prof["nodata"] = 0
+    elif nodata_kind == "nan":
+        prof["nodata"] = float("nan")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **prof) as ds:
+        ds.write(data)
+        if nodata_kind == "mask":
+            m = np.full((h, w), 255, np.uint8)
+            m[:50, 100:] = 0
+            ds.write_mask(m)
+    return path
+
+
+@pytest.mark.parametrize(("dtype", "kind"), [("uint16", "value"), ("float32", "nan"), ("uint16", "mask")])
+def test_shared_tile_reads_equal_windowed_reads(tmp_path, dtype, kind) -> None:
+    info = open_scene(_scene(tmp_path / "s.tif", dtype=dtype, nodata_kind=kind))
+    assert info.nodata_kind == kind
+    rng = np.random.default_rng(1)
+    windows = [
+        Window(-20, -10, 90, 70),
+        Window(100, 150, 80, 80),
+        Window(0, 0, 150, 200),
+        Window(63, 64, 1, 1),
+    ]
+    windows += [
+        Window(int(c), int(r), int(s), int(s))
+        for r, c, s in rng.integers([-40, -40, 1], [220, 170, 120], (30, 3))
+    ]
+    with (
+        SceneReader(info, (1, 2, 3, 4)) as shared,
+        SceneReader(info, (1, 2, 3, 4), cache_bytes=None) as direct,
+    ):
+        assert shared.cache is not None and direct.cache is None
+        for win in windows:
+            (a, va), (b, vb) = shared.read(win), direct.read(win)
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(va, vb)
+        assert not va.all() or kind == "value"
+
+
+def test_each_tile_is_decoded_once_by_concurrent_readers(tmp_path) -> None:
+    info = open_scene(_scene(tmp_path / "s.tif"))
+    windows = [Window(c, r, 80, 80) for r in range(-16, 200, 48) for c in range(-16, 150, 48)] * 3
+    with SceneReader(info, (1, 2, 3, 4), cache_bytes=2**30) as reader:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(reader.read, windows))
+        assert reader.cache is not None
+        assert reader.cache.loads == 4 * 3  # 200 x 150 px in 64 px tiles: 4 rows, 3 columns
+
+
+def test_striped_scenes_are_read_window_by_window(tmp_path) -> None:
+    info = open_scene(_scene(tmp_path / "s.tif", tiled=False))
+    with SceneReader(info, (1, 2, 3, 4)) as reader:
+        assert reader.cache is None
+        data, valid = reader.read(Window(10, 10, 30, 30))
+        assert data.shape == (4, 30, 30) and valid.all()
+
+
+def test_tile_cache_bounds_its_bytes_and_forgets_failed_loads() -> None:
+    cache = TileCache(capacity=3 * 800)
+    tile = lambda v: (np.full(100, v, np.float64), None)  # noqa: E731  (800 bytes)
+    for k in range(10):
+        assert cache.get(k, lambda k=k: tile(k))[0][0] == k
+    assert cache._bytes <= cache.capacity and len(cache._entries) == 3
+    assert cache.get(9, lambda: tile(-1))[0][0] == 9  # recent: still held, not reloaded
+    assert cache.loads == 10
+
+    calls = []
+
+    def failing():
+        calls.append(1)
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        cache.get("bad", failing)
+    assert cache.get("bad", lambda: tile(7))[0][0] == 7  # retried, not the stored failure
+    assert len(calls) == 1
+
+
+def test_waiters_get_the_loaders_result() -> None:
+    cache = TileCache(capacity=2**20)
+    started, release = threading.Event(), threading.Event()
+    loads = []
+
+    def slow():
+        loads.append(1)
+        started.set()
+        release.wait(5)
+        return (np.arange(3),)
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(cache.get, "t", slow)
+        started.wait(5)
+        others = [pool.submit(cache.get, "t", slow) for _ in range(3)]
+        release.set()
+        results = [f.result(5)[0] for f in [first, *others]]
+    assert len(loads) == 1 and all((r == np.arange(3)).all() for r in results)
