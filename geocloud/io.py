@@ -208,6 +208,14 @@ class TileCache:
                 self._evict()
         return value
 
+    def clear(self) -> None:
+        """Drop the finished tiles (e.g. between passes over the scene)."""
+        with self._lock:
+            for key in list(self._sizes):
+                del self._entries[key]
+            self._sizes.clear()
+            self._bytes = 0
+
     def _evict(self) -> None:
         for key in list(self._entries):
             if self._bytes <= self.capacity:
@@ -283,7 +291,8 @@ class SceneReader:
                 src = (slice(a0 - t0, a1 - t0), slice(b0 - s0, b1 - s0))
                 dst = (slice(a0 - rr0, a1 - rr0), slice(b0 - cc0, b1 - cc0))
                 block[(slice(None), *dst)] = data[(slice(None), *src)]
-                if mask is not None and tile_mask is not None:
+                if mask is not None:
+                    assert tile_mask is not None
                     mask[dst] = tile_mask[src]
         return block, mask
 
@@ -446,22 +455,32 @@ def _halve(a: np.ndarray, resampling: str) -> np.ndarray:
     return out.astype(a.dtype, copy=False)
 
 
+#: tile height of the intermediate rasters: the second pass's windows (256 rows) fill
+#: whole tile rows, and strips are buffered up to whole tile rows (see :class:`_Level`).
+WORK_TILE_ROWS = 256
+
+
 class _Level:
     """One streamed raster (full resolution or an overview level) and the next level down.
 
     Rows arrive top to bottom within each column band (swath) ``col0``; swaths are
     independent, so a band's 2x2 reductions never straddle another's (the pipeline puts
-    swath edges on multiples of ``2**levels``).
+    swath edges on multiples of ``2**levels``).  Rows are written to the file in whole
+    tile rows (:data:`WORK_TILE_ROWS`), buffered per swath until then: GDAL writes a
+    partly covered tile through its block cache and may read it back to complete it,
+    which cost about twice the write itself.
     """
 
     def __init__(self, path: Path, width: int, height: int, spec: RasterSpec, min_size: int):
         self.path, self.width, self.height = path, width, height
         #: per swath (its first column): next row to write, odd row carried to the next strip
         self.state: dict[int, tuple[int, np.ndarray | None]] = {}
+        #: per swath: (first file row of the buffer, buffer (k, WORK_TILE_ROWS, w), rows in it)
+        self.pending: dict[int, tuple[int, np.ndarray, int]] = {}
         profile: dict[str, Any] = {
             "driver": "GTiff", "width": width, "height": height, "count": spec.count,
             "dtype": spec.dtype, "nodata": spec.nodata, "tiled": True, "blockxsize": 512,
-            "blockysize": 512, "compress": "NONE", "interleave": "band", "BIGTIFF": "IF_SAFER",
+            "blockysize": WORK_TILE_ROWS, "compress": "NONE", "interleave": "band", "BIGTIFF": "IF_SAFER",
             "SPARSE_OK": "TRUE",
         }  # fmt: skip
         with warnings.catch_warnings():
@@ -477,10 +496,33 @@ class _Level:
     def row(self, col0: int) -> int:
         return self.state.get(col0, (0, None))[0]
 
+    def _write(self, a: np.ndarray, col0: int, row: int) -> None:
+        """Write rows ``row..`` of swath ``col0``, whole tile rows at a time."""
+        t = WORK_TILE_ROWS
+        k, n, w = a.shape
+        done = 0
+        if col0 not in self.pending and row % t == 0:  # whole tile rows need no buffer
+            done = n if row + n == self.height else n - n % t
+            if done:
+                self.ds.write(a[:, :done], window=Window(col0, row, w, done))
+        while done < n:
+            start, buf, filled = self.pending.pop(col0, None) or (row + done, None, 0)
+            if buf is None:
+                buf = np.empty((k, t, w), dtype=self.spec.dtype)
+            elif buf.shape[2] != w:
+                raise ValueError(f"swath at column {col0} changed width ({buf.shape[2]} -> {w})")
+            room = min(t - filled, n - done)
+            buf[:, filled : filled + room] = a[:, done : done + room]
+            filled, done = filled + room, done + room
+            if filled == t or start + filled == self.height:
+                self.ds.write(buf[:, :filled], window=Window(col0, start, w, filled))
+            else:
+                self.pending[col0] = (start, buf, filled)
+
     def push(self, a: np.ndarray, col0: int) -> None:
         """Append rows (k, n, w) of the swath starting at column ``col0`` below what was written."""
         row, carry = self.state.get(col0, (0, None))
-        self.ds.write(a.astype(self.spec.dtype, copy=False), window=Window(col0, row, a.shape[2], a.shape[1]))
+        self._write(a.astype(self.spec.dtype, copy=False), col0, row)
         row += a.shape[1]
         if self.next is None:
             self.state[col0] = (row, None)
@@ -506,7 +548,8 @@ class _Level:
 
     def complete(self) -> bool:
         """Every swath has been written down to the last row (and the swaths start at column 0)."""
-        return 0 in self.state and all(r == self.height for r, _ in self.state.values())
+        done = 0 in self.state and all(r == self.height for r, _ in self.state.values())
+        return done and not self.pending
 
 
 class RasterSink:

@@ -392,6 +392,8 @@ def process_scene(
         }
         for s in map_sinks.values():
             s.seal()
+        if reader.cache is not None:  # the second pass starts again at the top
+            reader.cache.clear()
         # during the second pass one thread assembles them in turn (the second pass has
         # the cores); the second pass's rasters are assembled COG_WORKERS at a time after it
         early_pool = ThreadPoolExecutor(1, thread_name_prefix="geocloud-cog")
@@ -498,6 +500,8 @@ def process_scene(
         finally:
             _close_all(writers)
         timings["classify"] = time.perf_counter() - t0
+        if reader.cache is not None:
+            reader.cache.clear()
 
         # ---- the other rasters become COGs under temporary names, COG_WORKERS at a time
         t0 = time.perf_counter()

@@ -123,3 +123,28 @@ def test_waiters_get_the_loaders_result() -> None:
         release.set()
         results = [f.result(5)[0] for f in [first, *others]]
     assert len(loads) == 1 and all((r == np.arange(3)).all() for r in results)
+
+
+def test_tile_cache_clear_drops_finished_tiles() -> None:
+    cache = TileCache(capacity=2**20)
+    cache.get("a", lambda: (np.zeros(10),))
+    cache.clear()
+    assert cache._bytes == 0 and not cache._entries
+    assert cache.get("a", lambda: (np.ones(10),))[0][0] == 1  # loaded again
+    assert cache.loads == 2
+
+
+def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch) -> None:
+    import ctypes.util
+
+    from geocloud.runtime import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if ctypes.util.find_library("c") is None:
+        pytest.skip("no C library to tune")
+    import platform
+
+    expected = platform.libc_ver()[0] == "glibc"
+    assert limit_malloc_arenas() is expected
