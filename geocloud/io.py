@@ -155,8 +155,11 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
 
 
 #: input tiles larger than this (either side) are not shared between reader threads
-#: (:class:`TileCache`); striped files are read window by window as before.
+#: (:class:`TileCache`); nor are strips taller than this.
 MAX_SHARED_TILE = 1024
+#: striped inputs are shared in bands of whole strips of at most this many rows and bytes
+STRIP_CHUNK_ROWS = 256
+STRIP_CHUNK_BYTES = 16 * 2**20
 
 
 class TileCache:
@@ -250,6 +253,12 @@ class SceneReader:
             th, tw = next(iter(shapes))
             if tw < info.width and max(th, tw) <= MAX_SHARED_TILE:
                 self.tile = (th, tw)
+            elif tw >= info.width and th <= MAX_SHARED_TILE:
+                # striped: share bands of whole strips (each block read decodes full rows)
+                row_bytes = info.width * len(self.indexes) * np.dtype(info.dtype).itemsize
+                rows = min(STRIP_CHUNK_ROWS, STRIP_CHUNK_BYTES // row_bytes) // th * th
+                if rows:
+                    self.tile = (rows, info.width)
         self.cache = TileCache(cache_bytes) if self.tile is not None and cache_bytes is not None else None
 
     def _ds(self) -> rasterio.DatasetReader:

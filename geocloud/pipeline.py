@@ -114,9 +114,10 @@ def input_cache_bytes(
 ) -> int:
     """Bytes of decoded input tiles the readers share (:class:`geocloud.io.TileCache`):
     two rows of blocks across a swath ``width`` (the row being read and the next one,
-    which the read-ahead starts), rounded out to whole tiles."""
+    which the read-ahead starts), rounded out to whole tiles (whole rows for strips)."""
     th, tw = tile or (0, 0)
-    return (2 * block_size + th) * (width + tw) * bands * np.dtype(info.dtype).itemsize
+    cols = info.width if tw >= info.width else width + tw
+    return (2 * block_size + th) * cols * bands * np.dtype(info.dtype).itemsize
 
 
 def plan_tiling(info: SceneInfo, config: ProcessConfig, spec: ModelSpec) -> Tiling:

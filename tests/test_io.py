@@ -39,9 +39,17 @@ def _scene(path, *, dtype="uint16", nodata_kind="value", tiled=True, h=200, w=15
     return path
 
 
-@pytest.mark.parametrize(("dtype", "kind"), [("uint16", "value"), ("float32", "nan"), ("uint16", "mask")])
-def test_shared_tile_reads_equal_windowed_reads(tmp_path, dtype, kind) -> None:
-    info = open_scene(_scene(tmp_path / "s.tif", dtype=dtype, nodata_kind=kind))
+@pytest.mark.parametrize(
+    ("dtype", "kind", "tiled"),
+    [
+        ("uint16", "value", True),
+        ("float32", "nan", True),
+        ("uint16", "mask", True),
+        ("uint16", "value", False),
+    ],
+)
+def test_shared_tile_reads_equal_windowed_reads(tmp_path, dtype, kind, tiled) -> None:
+    info = open_scene(_scene(tmp_path / "s.tif", dtype=dtype, nodata_kind=kind, tiled=tiled))
     assert info.nodata_kind == kind
     rng = np.random.default_rng(1)
     windows = [
@@ -59,6 +67,8 @@ def test_shared_tile_reads_equal_windowed_reads(tmp_path, dtype, kind) -> None:
         SceneReader(info, (1, 2, 3, 4), cache_bytes=None) as direct,
     ):
         assert shared.cache is not None and direct.cache is None
+        if not tiled:  # whole rows: bands of strips across the full width
+            assert shared.tile is not None and shared.tile[1] == info.width
         for win in windows:
             (a, va), (b, vb) = shared.read(win), direct.read(win)
             np.testing.assert_array_equal(a, b)
@@ -76,12 +86,19 @@ def test_each_tile_is_decoded_once_by_concurrent_readers(tmp_path) -> None:
         assert reader.cache.loads == 4 * 3  # 200 x 150 px in 64 px tiles: 4 rows, 3 columns
 
 
-def test_striped_scenes_are_read_window_by_window(tmp_path) -> None:
-    info = open_scene(_scene(tmp_path / "s.tif", tiled=False))
+def test_tall_strips_are_read_window_by_window(tmp_path) -> None:
+    path = tmp_path / "s.tif"
+    data = np.random.default_rng(0).integers(1, 4000, (4, 1200, 40)).astype(np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=1200, count=4, dtype="uint16",
+                       BLOCKYSIZE="1100", crs="EPSG:32650", transform=from_origin(0, 0, 1, 1)) as ds:  # fmt: skip
+        ds.write(data)
+    info = open_scene(path)
+    assert info.block_shapes[0] == (1100, 40)  # one strip taller than MAX_SHARED_TILE
     with SceneReader(info, (1, 2, 3, 4)) as reader:
         assert reader.cache is None
-        data, valid = reader.read(Window(10, 10, 30, 30))
-        assert data.shape == (4, 30, 30) and valid.all()
+        got, valid = reader.read(Window(10, 10, 30, 30))
+        np.testing.assert_array_equal(got, data[:, 10:40, 10:40])
+        assert valid.all()
 
 
 def test_tile_cache_bounds_its_bytes_and_forgets_failed_loads() -> None:
