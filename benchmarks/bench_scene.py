@@ -53,12 +53,34 @@ def targets_for(model: str, products: str) -> tuple[float, float]:
     return 3.0, 1536.0
 
 
-def build_scene(size: int, cache_dir: Path, seed: int = 0, compress: str = "ZSTD") -> tuple[Path, float]:
-    """The cached benchmark scene of ``size`` x ``size`` (built if missing); (path, build seconds)."""
+def build_scene(size: int, cache_dir: Path, seed: int = 0, compress: str = "ZSTD",
+                layout: str = "tiled") -> tuple[Path, float]:  # fmt: skip
+    """The cached benchmark scene of ``size`` x ``size`` (built if missing); (path, build seconds).
+
+    ``layout="striped"`` copies the tiled scene into strips (GDAL's default layout, what
+    ``gdal_translate -co COMPRESS=DEFLATE`` writes) with the same compression.
+    """
     from geocloud.synthetic import make_scene
 
+    if layout not in ("tiled", "striped"):
+        raise ValueError(f"layout {layout!r}: use tiled or striped")
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"GF1_WFV1_bench_{size}_s{seed}_{compress.lower()}.tif"
+    if layout == "striped":
+        striped = path.with_name(f"{path.stem}_striped.tif")
+        if striped.exists():
+            return striped, 0.0
+        tiled, build_s = build_scene(size, cache_dir, seed, compress)
+        from rasterio.shutil import copy as rio_copy
+
+        tmp = striped.with_name(f".{striped.name}.{os.getpid()}.partial.tif")
+        t0 = time.perf_counter()
+        opts = {"TILED": "NO", "COMPRESS": compress}
+        if compress.upper() != "NONE":
+            opts["PREDICTOR"] = "2"
+        rio_copy(tiled, tmp, driver="GTiff", **opts)
+        os.replace(tmp, striped)
+        return striped, build_s + time.perf_counter() - t0
     if path.exists():
         return path, 0.0
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.tif")
@@ -197,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--input-compress", default="ZSTD", help="compression of the synthetic input (ZSTD, DEFLATE, NONE)"
     )
+    ap.add_argument("--input-layout", choices=("tiled", "striped"), default="tiled",
+                    help="512 px tiles (default) or strips, GDAL's default layout")  # fmt: skip
     ap.add_argument("--no-floor", action="store_true", help="skip the I/O floor measurement")
     ap.add_argument("--keep", action="store_true", help="keep the outputs (in CACHE_DIR/out-*)")
     ap.add_argument("extra", nargs="*", help="extra arguments for geocloud process (after --)")
@@ -209,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res))
         return 0
 
-    scene, build_s = build_scene(args.size, args.cache_dir, compress=args.input_compress)
+    scene, build_s = build_scene(
+        args.size, args.cache_dir, compress=args.input_compress, layout=args.input_layout
+    )
     mpx = args.size * args.size / 1e6
     out_engine = args.cache_dir / f"out-engine-{args.size}"
     out_floor = args.cache_dir / f"out-floor-{args.size}"
@@ -246,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "megapixels": mpx,
             "bytes": scene.stat().st_size,
             "input_compress": args.input_compress,
+            "input_layout": args.input_layout,
             "build_s": round(build_s, 1),
         },  # fmt: skip
         "command": " ".join(
@@ -304,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             f"machine      {result['machine']}; load average {load['before']} before, {load['after']} after"
         )
         print(f"scene        {args.size} x {args.size} x 4 uint16 ({mpx:.0f} Mpx, {scene.stat().st_size / 1e6:.0f} MB "
-              f"{args.input_compress}){f', built in {build_s:.0f} s' if build_s else ''}")  # fmt: skip
+              f"{args.input_compress}, {args.input_layout}){f', built in {build_s:.0f} s' if build_s else ''}")  # fmt: skip
         print(f"command      {result['command']}")
         print(f"end to end   {e['wall_s']:.1f} s  {e['mpx_s']:.1f} Mpx/s  peak RSS {e['peak_rss_mb']:.0f} MB  "
               f"(cpu {e['cpu_s']:.0f} s; stages {e['timings_s']})")  # fmt: skip

@@ -31,6 +31,20 @@ def test_bench_scene_runs_end_to_end(tmp_path: Path, capsys) -> None:
     assert list(tmp_path.glob("GF1_WFV1_bench_300_*.tif")) and not list(tmp_path.glob("out-*"))
 
 
+def test_bench_scene_striped_layout(tmp_path: Path) -> None:
+    import numpy as np
+    import rasterio
+
+    bench = load_bench()
+    striped, _ = bench.build_scene(96, tmp_path, compress="DEFLATE", layout="striped")
+    tiled, _ = bench.build_scene(96, tmp_path, compress="DEFLATE")
+    with rasterio.open(striped) as s, rasterio.open(tiled) as t:
+        assert s.block_shapes[0][1] == 96 and not s.profile.get("tiled")
+        assert s.compression.value == "DEFLATE"
+        np.testing.assert_array_equal(s.read(), t.read())
+    assert bench.build_scene(96, tmp_path, compress="DEFLATE", layout="striped") == (striped, 0.0)  # cached
+
+
 def test_bench_targets_follow_the_pipeline() -> None:
     bench = load_bench()
     assert bench.targets_for("spectral", "mask,score,stats") == (15.0, 1024.0)
