@@ -237,8 +237,10 @@ class SceneReader:
 
     Tiled inputs (tiles at most :data:`MAX_SHARED_TILE` px) are read tile by tile through
     a :class:`TileCache` of ``cache_bytes`` shared by all threads, so each tile is
-    decompressed once while it is in use; the values are those of a windowed read.
-    ``cache_bytes=None`` reads every window straight from the file.
+    decompressed once while it is in use; striped inputs likewise in bands of whole
+    strips across the full width (:data:`STRIP_CHUNK_ROWS`, :data:`STRIP_CHUNK_BYTES`).
+    The values are those of a windowed read.  ``cache_bytes=None`` reads every window
+    straight from the file.
     """
 
     def __init__(self, info: SceneInfo, indexes: tuple[int, ...], cache_bytes: int | None = 64 * 2**20):

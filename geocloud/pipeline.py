@@ -54,6 +54,10 @@ ProgressCallback = Callable[[str, int, int], None]
 #: small a cache decompresses each input tile several times.
 GDAL_CACHE_MB = (96, 512)
 
+#: most decoded input (MB) the reader threads share (very wide striped scenes would need
+#: more for two rows of blocks; past this, rows are decoded again as before).
+INPUT_CACHE_MB = 256
+
 #: rows per window in the second pass.
 PASS2_ROWS = 256
 #: threads computing second-pass windows (mask, clear product) side by side.
@@ -117,7 +121,8 @@ def input_cache_bytes(
     which the read-ahead starts), rounded out to whole tiles (whole rows for strips)."""
     th, tw = tile or (0, 0)
     cols = info.width if tw >= info.width else width + tw
-    return (2 * block_size + th) * cols * bands * np.dtype(info.dtype).itemsize
+    need = (2 * block_size + th) * cols * bands * np.dtype(info.dtype).itemsize
+    return min(need, INPUT_CACHE_MB * 2**20)
 
 
 def plan_tiling(info: SceneInfo, config: ProcessConfig, spec: ModelSpec) -> Tiling:

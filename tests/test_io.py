@@ -165,3 +165,14 @@ def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch) -> None:
 
     expected = platform.libc_ver()[0] == "glibc"
     assert limit_malloc_arenas() is expected
+
+
+def test_input_cache_holds_two_rows_of_blocks_within_its_bound(tmp_path) -> None:
+    from geocloud.pipeline import INPUT_CACHE_MB, input_cache_bytes
+
+    info = open_scene(_scene(tmp_path / "s.tif"))  # 150 px wide, uint16
+    # tiled: (2 blocks + a tile) rows x (swath + a tile) columns x bands x 2 bytes
+    assert input_cache_bytes(info, 4, 100, 80, (64, 64)) == (200 + 64) * (80 + 64) * 4 * 2
+    # striped: whole rows, whatever the swath
+    assert input_cache_bytes(info, 4, 100, 80, (30, 150)) == (200 + 30) * 150 * 4 * 2
+    assert input_cache_bytes(info, 4, 10**6, 80, (30, 150)) == INPUT_CACHE_MB * 2**20
