@@ -60,6 +60,8 @@ class SceneInfo:
     #: "value", "nan", "mask" (internal/external mask band), "alpha" or "none".
     nodata_kind: str
     block_shapes: tuple[tuple[int, int], ...] = field(default=())
+    #: GDAL's name of the compression (e.g. "ZSTD", "DEFLATE"), None when uncompressed
+    compression: str | None = None
 
     @property
     def georeferenced(self) -> bool:
@@ -78,6 +80,15 @@ class SceneInfo:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def layout(self) -> str:
+        """How the file stores its pixels, e.g. "tiles of 512x512 px, ZSTD" or "strips of 1 row, DEFLATE"."""
+        if not self.block_shapes:
+            return "unknown"
+        bh, bw = self.block_shapes[0]
+        kind = f"strips of {bh} row{'s' if bh > 1 else ''}" if bw >= self.width else f"tiles of {bw}x{bh} px"
+        return f"{kind}, {self.compression or 'uncompressed'}"
 
 
 def _nodata_kind(ds: rasterio.DatasetReader) -> str:
@@ -124,6 +135,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
                     offsets=tuple(float(o) for o in ds.offsets),
                     nodata_kind=_nodata_kind(ds),
                     block_shapes=tuple(tuple(b) for b in ds.block_shapes),
+                    compression=ds.compression.value if ds.compression else None,
                 )
                 # touch the last block: truncated files fail here, not half-way through a run
                 if ds.width and ds.height:

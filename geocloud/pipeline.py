@@ -616,6 +616,7 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
         "path": str(info.path),
         "size": f"{info.width} x {info.height} px, {info.count} bands, {info.dtype}",
         "megapixels": round(info.pixels / 1e6, 2),
+        "layout": info.layout,
         "nodata": f"{info.nodata_kind}" + (f" ({info.nodata})" if info.nodata is not None else ""),
         "georeferencing": info.georef_kind,
         "crs": info.crs.to_string() if info.crs else None,

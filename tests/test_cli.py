@@ -41,6 +41,7 @@ def test_info_reports_sensor_bands_scaling(make_raster):
     assert d["crs"].startswith("EPSG:") and d["size"].startswith("64 x 48")
     assert "calibration" in d["scaling"]
     assert "mask" in d["plan"]["products"]
+    assert d["layout"].startswith(("tiles of", "strips of"))
 
 
 def test_process_several_scenes_and_quiet(make_raster, tmp_path):

@@ -176,3 +176,10 @@ def test_input_cache_holds_two_rows_of_blocks_within_its_bound(tmp_path) -> None
     # striped: whole rows, whatever the swath
     assert input_cache_bytes(info, 4, 100, 80, (30, 150)) == (200 + 30) * 150 * 4 * 2
     assert input_cache_bytes(info, 4, 10**6, 80, (30, 150)) == INPUT_CACHE_MB * 2**20
+
+
+def test_scene_layout_names_tiles_or_strips_and_compression(tmp_path) -> None:
+    tiled = open_scene(_scene(tmp_path / "t.tif"))
+    striped = open_scene(_scene(tmp_path / "s.tif", tiled=False))
+    assert tiled.layout == "tiles of 64x64 px, ZSTD"
+    assert striped.layout.startswith("strips of ") and striped.layout.endswith(" rows, ZSTD")
