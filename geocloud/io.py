@@ -82,12 +82,17 @@ class SceneInfo:
         return self.width * self.height
 
     @property
+    def striped(self) -> bool:
+        """Stored in strips (whole rows) rather than tiles."""
+        return bool(self.block_shapes) and self.block_shapes[0][1] >= self.width
+
+    @property
     def layout(self) -> str:
         """How the file stores its pixels, e.g. "tiles of 512x512 px, ZSTD" or "strips of 1 row, DEFLATE"."""
         if not self.block_shapes:
             return "unknown"
         bh, bw = self.block_shapes[0]
-        kind = f"strips of {bh} row{'s' if bh > 1 else ''}" if bw >= self.width else f"tiles of {bw}x{bh} px"
+        kind = f"strips of {bh} row{'s' if bh > 1 else ''}" if self.striped else f"tiles of {bw}x{bh} px"
         return f"{kind}, {self.compression or 'uncompressed'}"
 
 
