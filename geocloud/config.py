@@ -41,12 +41,6 @@ class TilingConfig:
     #: 8192: with every matting product at 10000^2 the peak RSS fell from 1.23 to 1.0 GB
     #: at the same speed.
     swath_width: int = 4096
-    #: widest swath for a compressed striped input when no matting product is asked for
-    #: (each swath decodes whole rows of strips, so narrow swaths decode each row several
-    #: times; the CAM's own memory grows little with the width: at 10000^2 DEFLATE-striped,
-    #: one swath instead of three took the CAM from 17.8 to 13.6 s and 696 to 769 MB).
-    #: Matting products keep ``swath_width`` (their memory grows ~50 MB per 1000 px).
-    striped_swath_width: int = 16384
 
     def resolve(self, model_halo: int, model_feather: int) -> tuple[int, int, int]:
         """(block size, halo, feather) for a model needing ``model_halo`` px of context."""
@@ -66,11 +60,6 @@ class TilingConfig:
         if self.swath_width < 64:
             raise ConfigError(
                 f"swath width {self.swath_width} is too small; use 64 px or more (default {TilingConfig.swath_width})"
-            )
-        if self.striped_swath_width < 64:
-            raise ConfigError(
-                f"striped swath width {self.striped_swath_width} is too small; use 64 px or more "
-                f"(default {TilingConfig.striped_swath_width})"
             )
         if self.feather is not None and self.feather < 0:
             raise ConfigError(f"feather {self.feather} is negative; pass --feather 0 or more")

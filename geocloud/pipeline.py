@@ -32,7 +32,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from ._version import __version__
-from .config import ProcessConfig, TilingConfig
+from .config import ProcessConfig
 from .errors import ConfigError, InputError, OutputError
 from .inference import BlockResult, cpu_threads, predict_blocks, resolve_device
 from .io import RasterSink, RasterSpec, SceneInfo, SceneReader, check_writable_dir, open_scene, partial_name
@@ -123,15 +123,6 @@ def input_cache_bytes(
     cols = info.width if tw >= info.width else width + tw
     need = (2 * block_size + th) * cols * bands * np.dtype(info.dtype).itemsize
     return min(need, INPUT_CACHE_MB * 2**20)
-
-
-def swath_width(info: SceneInfo, tiling: TilingConfig, spec: ModelSpec) -> int:
-    """The swath width for ``info``: ``tiling.swath_width``, or up to
-    ``tiling.striped_swath_width`` for a compressed striped input when the model keeps no
-    cell maps (no matting product), since each swath decodes whole rows."""
-    if info.striped and info.compression is not None and not spec.cells:
-        return max(tiling.swath_width, tiling.striped_swath_width)
-    return tiling.swath_width
 
 
 def plan_tiling(info: SceneInfo, config: ProcessConfig, spec: ModelSpec) -> Tiling:
@@ -278,7 +269,7 @@ def process_scene(
         )
     tiling = plan_tiling(info, config, spec)
     align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
-    swaths = make_swaths(tiling, swath_width(info, config.tiling, spec), align)
+    swaths = make_swaths(tiling, config.tiling.swath_width, align)
     swath_px = max(sw.c1 - sw.c0 for sw in swaths)
     size_gdal_cache(info, tiling.rows.size, swath_px)
 

@@ -185,27 +185,6 @@ def test_scene_layout_names_tiles_or_strips_and_compression(tmp_path) -> None:
     assert striped.layout.startswith("strips of ") and striped.layout.endswith(" rows, ZSTD")
 
 
-def test_compressed_striped_inputs_get_wide_swaths_unless_matting(tmp_path) -> None:
-    from geocloud.config import TilingConfig
-    from geocloud.models.matting import matting_spec
-    from geocloud.models.spectral import SpectralModel
-    from geocloud.pipeline import swath_width
-
-    def plain_spec():  # a model without cell maps
-        return SpectralModel().spec
-
-    cfg = TilingConfig()
-    striped = open_scene(_scene(tmp_path / "s.tif", tiled=False))
-    tiled = open_scene(_scene(tmp_path / "t.tif"))
-    assert striped.striped and not tiled.striped
-    assert swath_width(striped, cfg, plain_spec()) == cfg.striped_swath_width
-    assert swath_width(tiled, cfg, plain_spec()) == cfg.swath_width
-    assert swath_width(striped, cfg, matting_spec()) == cfg.swath_width  # cell maps: memory grows with width
-    with rasterio.open(tmp_path / "s.tif") as src:
-        prof = src.profile | {"compress": None}
-        data = src.read()
-    with rasterio.open(tmp_path / "raw.tif", "w", **prof) as dst:
-        dst.write(data)
-    raw = open_scene(tmp_path / "raw.tif")
-    assert raw.striped and raw.compression is None
-    assert swath_width(raw, cfg, plain_spec()) == cfg.swath_width  # nothing to decode again
+def test_striped_is_whole_rows(tmp_path) -> None:
+    assert open_scene(_scene(tmp_path / "s.tif", tiled=False)).striped
+    assert not open_scene(_scene(tmp_path / "t.tif")).striped
