@@ -78,8 +78,11 @@ def build_scene(size: int, cache_dir: Path, seed: int = 0, compress: str = "ZSTD
         opts = {"TILED": "NO", "COMPRESS": compress}
         if compress.upper() != "NONE":
             opts["PREDICTOR"] = "2"
-        rio_copy(tiled, tmp, driver="GTiff", **opts)
-        os.replace(tmp, striped)
+        try:
+            rio_copy(tiled, tmp, driver="GTiff", **opts)
+            os.replace(tmp, striped)
+        finally:
+            tmp.unlink(missing_ok=True)
         return striped, build_s + time.perf_counter() - t0
     if path.exists():
         return path, 0.0
