@@ -266,6 +266,8 @@ class SceneReader:
         self._local = threading.local()
         self._handles: list[rasterio.DatasetReader] = []
         self._lock = threading.Lock()
+        #: validity comes from GDAL's mask band (mask or alpha nodata), read beside the data
+        self._masked = info.nodata_kind in ("mask", "alpha")
         self.tile: tuple[int, int] | None = None
         shapes = {info.block_shapes[i - 1] for i in self.indexes if i - 1 < len(info.block_shapes)}
         if cache_bytes is not None and len(shapes) == 1:
@@ -297,7 +299,7 @@ class SceneReader:
         ds = self._ds()
         block = ds.read(self.indexes, window=window)
         mask = None
-        if self.info.nodata_kind in ("mask", "alpha"):
+        if self._masked:
             mask = ds.read_masks(self.indexes[0], window=window) > 0
         return block, mask
 
@@ -307,7 +309,7 @@ class SceneReader:
         th, tw = self.tile
         info = self.info
         block = np.empty((len(self.indexes), rr1 - rr0, cc1 - cc0), dtype=info.dtype)
-        mask = np.empty((rr1 - rr0, cc1 - cc0), dtype=bool) if info.nodata_kind in ("mask", "alpha") else None
+        mask = np.empty((rr1 - rr0, cc1 - cc0), dtype=bool) if self._masked else None
         for ti in range(rr0 // th, (rr1 - 1) // th + 1):
             for tj in range(cc0 // tw, (cc1 - 1) // tw + 1):
                 t0, s0 = ti * th, tj * tw
