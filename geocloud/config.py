@@ -166,6 +166,10 @@ class OutputConfig:
     compress: str = "ZSTD"
     #: internal tile size of the COG outputs.
     cog_blocksize: int = 512
+    #: derived rasters (the cloud reflectance r_c) are computed again while their COG is
+    #: assembled, from the stored maps and cells, instead of being stored at full resolution
+    #: (used when GDAL can call Python pixel functions; the outputs are the same).
+    derive_in_cog: bool = True
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -501,7 +501,9 @@ class _Level:
     which cost about twice the write itself.
     """
 
-    def __init__(self, path: Path, width: int, height: int, spec: RasterSpec, min_size: int):
+    def __init__(self, path: Path, width: int, height: int, spec: RasterSpec, min_size: int, *,
+                 store: bool = True):  # fmt: skip
+        """``store=False``: this level has no file (rows only feed the levels below)."""
         self.path, self.width, self.height = path, width, height
         #: per swath (its first column): next row to write, odd row carried to the next strip
         self.state: dict[int, tuple[int, np.ndarray | None]] = {}
@@ -513,10 +515,12 @@ class _Level:
             "blockysize": WORK_TILE_ROWS, "compress": "NONE", "interleave": "band", "BIGTIFF": "IF_SAFER",
             "SPARSE_OK": "TRUE",
         }  # fmt: skip
-        with warnings.catch_warnings():
-            # intermediate files: the georeferencing goes onto the COG from the VRT
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self.ds = rasterio.open(path, "w+", **profile)
+        self.ds: Any = None
+        if store:
+            with warnings.catch_warnings():
+                # intermediate files: the georeferencing goes onto the COG from the VRT
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.ds = rasterio.open(path, "w+", **profile)
         self.spec = spec
         self.next: _Level | None = None
         if max(width, height) > min_size:
@@ -528,6 +532,8 @@ class _Level:
 
     def _write(self, a: np.ndarray, col0: int, row: int) -> None:
         """Write rows ``row..`` of swath ``col0``, whole tile rows at a time."""
+        if self.ds is None:
+            return
         t = WORK_TILE_ROWS
         k, n, w = a.shape
         done = 0
@@ -573,7 +579,7 @@ class _Level:
 
     def close(self) -> None:
         for lv in self.levels():
-            if not lv.ds.closed:
+            if lv.ds is not None and not lv.ds.closed:
                 lv.ds.close()
 
     def complete(self) -> bool:
@@ -582,10 +588,58 @@ class _Level:
         return done and not self.pending
 
 
+#: derived sinks whose COG is being assembled, by key (see :func:`derived_pixels`)
+_DERIVED: dict[str, RasterSink] = {}
+
+
+def _arg(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def derived_pixels(in_ar: Any, out_ar: np.ndarray, xoff: int, yoff: int, xsize: int, ysize: int,
+                   raster_xsize: int, raster_ysize: int, buf_radius: int, gt: Any, **kwargs: Any) -> None:  # fmt: skip
+    """GDAL's Python pixel function for the full-resolution level of a derived
+    :class:`RasterSink` (the VRT of :meth:`RasterSink.finalize` names it)."""
+    _DERIVED[_arg(kwargs["key"])]._fill(out_ar, xoff, yoff, xsize, ysize, int(_arg(kwargs["band"])))
+
+
+def _probe_pixels(in_ar: Any, out_ar: np.ndarray, *args: Any, **kwargs: Any) -> None:
+    out_ar[:] = 1.0
+
+
+def _python_pixels_env() -> rasterio.Env:
+    """GDAL runs the Python pixel functions of this module only (not those of any VRT)."""
+    return rasterio.Env(GDAL_VRT_ENABLE_PYTHON="TRUSTED_MODULES", GDAL_VRT_PYTHON_TRUSTED_MODULES=__name__)
+
+
+@cache
+def python_pixel_functions() -> bool:
+    """Whether this GDAL can call Python pixel functions in a VRT (it must find the running
+    interpreter); derived sinks need them, and the pipeline stores every level otherwise."""
+    vrt = (
+        '<VRTDataset rasterXSize="1" rasterYSize="1"><VRTRasterBand dataType="Float32" band="1" '
+        f'subClass="VRTDerivedRasterBand"><PixelFunctionType>{__name__}._probe_pixels</PixelFunctionType>'
+        "<PixelFunctionLanguage>Python</PixelFunctionLanguage></VRTRasterBand></VRTDataset>"
+    )
+    try:
+        with warnings.catch_warnings(), _python_pixels_env(), rasterio.open(vrt) as ds:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return bool(ds.read(1)[0, 0] == 1.0)
+    except Exception:  # noqa: BLE001 - any failure means: not available
+        return False
+
+
 class RasterSink:
     """Stream full-width strips of rows into a temporary GeoTIFF, building its overview
     pyramid on the way (2x2 mean, or nearest for classes); :meth:`finalize` assembles the
     COG from them without recomputing anything.
+
+    With ``compute`` the sink is *derived*: its full-resolution level is not stored, and
+    the COG reads it from ``compute(window)`` (an array (count, h, w)) through a Python
+    pixel function while it is assembled (:func:`python_pixel_functions` must be true).
+    The strips written still build the overviews, so they must equal ``compute``'s values.
+    This saves writing and reading back a large raster that is cheap to recompute (the
+    matte's cloud reflectance: alpha times the upsampled cloud colour).
 
     ``workdir`` holds the intermediate files; it must be on the same file system as
     ``final`` for the final rename to be atomic (the pipeline uses a hidden folder in the
@@ -593,16 +647,21 @@ class RasterSink:
     """
 
     def __init__(self, final: Path, spec: RasterSpec, workdir: Path, *, compress: str = "ZSTD",
-                 blocksize: int = 512):  # fmt: skip
+                 blocksize: int = 512, compute: Callable[[Window], np.ndarray] | None = None):  # fmt: skip
         self.final = final
         self.spec = spec
         self.compress = compress
         self.blocksize = blocksize
+        self.compute = compute
         self.tmp = workdir / (final.stem + ".stream.tif")
-        self._top = _Level(self.tmp, spec.width, spec.height, spec, blocksize)
+        self._top = _Level(self.tmp, spec.width, spec.height, spec, blocksize, store=compute is None)
         self._lock = threading.Lock()
         #: read-only handle once sealed (reads may then run beside :meth:`finalize`)
         self._reader: rasterio.DatasetReader | None = None
+        self._sealed = False
+        #: derived sinks: the last window computed for the COG (GDAL asks band by band)
+        self._last: tuple[tuple[int, int, int, int], np.ndarray] | None = None
+        self._fill_error: BaseException | None = None
 
     def write_window(self, array: np.ndarray, row0: int, col0: int = 0) -> None:
         """Write ``array`` (k, n, w) at rows ``row0..``, columns ``col0..``.  Within a column
@@ -627,7 +686,9 @@ class RasterSink:
         return 2**levels
 
     def read(self, window: Window) -> np.ndarray:
-        """Read back what was written (used by the second pass)."""
+        """Read back what was written (used by the second pass); a derived sink computes it."""
+        if self.compute is not None:
+            return self.compute(window)
         with self._lock:
             return (self._reader or self._top.ds).read(window=window)
 
@@ -635,14 +696,32 @@ class RasterSink:
         """Finish writing (every row and column must have been written).  Afterwards
         :meth:`read` and :meth:`finalize` may run side by side, on different threads."""
         with self._lock:
-            if self._reader is not None:
+            if self._sealed:
                 return
             self._top.close()
             if not self._top.complete():
                 raise ValueError(f"{self.final.name}: not every row and column was written")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self._reader = rasterio.open(self.tmp)
+            if self.compute is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    self._reader = rasterio.open(self.tmp)
+            self._sealed = True
+
+    def _fill(self, out: np.ndarray, xoff: int, yoff: int, xsize: int, ysize: int, band: int) -> None:
+        """Band ``band`` of the full-resolution window into ``out`` (see :func:`derived_pixels`)."""
+        try:
+            if out.shape != (ysize, xsize):
+                raise ValueError(
+                    f"{self.final.name}: GDAL asked for a resampled read {out.shape} of {ysize}x{xsize}"
+                )
+            key = (xoff, yoff, xsize, ysize)
+            if self._last is None or self._last[0] != key:
+                self._last = (key, self.compute(Window(xoff, yoff, xsize, ysize)))  # type: ignore[misc]
+            out[:] = self._last[1][band - 1]
+        except BaseException as exc:
+            # re-raised by finalize; GDAL gets a short error and stops the copy
+            self._fill_error = exc
+            raise RuntimeError(f"computing {self.final.name} failed") from None
 
     def close(self) -> None:
         with self._lock:
@@ -679,11 +758,21 @@ class RasterSink:
                 f"<SourceBand>{b}</SourceBand></Overview>"
                 for lv in levels[1:]
             )
-            parts.append(
-                f'<VRTRasterBand dataType="{gdal_type}" band="{b}"><Description>{escape(desc)}</Description>{nodata}'
-                f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(self.tmp))}</SourceFilename>'
-                f"<SourceBand>{b}</SourceBand></SimpleSource>{ovr}</VRTRasterBand>"
-            )
+            if self.compute is not None:  # full resolution from derived_pixels
+                band = (
+                    f'<VRTRasterBand dataType="{gdal_type}" band="{b}" subClass="VRTDerivedRasterBand">'
+                    f"<Description>{escape(desc)}</Description>{nodata}"
+                    f"<PixelFunctionType>{__name__}.derived_pixels</PixelFunctionType>"
+                    "<PixelFunctionLanguage>Python</PixelFunctionLanguage>"
+                    f'<PixelFunctionArguments key="{id(self)}" band="{b}"/>'
+                )
+            else:
+                band = (
+                    f'<VRTRasterBand dataType="{gdal_type}" band="{b}"><Description>{escape(desc)}</Description>{nodata}'
+                    f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(self.tmp))}</SourceFilename>'
+                    f"<SourceBand>{b}</SourceBand></SimpleSource>"
+                )
+            parts.append(f"{band}{ovr}</VRTRasterBand>")
         parts.append("</VRTDataset>")
         return "".join(parts)
 
@@ -708,19 +797,34 @@ class RasterSink:
             opts["LEVEL"] = 1
         if self.compress in ("ZSTD", "DEFLATE", "LZW") and self.spec.dtype != "float32":
             opts["PREDICTOR"] = "YES"
+        key = str(id(self))
         try:
-            with warnings.catch_warnings():
+            with ExitStack() as stack:
+                stack.enter_context(warnings.catch_warnings())
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                rio_copy(vrt, out_tmp, driver="COG", **opts)
+                if self.compute is not None:
+                    stack.enter_context(_python_pixels_env())
+                    _DERIVED[key] = self
+                    self._fill_error = None
+                try:
+                    rio_copy(vrt, out_tmp, driver="COG", **opts)
+                except Exception:
+                    if self._fill_error is not None:  # the computation failed, not GDAL
+                        raise self._fill_error from None
+                    raise
             if dest is None:
                 os.replace(out_tmp, self.final)
-        except (OSError, RasterioIOError) as exc:
+        except BaseException as exc:
             if out_tmp.exists():
                 out_tmp.unlink()
-            raise OutputError(
-                f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions"
-            ) from None
+            if isinstance(exc, (OSError, RasterioIOError)):
+                raise OutputError(
+                    f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions"
+                ) from None
+            raise
         finally:
+            _DERIVED.pop(key, None)
+            self._last = None
             if not keep:
                 self.discard()
             vrt.unlink(missing_ok=True)

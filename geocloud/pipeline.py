@@ -35,7 +35,16 @@ from ._version import __version__
 from .config import ProcessConfig
 from .errors import ConfigError, InputError, OutputError
 from .inference import BlockResult, cpu_threads, predict_blocks, resolve_device
-from .io import RasterSink, RasterSpec, SceneInfo, SceneReader, check_writable_dir, open_scene, partial_name
+from .io import (
+    RasterSink,
+    RasterSpec,
+    SceneInfo,
+    SceneReader,
+    check_writable_dir,
+    open_scene,
+    partial_name,
+    python_pixel_functions,
+)
 from .models import build_model
 from .models.base import CloudModel, ModelSpec
 from .mosaic import CellMosaic, Strip, StripAccumulator, upsample_cells
@@ -146,6 +155,18 @@ def plan_products(names: tuple[str, ...]) -> tuple[list[RasterProduct], list[Fil
             if isinstance(dep, RasterProduct) and dep not in raster_products:
                 raster_products.append(dep)
     return raster_products, file_products, {"score"} | {m for p in raster_products for m in p.needs}
+
+
+class _StoredMaps(dict[str, np.ndarray]):
+    """The stored maps of one window, each read from its sink when first looked up."""
+
+    def __init__(self, sinks: dict[str, RasterSink], window: Window) -> None:
+        super().__init__()
+        self.sinks, self.window = sinks, window
+
+    def __missing__(self, name: str) -> np.ndarray:
+        self[name] = a = self.sinks[name].read(self.window)
+        return a
 
 
 def _copy_map(name: str, ctx: WindowContext) -> np.ndarray:
@@ -263,6 +284,8 @@ def process_scene(
         raise ConfigError(
             f"model {spec.name!r} does not produce {sorted(missing)}; choose other --products or another --model"
         )
+    # the maps a derived map is formed from are stored even when no product asks for them
+    needed_maps |= {m for d in spec.derived if d in needed_maps for m in spec.derived_from.get(d, ())}
     if tuple(spec.bands[:4]) != ("blue", "green", "red", "nir"):
         raise ConfigError(
             f"model {spec.name!r} expects bands {spec.bands}; geocloud feeds blue, green, red, nir"
@@ -289,6 +312,7 @@ def process_scene(
         # derived maps (e.g. the matte's r_c) are formed in pass 2 from the other maps and
         # the low-resolution cell maps, which are blended here at their own resolution
         derived = [m for m in spec.derived if m in needed_maps]
+        derive_in_cog = config.output.derive_in_cog and python_pixel_functions()
         map_channels = {k: spec.outputs[k] for k in sorted(needed_maps) if k not in derived}
         cell_mosaic = CellMosaic(info.height, info.width, spec.cell_size, spec.cells) if derived else None
         map_sinks: dict[str, RasterSink] = {}
@@ -425,12 +449,6 @@ def process_scene(
         pass2 += [(p, partial(_copy_map, p.from_map)) for p in raster_products if p.from_map in derived]
         cell_maps = cell_mosaic.finish() if cell_mosaic is not None else {}
         cell_mosaic = None  # the maps above are its normalised sums; drop the rest
-        for p, _ in pass2:
-            lay = p.layout(info, spec.outputs)
-            rspec = RasterSpec.like(info, count=lay.count, dtype=lay.dtype, nodata=lay.nodata,
-                                    descriptions=lay.descriptions, resampling=lay.resampling)  # fmt: skip
-            sinks[p.name] = RasterSink(p.paths(outdir, stem)[0], rspec, workdir,
-                                       compress=config.output.compress, blocksize=config.output.cog_blocksize)  # fmt: skip
         counts = np.zeros(256, dtype=np.int64)
         matting_stats = None
         if "alpha" in map_sinks:  # thin/thick cloud split (docs/matting.md)
@@ -449,12 +467,31 @@ def process_scene(
             maps = dict(have or {})
             maps.update({name: s.read(window) for name, s in map_sinks.items() if name not in maps})
             if derived:
-                r0, c0 = int(window.row_off), int(window.col_off)
-                r1, c1 = r0 + int(window.height), c0 + int(window.width)
-                up = {k: upsample_cells(g, spec.cell_size, (r0, r1, c0, c1)) for k, g in cell_maps.items()}
+                up = cells_up(window)
                 for name in derived:
                     maps[name] = model.derive(name, maps, up)
             return maps
+
+        def cells_up(window: Window) -> dict[str, np.ndarray]:
+            """The cell maps upsampled to the pixels of ``window``."""
+            r0, c0 = int(window.row_off), int(window.col_off)
+            r1, c1 = r0 + int(window.height), c0 + int(window.width)
+            return {k: upsample_cells(g, spec.cell_size, (r0, r1, c0, c1)) for k, g in cell_maps.items()}
+
+        def derive_window(name: str, window: Window) -> np.ndarray:
+            """The derived map ``name`` of ``window`` (as :func:`read_maps` forms it), reading
+            only the stored maps it uses (for a COG that computes its full resolution)."""
+            return model.derive(name, _StoredMaps(map_sinks, window), cells_up(window))
+
+        for p, _ in pass2:
+            lay = p.layout(info, spec.outputs)
+            rspec = RasterSpec.like(info, count=lay.count, dtype=lay.dtype, nodata=lay.nodata,
+                                    descriptions=lay.descriptions, resampling=lay.resampling)  # fmt: skip
+            # a derived map's full resolution is not stored: its COG computes it again from
+            # the stored maps and the cells (the pass-2 strips still build its overviews)
+            compute = partial(derive_window, p.from_map) if p.from_map in derived and derive_in_cog else None
+            sinks[p.name] = RasterSink(p.paths(outdir, stem)[0], rspec, workdir, compute=compute,
+                                       compress=config.output.compress, blocksize=config.output.cog_blocksize)  # fmt: skip
 
         def classify_window(window: Window) -> tuple[Window, np.ndarray, Any, list[np.ndarray]]:
             """Mask, statistics and second-pass products of one window (runs on a worker)."""

@@ -182,3 +182,80 @@ def test_scene_layout_names_tiles_or_strips_and_compression(make_raster) -> None
 def test_striped_is_whole_rows(make_raster) -> None:
     assert open_scene(_scene(make_raster, tiled=False)).striped
     assert not open_scene(_scene(make_raster, "t.tif")).striped
+
+
+# ---------------------------------------------------------------- derived sinks
+def _field(window: Window, count: int = 3) -> np.ndarray:
+    """A deterministic float32 field of the pixel coordinates (with a NaN patch), (count, h, w)."""
+    r0, c0 = int(window.row_off), int(window.col_off)
+    rr, cc = np.mgrid[r0 : r0 + int(window.height), c0 : c0 + int(window.width)].astype(np.float32)
+    out = np.stack([np.sin(rr / 17 + k) * np.cos(cc / 23) + k for k in range(count)]).astype(np.float32)
+    out[:, (rr > 300) & (rr < 340) & (cc > 100) & (cc < 130)] = np.nan
+    return out
+
+
+def _stream(sink, width: int, height: int) -> None:
+    """Write the field in 96-row strips over two swaths (the pipeline's order)."""
+    for c0, c1 in ((0, 512), (512, width)):
+        for r0 in range(0, height, 96):
+            w = Window(c0, r0, c1 - c0, min(96, height - r0))
+            sink.write_window(_field(w), r0, c0)
+
+
+def _sinks(tmp_path, compute):
+    from geocloud.io import RasterSink, RasterSpec
+
+    width, height = 700, 1100
+    spec = RasterSpec(width=width, height=height, count=3, dtype="float32", nodata=float("nan"),
+                      crs=rasterio.CRS.from_epsg(32650), transform=from_origin(500000, 4e6, 16, 16),
+                      rpcs=None, descriptions=("a", "b", "c"))  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    stored = RasterSink(tmp_path / "stored.tif", spec, work, blocksize=256)
+    derived = RasterSink(tmp_path / "derived.tif", spec, work, blocksize=256, compute=compute)
+    for s in (stored, derived):
+        _stream(s, width, height)
+    return stored, derived
+
+
+def test_a_derived_sink_writes_the_same_cog_without_storing_its_full_resolution(tmp_path) -> None:
+    """The full resolution comes from ``compute`` through GDAL's Python pixel function;
+    overviews from the strips; the COG equals the one assembled from a stored raster."""
+    from geocloud.io import python_pixel_functions
+
+    if not python_pixel_functions():
+        pytest.skip("this GDAL cannot call Python pixel functions (the pipeline stores every level)")
+    stored, derived = _sinks(tmp_path, _field)
+    assert not derived.tmp.exists() and stored.tmp.exists()  # no full-resolution work file
+    np.testing.assert_array_equal(derived.read(Window(5, 7, 60, 40)), _field(Window(5, 7, 60, 40)))
+    a = stored.finalize({"K": "v"})
+    b = derived.finalize({"K": "v"})
+    with rasterio.open(a) as fa, rasterio.open(b) as fb:
+        assert fb.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert fb.tags()["K"] == "v" and fb.descriptions == ("a", "b", "c") and fb.crs == fa.crs
+        assert fb.transform == fa.transform and np.isnan(fb.nodata)
+        assert fb.overviews(1) == fa.overviews(1) == [2, 4, 8]
+        np.testing.assert_array_equal(fb.read(), _field(Window(0, 0, 700, 1100)))
+        for k in (1, 2, 3):
+            shape = (3, -(-1100 // 2**k), -(-700 // 2**k))
+            np.testing.assert_array_equal(fb.read(out_shape=shape), fa.read(out_shape=shape))
+    assert not list((tmp_path / "work").iterdir())  # intermediates discarded
+
+
+def test_a_failing_derived_computation_raises_its_own_error_and_leaves_no_file(tmp_path) -> None:
+    from geocloud.errors import OutputError
+    from geocloud.io import python_pixel_functions
+
+    if not python_pixel_functions():
+        pytest.skip("this GDAL cannot call Python pixel functions")
+
+    def compute(window: Window) -> np.ndarray:
+        if int(window.row_off) >= 512:
+            raise OutputError("the alpha work file is gone")
+        return _field(window)
+
+    _, derived = _sinks(tmp_path, compute)
+    dest = tmp_path / "derived.partial.tif"
+    with pytest.raises(OutputError, match="the alpha work file is gone"):
+        derived.finalize({}, dest)
+    assert not dest.exists() and not (tmp_path / "derived.tif").exists()

@@ -683,3 +683,57 @@ def test_gate_clear_is_the_engines_mask_rule_at_the_default_threshold():
     grown = gate_clear(BlueScore(2), y, valid)[0]
     assert plain.tolist() == [False] + [True] * 11
     assert grown.tolist() == [False, False, False, True, True, True, True, True, True, True, True, True]
+
+
+@pytest.mark.parametrize("products", [("alpha", "reflectance", "clear"), ("mask", "reflectance")])
+def test_reflectance_cog_computed_while_assembled_equals_the_stored_one(make_raster, tmp_path, monkeypatch,
+                                                                       products) -> None:  # fmt: skip
+    """r_c's full resolution is not stored: its COG recomputes alpha x the upsampled colour
+    cells (geocloud.io's derived sinks).  The COG, overviews included, equals the one
+    assembled from a stored raster, and from GDALs without Python pixel functions."""
+    import rasterio
+
+    from geocloud import pipeline
+    from geocloud.config import OutputConfig, ProcessConfig, TilingConfig
+    from geocloud.io import python_pixel_functions
+    from geocloud.models.matting import WEIGHTS_FILE
+
+    if not WEIGHTS_FILE.exists():
+        pytest.skip("matting weights not shipped in this checkout")
+    if not python_pixel_functions():
+        pytest.skip("this GDAL cannot call Python pixel functions")
+    src = make_raster("d.tif", width=700, height=560, dtype="uint16", cloud_cover=0.5)
+    tiling = TilingConfig(block_size=240, swath_width=384)
+    out = {}
+    for name, derive, pixel_functions in (("stored", False, True), ("derived", True, True),
+                                          ("no_python", True, False)):  # fmt: skip
+        monkeypatch.setattr(pipeline, "python_pixel_functions", lambda v=pixel_functions: v)
+        cfg = ProcessConfig(tiling=tiling, output=OutputConfig(products=products, derive_in_cog=derive))
+        r = pipeline.process_scene(src, tmp_path / name, cfg)
+        with rasterio.open(r.outputs["reflectance"][0]) as f:
+            assert f.overviews(1) == [2]
+            out[name] = f.read(), f.read(out_shape=(4, 280, 350)), f.tags(ns="IMAGE_STRUCTURE")["LAYOUT"]
+    for name in ("derived", "no_python"):
+        np.testing.assert_array_equal(out[name][0], out["stored"][0])
+        np.testing.assert_array_equal(out[name][1], out["stored"][1])
+        assert out[name][2] == "COG"
+    assert np.isfinite(out["stored"][0]).any() and (out["stored"][0] > 0).any()
+
+
+def test_upsample_cells_channel_by_channel_equals_torchs_multichannel_upsampling() -> None:
+    """upsample_cells upsamples one channel at a time (faster): bit for bit what
+    upsample_region gives for all channels at once, on random regions of a random map."""
+    import torch
+
+    from geocloud.models.upsample import upsample_region
+    from geocloud.mosaic import upsample_cells
+
+    rng = np.random.default_rng(3)
+    grid = (rng.random((4, 40, 52)) * 1.6).astype(np.float32)
+    z = torch.from_numpy(grid)[None]
+    for _ in range(40):
+        r0, c0 = int(rng.integers(0, 300)), int(rng.integers(0, 400))
+        r1, c1 = int(rng.integers(r0 + 1, 321)), int(rng.integers(c0 + 1, 417))
+        with torch.inference_mode():
+            ref = upsample_region(z, 8, (r0, r1, c0, c1))[0].numpy()
+        np.testing.assert_array_equal(upsample_cells(grid, 8, (r0, r1, c0, c1)), ref)

@@ -68,6 +68,9 @@ class ModelSpec:
     #: window of the second pass with :meth:`CloudModel.derive` from the other maps and the
     #: upsampled cell maps (e.g. the matte's r_c = alpha x cloud colour).
     derived: tuple[str, ...] = ()
+    #: the stored maps each derived map is formed from (the engine stores them whenever the
+    #: derived map is needed, asked for as products or not).
+    derived_from: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: clear-sky statistics of ``score`` and the calibrated k of mu + k*sigma.
     clear_mu: float = 0.0
     clear_sigma: float = 0.1
@@ -153,9 +156,12 @@ class CombinedModel(CloudModel):
             multiple = math.lcm(multiple, h.spec.block_multiple)
         cells = dict(primary.spec.cells)
         derived = list(primary.spec.derived)
+        derived_from = dict(primary.spec.derived_from)
         for h in helpers:
             cells.update({k: v for k, v in h.spec.cells.items() if k not in cells})
-            derived += [d for d in h.spec.derived if d not in derived and d not in primary.spec.outputs]
+            new = [d for d in h.spec.derived if d not in derived and d not in primary.spec.outputs]
+            derived += new
+            derived_from.update({d: h.spec.derived_from[d] for d in new if d in h.spec.derived_from})
         sizes = {m.spec.cell_size for m in [primary, *helpers] if m.spec.cells}
         if len(sizes) > 1:
             from ..errors import ModelError
@@ -172,6 +178,7 @@ class CombinedModel(CloudModel):
             cells=cells,
             cell_size=sizes.pop() if sizes else primary.spec.cell_size,
             derived=tuple(derived),
+            derived_from=derived_from,
         )
 
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:

@@ -280,6 +280,7 @@ def matting_spec(**extra: Any) -> ModelSpec:
         cells={"colour": len(CANONICAL_BANDS)},
         cell_size=POOL,
         derived=("reflectance",),
+        derived_from={"reflectance": ("alpha",)},
         clear_mu=0.0,
         clear_sigma=0.1,
         threshold_k=3.0,
