@@ -397,6 +397,11 @@ class RasterSpec:
     #: overview resampling: "nearest" for classes, "average" for continuous values.
     resampling: str = "average"
 
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed size of the full-resolution pixels."""
+        return self.width * self.height * self.count * np.dtype(self.dtype).itemsize
+
     @classmethod
     def like(cls, info: SceneInfo, *, count: int, dtype: str, nodata: float | int | None,
              descriptions: tuple[str, ...] = (), resampling: str = "average") -> RasterSpec:  # fmt: skip

@@ -546,12 +546,12 @@ def process_scene(
         if reader.cache is not None:
             reader.cache.clear()
 
-        # ---- the other rasters become COGs under temporary names, COG_WORKERS at a time
+        # ---- the other rasters become COGs under temporary names, COG_WORKERS at a time,
+        # the largest first (so a small one does not hold up the start of a large one)
         t0 = time.perf_counter()
         early = {name for name, _ in cog_jobs}
-        cog_jobs += [
-            (name, assemble(name, s, late_pool, False)) for name, s in sinks.items() if name not in early
-        ]
+        late = sorted(((n, s) for n, s in sinks.items() if n not in early), key=lambda ns: -ns[1].spec.nbytes)
+        cog_jobs += [(name, assemble(name, s, late_pool, False)) for name, s in late]
         raster_done: dict[str, Path] = {}
         for k, (name, job) in enumerate(cog_jobs, start=1):
             raster_done[name] = job.result()
