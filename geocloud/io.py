@@ -432,8 +432,12 @@ def check_writable_dir(outdir: Path) -> None:
         ) from None
 
 
-def partial_name(final: Path) -> Path:
-    """The temporary name a file is written under before being renamed to ``final``."""
+def partial_name(final: Path, *, keep_suffix: bool = False) -> Path:
+    """The temporary name a file is written under before being renamed to ``final``
+    (``keep_suffix``: ending in ``final``'s extension, for writers that choose the format
+    from it, such as GDAL's GeoPackage driver)."""
+    if keep_suffix:
+        return final.with_name(f".{final.stem}.{os.getpid()}.partial{final.suffix}")
     return final.with_name(f".{final.name}.{os.getpid()}.partial")
 
 
@@ -452,11 +456,7 @@ def atomic_output(
     that choose the format from it).  ``errors`` raised in the block or by the rename become
     an :class:`OutputError` naming the file (``what`` prefixes it, e.g. ``"catalogue "``).
     """
-    tmp = (
-        final.with_name(f".{final.stem}.{os.getpid()}.partial{final.suffix}")
-        if keep_suffix
-        else partial_name(final)
-    )
+    tmp = partial_name(final, keep_suffix=keep_suffix)
     tmp.unlink(missing_ok=True)  # a stale one would make some drivers append or refuse
     try:
         yield tmp

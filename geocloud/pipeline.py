@@ -610,7 +610,7 @@ def process_scene(
         )
         for fp in file_products:
             finals = fp.paths(outdir, stem)
-            tmps = [partial_name(f) for f in finals]
+            tmps = [partial_name(f, keep_suffix=True) for f in finals]
             fp.write(fctx, tmps)
             partials.extend(zip(tmps, finals, strict=True))
 

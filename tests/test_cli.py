@@ -129,6 +129,21 @@ def test_vector_min_area_option_reaches_the_polygons(tmp_path):
     assert 0 < counts[100000] < counts[0]
 
 
+def test_file_products_write_quietly(make_raster, tmp_path):
+    """--quiet prints nothing for file products either: the GeoPackage is written under a
+    temporary name that keeps the .gpkg suffix (GDAL's driver warned about '.partial')."""
+    scene = make_raster("v.tif", cloud_cover=0.4)
+    out = tmp_path / "o"
+    r = subprocess.run(
+        [sys.executable, "-m", "geocloud", "process", str(scene), "-o", str(out), "--model", "spectral",
+         "--products", "mask,vector,preview,stats", "-q"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["v_clouds.geojson", "v_clouds.gpkg", "v_mask.tif", "v_preview.png", "v_stats.json"]
+
+
 def test_sigterm_leaves_no_partial_files(tmp_path):
     """A killed run (SIGTERM from a scheduler) unwinds and removes its temporary files."""
     import signal
