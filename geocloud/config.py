@@ -41,6 +41,19 @@ class TilingConfig:
     #: 8192: with every matting product at 10000^2 the peak RSS fell from 1.23 to 1.0 GB
     #: at the same speed.
     swath_width: int = 4096
+    #: the first pass's swath width for *compressed striped* inputs (GDAL's default layout):
+    #: a strip holds whole rows, so every swath decodes every row again; such scenes up to
+    #: this width are read in one swath, wider ones in equal swaths (the second pass keeps
+    #: ``swath_width``).  0: ``swath_width``.  10000^2 DEFLATE-striped, every matting
+    #: product: see docs/benchmarks.md (sixth session).
+    striped_swath_width: int = 12288
+
+    def pass1_swath_width(self, width: int, striped_compressed: bool, step: int) -> int:
+        """The widest first-pass swath for a scene ``width`` px wide."""
+        if not striped_compressed or self.striped_swath_width <= self.swath_width:
+            return self.swath_width
+        n = -(-width // self.striped_swath_width)  # equal swaths, each within the limit
+        return -(-width // n) + step  # + a step: swath edges fall on block origins
 
     def resolve(self, model_halo: int, model_feather: int) -> tuple[int, int, int]:
         """(block size, halo, feather) for a model needing ``model_halo`` px of context."""
@@ -60,6 +73,10 @@ class TilingConfig:
         if self.swath_width < 64:
             raise ConfigError(
                 f"swath width {self.swath_width} is too small; use 64 px or more (default {TilingConfig.swath_width})"
+            )
+        if self.striped_swath_width < 0:
+            raise ConfigError(
+                f"striped swath width {self.striped_swath_width} is negative; use 0 (off) or more"
             )
         if self.feather is not None and self.feather < 0:
             raise ConfigError(f"feather {self.feather} is negative; pass --feather 0 or more")

@@ -292,7 +292,10 @@ def process_scene(
         )
     tiling = plan_tiling(info, config, spec)
     align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
-    swaths = make_swaths(tiling, config.tiling.swath_width, align)
+    origins = tiling.cols.origins
+    step = origins[1] - origins[0] if len(origins) > 1 else info.width
+    width1 = config.tiling.pass1_swath_width(info.width, info.striped and info.compression is not None, step)
+    swaths = make_swaths(tiling, width1, align)
     swath_px = max(sw.c1 - sw.c0 for sw in swaths)
     size_gdal_cache(info, tiling.rows.size, swath_px)
 
@@ -422,8 +425,10 @@ def process_scene(
         }
         for s in map_sinks.values():
             s.seal()
-        if reader.cache is not None:  # the second pass starts again at the top
+        if reader.cache is not None:  # the second pass starts again at the top, across the scene
             reader.cache.clear()
+            reader.cache.capacity = input_cache_bytes(info, len(radiometry.indexes), PASS2_ROWS // 2,
+                                                      info.width, reader.tile)  # fmt: skip
         # during the second pass one thread assembles them in turn (the second pass has
         # the cores); the second pass's rasters are assembled COG_WORKERS at a time after it
         early_pool = ThreadPoolExecutor(1, thread_name_prefix="geocloud-cog")
@@ -456,10 +461,13 @@ def process_scene(
 
             matting_stats = MattingStats(config.decloud)
         t0 = time.perf_counter()
+        # the second pass's own column bands (its memory grows with their width), window
+        # rows across all of them in turn: a strip of a striped input is decoded once
+        bands2 = make_swaths(tiling, config.tiling.swath_width, align)
         windows = [
-            Window(sw.x0, row0, sw.x1 - sw.x0, min(PASS2_ROWS, info.height - row0))
-            for sw in swaths
+            Window(b.x0, row0, b.x1 - b.x0, min(PASS2_ROWS, info.height - row0))
             for row0 in range(0, info.height, PASS2_ROWS)
+            for b in bands2
         ]
 
         def read_maps(window: Window, have: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:

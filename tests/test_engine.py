@@ -12,6 +12,7 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
+from geocloud.io import open_scene
 from geocloud.models.base import CloudModel, ModelSpec, Prediction
 from geocloud.pipeline import process_scene
 from geocloud.products import PRODUCTS, RasterLayout, RasterProduct
@@ -233,6 +234,39 @@ def test_outputs_are_cogs_with_overviews(tmp_path):
                 np.testing.assert_allclose(a, b, atol=2e-6, err_msg=f"{name} level {level}")
     leftovers = [p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_striped_inputs_are_read_in_wide_swaths_with_the_same_outputs(tmp_path):
+    """A compressed striped input (strips hold whole rows) is read in one first-pass swath
+    up to TilingConfig.striped_swath_width, wider ones in equal swaths within it; the second
+    pass keeps its own bands.  Outputs, overviews included, do not change."""
+    from rasterio.shutil import copy as rio_copy
+
+    data = coord_scene(600, 1100, seed=5)
+    tiled = write_scene(tmp_path / "t.tif", data, nodata=None)
+    striped = tmp_path / "s.tif"
+    rio_copy(tiled, striped, driver="GTiff", TILED="NO", COMPRESS="DEFLATE")
+    assert open_scene(striped).striped and not open_scene(tiled).striped
+
+    def go(scene, name, striped_swath):
+        config = ProcessConfig(
+            tiling=TilingConfig(block_size=160, swath_width=300, striped_swath_width=striped_swath),
+            output=OutputConfig(products=("mask", "score", "stats")),
+        )
+        r = process_scene(scene, tmp_path / name, config, model=BoxModel(), scale=1.0)
+        with rasterio.open(r.outputs["score"][0]) as ds, rasterio.open(r.outputs["mask"][0]) as dm:
+            levels = [(ds.read(1, out_shape=(600 // 2**k, 1100 // 2**k)), dm.read(1, out_shape=(600 // 2**k, 1100 // 2**k)))
+                      for k in range(3)]  # fmt: skip
+        return r.stats["swaths"], levels
+
+    ref_swaths, ref = go(tiled, "tiled", 12288)
+    assert ref_swaths > 2  # tiled: swath_width
+    for name, limit, swaths in (("off", 0, ref_swaths), ("one", 12288, 1), ("two", 700, 2)):
+        n, levels = go(striped, name, limit)
+        assert n == swaths, name
+        for (a, b), (ra, rb) in zip(levels, ref, strict=True):
+            np.testing.assert_array_equal(a, ra)
+            np.testing.assert_array_equal(b, rb)
 
 
 def test_inference_defaults_resolve_per_device(monkeypatch):
