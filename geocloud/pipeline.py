@@ -315,7 +315,7 @@ def process_scene(
         # derived maps (e.g. the matte's r_c) are formed in pass 2 from the other maps and
         # the low-resolution cell maps, which are blended here at their own resolution
         derived = [m for m in spec.derived if m in needed_maps]
-        derive_in_cog = config.output.derive_in_cog and python_pixel_functions()
+        derive_in_cog = bool(derived) and config.output.derive_in_cog and python_pixel_functions()
         map_channels = {k: spec.outputs[k] for k in sorted(needed_maps) if k not in derived}
         cell_mosaic = CellMosaic(info.height, info.width, spec.cell_size, spec.cells) if derived else None
         map_sinks: dict[str, RasterSink] = {}
