@@ -30,7 +30,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from .errors import InputError, NotARasterError, OutputError, SceneNotFoundError
+from .errors import GeocloudError, InputError, NotARasterError, OutputError, SceneNotFoundError
 
 #: dtypes geocloud reads.
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
@@ -822,7 +822,7 @@ class RasterSink:
         except BaseException as exc:
             if out_tmp.exists():
                 out_tmp.unlink()
-            if isinstance(exc, (OSError, RasterioIOError)):
+            if isinstance(exc, (OSError, RasterioIOError)) and not isinstance(exc, GeocloudError):
                 raise OutputError(
                     f"writing {str(self.final)!r} failed ({exc}); check free disk space and permissions"
                 ) from None
