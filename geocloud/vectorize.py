@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,7 +362,9 @@ def write_gpkg(polys: CloudPolygons, path: str | os.PathLike[str], layer: str = 
     multi = [g if isinstance(g, MultiPolygon) else MultiPolygon([g]) for g in geoms]
     ids = np.arange(1, len(multi) + 1, dtype=np.int64)
     # pyogrio raises its own DataSourceError types; the GPKG driver needs the .gpkg suffix
-    with atomic_output(path, keep_suffix=True, errors=(Exception,)) as tmp:
+    with atomic_output(path, keep_suffix=True, errors=(Exception,)) as tmp, warnings.catch_warnings():
+        # a scene without georeferencing is already reported once, by the pipeline
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
         write(
             str(tmp),
             geometry=np.array(shapely.to_wkb(multi), dtype=object) if multi else np.array([], dtype=object),
@@ -429,7 +432,9 @@ def write_vector_product(ctx: Any, paths: list[Path]) -> None:
     }
     geojson, gpkg = paths
     if polys.crs is None and polys.rpcs is None:
-        log.warning("%s is not georeferenced: the GeoJSON is empty (RFC 7946 needs WGS84)", ctx.scene.path)
+        log.warning(
+            "%s is not georeferenced: the GeoJSON is empty (RFC 7946 needs WGS84)", ctx.scene.path.name
+        )
         doc = {"type": "FeatureCollection", "features": [],
                "geocloud": {**props, "note": "scene not georeferenced; see the GeoPackage (pixel coordinates)"}}  # fmt: skip
         Path(geojson).write_text(json.dumps(doc), encoding="utf-8")

@@ -142,6 +142,17 @@ def test_file_products_write_quietly(make_raster, tmp_path):
     assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["v_clouds.geojson", "v_clouds.gpkg", "v_mask.tif", "v_preview.png", "v_stats.json"]
+    # a scene without georeferencing: geocloud's own one-line warnings only (pyogrio's
+    # "'crs' was not provided" UserWarning leaked before)
+    bare = make_raster("bare.tif", cloud_cover=0.4, georef="none")
+    r = subprocess.run(
+        [sys.executable, "-m", "geocloud", "process", str(bare), "-o", str(out), "--model", "spectral",
+         "--products", "mask,vector"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    warned = [line for line in r.stderr.splitlines() if "warning" in line.lower()]
+    assert r.returncode == 0 and len(warned) == 2, r.stderr
+    assert all(line.startswith("geocloud: warning: bare.tif ") for line in warned), r.stderr
 
 
 def test_sigterm_leaves_no_partial_files(tmp_path):
