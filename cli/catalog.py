@@ -77,7 +77,7 @@ _DEFAULTS = CatalogConfig()
 def catalog(inputs: tuple[str, ...], catalog: Path, workers: int, scheduler: str | None, products: str,
             outputs: Path | None, use_hash: bool, no_resume: bool, retry_errors: bool, thumb_size: int,
             no_html: bool, model: str, block_size: int, halo: int | None, feather: int, device: str,
-            batch_size: int | None, threads: int | None, predictors: int | None, threshold: float | None, k: float | None, grow: bool, sensor: str | None,
+            batch_size: int | None, threads: int | None, predictors: int | None, autocast: str, threshold: float | None, k: float | None, grow: bool, sensor: str | None,
             bands: str | None, scale: float | None, offset: float, sun_elevation: float | None, quiet: bool, debug: bool) -> None:  # fmt: skip
     """Catalogue the cloud cover of every scene under INPUT (files, folders, globs).
 
@@ -89,7 +89,7 @@ def catalog(inputs: tuple[str, ...], catalog: Path, workers: int, scheduler: str
     setup_logging(quiet, debug)
     process = process_config(
         model=model, block_size=block_size, halo=halo, feather=feather, device=device, batch_size=batch_size,
-        threads=threads, predictors=predictors, threshold=threshold, k=k, grow=grow, sensor=sensor, bands=bands,
+        threads=threads, predictors=predictors, autocast=autocast, threshold=threshold, k=k, grow=grow, sensor=sensor, bands=bands,
         output=OutputConfig(products=parse_products(products), overwrite=True),
     )  # fmt: skip
     kwargs = {"scale": scale, "offset": offset, "sun_elevation": sun_elevation}

@@ -44,7 +44,7 @@ def scene_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--model, --block-size, --halo, --feather, --device, --batch-size, --threads, --predictors."""
+    """--model, --block-size, --halo, --feather, --device, --batch-size, --threads, --predictors, --autocast."""
     for opt in reversed(
         [
             click.option("--model", type=click.Choice(sorted(MODELS)), default=DEFAULT_MODEL, show_default=True,
@@ -70,6 +70,8 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--predictors", type=click.IntRange(1), default=InferenceConfig.predictors,
                          help="Model calls in flight, each on its own thread (default: 2 on CPU when "
                               "torch has 1 thread, else 1)."),
+            click.option("--autocast", type=click.Choice(InferenceConfig.AUTOCAST_MODES), default=InferenceConfig.autocast,
+                         show_default=True, help="Mixed precision for the networks (auto: bf16 on CUDA, off on CPU)."),
             click.option("--threshold", type=click.FloatRange(0, 1), default=ThresholdConfig.value,
                          help="Fixed score threshold, overriding the scene's statistical threshold."),
             click.option("--k", "k", type=float, default=ThresholdConfig.k,
@@ -86,7 +88,8 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def process_config(*, model: str, block_size: int | None, halo: int | None, feather: int | None, device: str,
                    batch_size: int | None, threads: int | None, threshold: float | None, k: float | None,
                    grow: bool, sensor: str | None, bands: str | None, output: OutputConfig,
-                   predictors: int | None = None, **fields: Any) -> ProcessConfig:  # fmt: skip
+                   predictors: int | None = None, autocast: str = InferenceConfig.autocast,
+                   **fields: Any) -> ProcessConfig:  # fmt: skip
     """The :class:`ProcessConfig` of the options :func:`model_options` and :func:`scene_options`
     add, with ``output`` and any other ProcessConfig ``fields`` (decloud, vector...)."""
     return ProcessConfig(
@@ -95,7 +98,7 @@ def process_config(*, model: str, block_size: int | None, halo: int | None, feat
         bands=parse_band_numbers(bands),
         tiling=TilingConfig(block_size=block_size, halo=halo, feather=feather),
         inference=InferenceConfig(
-            device=device, batch_size=batch_size, threads=threads, predictors=predictors
+            device=device, batch_size=batch_size, threads=threads, predictors=predictors, autocast=autocast
         ),
         threshold=ThresholdConfig(value=threshold, k=k, grow=grow),
         output=output,

@@ -77,7 +77,7 @@ def parse_products(text: str) -> tuple[str, ...]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, errors only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,
-            halo: int | None, feather: int, device: str, batch_size: int | None, threads: int | None, predictors: int | None, threshold: float | None,
+            halo: int | None, feather: int, device: str, batch_size: int | None, threads: int | None, predictors: int | None, autocast: str, threshold: float | None,
             k: float | None, grow: bool, sensor: str | None, bands: str | None, scale: float | None, offset: float,
             sun_elevation: float | None, refine: bool, alpha_max: float, min_area: float, simplify: float,
             overwrite: bool, ortho: bool,
@@ -90,7 +90,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
     setup_logging(quiet, debug)
     config = process_config(
         model=model, block_size=block_size, halo=halo, feather=feather, device=device, batch_size=batch_size,
-        threads=threads, predictors=predictors, threshold=threshold, k=k, grow=grow, sensor=sensor, bands=bands,
+        threads=threads, predictors=predictors, autocast=autocast, threshold=threshold, k=k, grow=grow, sensor=sensor, bands=bands,
         output=OutputConfig(products=parse_products(products), overwrite=overwrite),
         decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),
         vector=VectorizeConfig(min_area_m2=min_area, simplify_px=simplify),

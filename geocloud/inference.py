@@ -141,8 +141,23 @@ class _Predicted(NamedTuple):
     region: Region
 
 
-def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int]]]) -> _Predicted:
-    """Wait for the batch's reads, then run the model on its weighted region (a worker job)."""
+@contextmanager
+def autocast(device: str, dtype: str | None) -> Iterator[None]:
+    """``torch.autocast`` on ``device`` with ``dtype`` ("bf16" or "fp16"); nothing for None."""
+    if dtype is None:
+        yield
+        return
+    import torch
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    with torch.autocast(kind, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]):
+        yield
+
+
+def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int]]], device: str = "cpu",
+             amp: str | None = None) -> _Predicted:  # fmt: skip
+    """Wait for the batch's reads, then run the model on its weighted region (a worker job),
+    under autocast ``amp`` when given (the models return float32 maps either way)."""
     counts = [f.result() for f in reads]
     region = weighted_region(batch.blocks)
     r0, r1, c0, c1 = region
@@ -158,8 +173,11 @@ def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int
         cs = spec.cell_size
         cells = {k: np.zeros((n, c, -(-h // cs), -(-w // cs)), np.float32) for k, c in spec.cells.items()}
         return _Predicted(counts, maps, cells, None, region)
-    pred = model.predict_region(batch.x, batch.valid, region)
-    return _Predicted(counts, pred.maps, pred.cells, pred.block_prob, region)
+    with autocast(device, amp):
+        pred = model.predict_region(batch.x, batch.valid, region)
+    maps = {k: np.asarray(v, dtype=np.float32) for k, v in pred.maps.items()}
+    cells = {k: np.asarray(v, dtype=np.float32) for k, v in pred.cells.items()}
+    return _Predicted(counts, maps, cells, pred.block_prob, region)
 
 
 def predict_blocks(
@@ -172,8 +190,11 @@ def predict_blocks(
     readers: int = 2,
     predictors: int = 1,
     reflectance_range: tuple[float, float] = (-0.05, 1.6),
+    device: str = "cpu",
+    amp: str | None = None,
 ) -> Generator[BlockResult, None, None]:
-    """Yield every block's model maps, in row-major order.
+    """Yield every block's model maps, in row-major order (``amp``: autocast dtype, see
+    :func:`autocast`; ``device`` is the model's).
 
     Reads run ahead by up to two batches on ``readers`` threads, each writing its block
     straight into the batch array the model will see.  ``predictors`` batches go through
@@ -204,7 +225,7 @@ def predict_blocks(
                 reading.append((batch, reads))
             while reading and len(inflight) < predictors:
                 batch, reads = reading.popleft()
-                inflight.append((batch, model_pool.submit(_predict, model, batch, reads)))
+                inflight.append((batch, model_pool.submit(_predict, model, batch, reads, device, amp)))
 
         refill()
         while inflight:

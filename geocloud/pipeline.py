@@ -278,6 +278,7 @@ def process_scene(
         model = build_model(config.model, device, needed_maps)
     batch_size = config.inference.resolved_batch_size(device)
     predictors = config.inference.resolved_predictors(device)
+    amp = config.inference.resolved_autocast(device)
     spec = model.spec
     missing = needed_maps - set(spec.outputs)
     if missing:
@@ -379,6 +380,7 @@ def process_scene(
                         batch_size=batch_size, readers=config.inference.readers,
                         predictors=predictors,
                         reflectance_range=REFLECTANCE_RANGE,
+                        device=device, amp=amp,
                     )  # fmt: skip
                     with closing(results):
                         for res in results:
@@ -583,6 +585,7 @@ def process_scene(
                 "batch_size": batch_size,
                 "torch_threads": config.inference.resolved_threads() if device == "cpu" else None,
                 "predictors": predictors,
+                "autocast": amp,
             },
             "size": {"width": info.width, "height": info.height, "bands": info.count, "dtype": info.dtype},
             "georeferencing": info.georef_kind,
