@@ -427,10 +427,14 @@ def process_scene(
         }
         for s in map_sinks.values():
             s.seal()
-        if reader.cache is not None:  # the second pass starts again at the top, across the scene
+        # the second pass's own column bands (its memory grows with their width); a striped
+        # input's windows are taken row by row across all bands, so each strip is decoded once
+        bands2 = make_swaths(tiling, config.tiling.swath_width, align)
+        if reader.cache is not None:  # the second pass starts again at the top
             reader.cache.clear()
+            band_px = max(b.x1 - b.x0 for b in bands2)
             reader.cache.capacity = input_cache_bytes(info, len(radiometry.indexes), PASS2_ROWS // 2,
-                                                      info.width, reader.tile)  # fmt: skip
+                                                      band_px, reader.tile)  # fmt: skip
         # during the second pass one thread assembles them in turn (the second pass has
         # the cores); the second pass's rasters are assembled COG_WORKERS at a time after it
         early_pool = ThreadPoolExecutor(1, thread_name_prefix="geocloud-cog")
@@ -463,14 +467,13 @@ def process_scene(
 
             matting_stats = MattingStats(config.decloud)
         t0 = time.perf_counter()
-        # the second pass's own column bands (its memory grows with their width), window
-        # rows across all of them in turn: a strip of a striped input is decoded once
-        bands2 = make_swaths(tiling, config.tiling.swath_width, align)
-        windows = [
-            Window(b.x0, row0, b.x1 - b.x0, min(PASS2_ROWS, info.height - row0))
-            for row0 in range(0, info.height, PASS2_ROWS)
-            for b in bands2
-        ]
+        rows2 = range(0, info.height, PASS2_ROWS)
+        order = (
+            [(r, b) for r in rows2 for b in bands2]
+            if info.striped
+            else [(r, b) for b in bands2 for r in rows2]
+        )
+        windows = [Window(b.x0, r, b.x1 - b.x0, min(PASS2_ROWS, info.height - r)) for r, b in order]
 
         def read_maps(window: Window, have: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
             """The mosaicked (and derived) maps of ``window``; ``have``: maps already read for it."""
