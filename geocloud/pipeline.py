@@ -141,6 +141,20 @@ def plan_tiling(info: SceneInfo, config: ProcessConfig, spec: ModelSpec) -> Tili
                        multiple=spec.block_multiple)  # fmt: skip
 
 
+def _striped_compressed(info: SceneInfo) -> bool:
+    return info.striped and info.compression is not None
+
+
+def plan_swaths(info: SceneInfo, config: ProcessConfig, tiling: Tiling) -> list[Swath]:
+    """The first pass's swaths: ``config.tiling.swath_width`` columns, or wider for
+    compressed striped inputs (:meth:`geocloud.config.TilingConfig.pass1_swath_width`)."""
+    align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
+    origins = tiling.cols.origins
+    step = origins[1] - origins[0] if len(origins) > 1 else info.width
+    width = config.tiling.pass1_swath_width(info.width, _striped_compressed(info), step)
+    return make_swaths(tiling, width, align)
+
+
 def plan_products(names: tuple[str, ...]) -> tuple[list[RasterProduct], list[FileProduct], set[str]]:
     """The raster and file products to make for ``names`` (file products may need rasters
     nobody asked for), and the model maps they need."""
@@ -293,10 +307,7 @@ def process_scene(
         )
     tiling = plan_tiling(info, config, spec)
     align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
-    origins = tiling.cols.origins
-    step = origins[1] - origins[0] if len(origins) > 1 else info.width
-    width1 = config.tiling.pass1_swath_width(info.width, info.striped and info.compression is not None, step)
-    swaths = make_swaths(tiling, width1, align)
+    swaths = plan_swaths(info, config, tiling)
     swath_px = max(sw.c1 - sw.c0 for sw in swaths)
     size_gdal_cache(info, tiling.rows.size, swath_px)
 
@@ -654,10 +665,15 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
 
     spec = load_model_for(replace(config, inference=replace(config.inference, device="cpu"))).spec
     tiling = plan_tiling(info, config, spec)
+    swaths = plan_swaths(info, config, tiling)
     plan: dict[str, Any] = {
         "model": spec.name,
         "blocks": f"{len(tiling)} blocks of {tiling.block_shape[0]}x{tiling.block_shape[1]} px "
         f"(halo {tiling.halo}, feather {tiling.feather})",
+        "swaths": f"{len(swaths)} of at most {max(sw.x1 - sw.x0 for sw in swaths)} columns"
+        + (
+            " (compressed strips: whole rows are decoded once per swath)" if _striped_compressed(info) else ""
+        ),
         "products": list(config.output.products),
         "outputs": [
             p.name for paths in output_paths(info.path, ".", config.output.products).values() for p in paths

@@ -259,3 +259,16 @@ def test_a_failing_derived_computation_raises_its_own_error_and_leaves_no_file(t
     with pytest.raises(OutputError, match="^the alpha work file is gone$"):  # its own message
         derived.finalize({}, dest)
     assert not dest.exists() and not (tmp_path / "derived.tif").exists()
+
+
+def test_info_plan_names_the_swaths(make_raster) -> None:
+    """geocloud info: a compressed striped scene is read in one swath (each swath decodes
+    whole rows), a tiled one in swaths of TilingConfig.swath_width."""
+    from geocloud.config import ProcessConfig, TilingConfig
+    from geocloud.pipeline import describe_scene
+
+    cfg = ProcessConfig(model="spectral", tiling=TilingConfig(swath_width=64))
+    striped = describe_scene(_scene(make_raster, tiled=False), cfg)["plan"]["swaths"]
+    tiled = describe_scene(_scene(make_raster, "t.tif"), cfg)["plan"]["swaths"]
+    assert striped.startswith("1 of at most 150 columns (compressed strips")
+    assert tiled == "1 of at most 150 columns"  # one block column: one swath, no note
