@@ -304,9 +304,10 @@ def resolve_radiometry(
             indexes = from_desc
         else:
             if count < len(CANONICAL_BANDS):
+                hint = "; an RGB image has no near-infrared band" if count == 3 else ""
                 raise InputError(
-                    f"scene has {count} band(s) but geocloud needs 4 (blue, green, red, nir); "
-                    "an RGB image has no near-infrared band: pass a 4-band scene"
+                    f"scene has {count} band{'s' if count > 1 else ''} but geocloud needs 4 "
+                    f"(blue, green, red, nir){hint}: pass a 4-band scene"
                 )
             indexes = tuple(profile.file_bands.index(b) + 1 for b in CANONICAL_BANDS)
     if count < len(CANONICAL_BANDS) and bands is None:

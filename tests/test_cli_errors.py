@@ -108,6 +108,7 @@ def test_wrong_band_count(make_raster, outdir: Path, bands: int) -> None:
     scene = make_raster(f"b{bands}.tif", bands=bands)
     res = run("process", scene, "-o", outdir)
     assert_user_error(res, rf"{bands} band", r"4.band|blue, green, red, nir|--bands")
+    assert ("RGB" in res.stderr) == (bands == 3)  # the RGB hint only where it fits
     assert files_in(outdir) == []
 
 
