@@ -90,6 +90,7 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
     """Train the CAM cloud detector on block labels; writes OUT/cam.safetensors + OUT/cam.json."""
     from tqdm import tqdm
 
+    from geocloud.io import check_writable_dir
     from geocloud.training.cam import run_training
 
     setup_logging(quiet, False)
@@ -107,9 +108,14 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
         from geocloud.models import load_model
 
         base = load_model("spectral")
-    bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc="train cam", unit="step", disable=quiet or None)
+    check_writable_dir(out_dir, "--out")  # before training, not after it
+    bar: Any = None  # made at the first step, so that data errors come before any progress bar
 
     def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc="train cam", unit="step",
+                       disable=quiet or None)  # fmt: skip
         bar.n = done
         bar.refresh()
 
@@ -121,7 +127,8 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
         else:
             side = run_training(data_dir, out_dir, cfg, progress=progress, baseline=base)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if quiet:
         return
     click.echo(f"wrote {out_dir / 'cam.safetensors'} and cam.json")

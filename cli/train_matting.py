@@ -59,6 +59,7 @@ def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | Non
     """Train the matting model; writes OUT/matting.safetensors + OUT/matting.json."""
     from tqdm import tqdm
 
+    from geocloud.io import check_writable_dir
     from geocloud.models.matting import MattingModel
     from geocloud.training.matting import save_result
     from geocloud.training.matting import train_matting as run
@@ -76,12 +77,17 @@ def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | Non
         if v is not None
     }
     cfg = dataclasses.replace(_defaults(), seed=seed, **changes)
-    bar = None if quiet else tqdm(total=cfg.gan_steps + cfg.f_steps, unit="step", desc="train matting")
+    check_writable_dir(out_dir, "--out")  # before training, not after it
+    bar = None  # made at the first step, so that data errors come before any progress bar
 
     def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.n = done
-            bar.refresh()
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=cfg.gan_steps + cfg.f_steps, unit="step", desc="train matting")
+        bar.n = done
+        bar.refresh()
 
     try:
         result = run(data_dir, cfg, progress=progress)

@@ -412,23 +412,24 @@ class RasterSpec:
         )  # fmt: skip
 
 
-def check_writable_dir(outdir: Path) -> None:
-    """Create ``outdir`` if needed and check that files can be created in it."""
+def check_writable_dir(outdir: Path, flag: str = "-o/--outdir") -> None:
+    """Create ``outdir`` if needed and check that files can be created in it (errors name
+    the option ``flag`` that chose it)."""
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(
-            f"output directory {str(outdir)!r} cannot be created ({exc.strerror}); pass a writable -o/--outdir"
+            f"output directory {str(outdir)!r} cannot be created ({exc.strerror}); pass a writable {flag}"
         ) from None
     if not outdir.is_dir():
-        raise OutputError(f"output path {str(outdir)!r} is not a directory; pass a directory to -o/--outdir")
+        raise OutputError(f"output path {str(outdir)!r} is not a directory; pass a directory to {flag}")
     probe = outdir / f".geocloud-write-test-{os.getpid()}"
     try:
         probe.touch()
         probe.unlink()
     except OSError as exc:
         raise OutputError(
-            f"output directory {str(outdir)!r} is not writable ({exc.strerror}); pass a writable -o/--outdir"
+            f"output directory {str(outdir)!r} is not writable ({exc.strerror}); pass a writable {flag}"
         ) from None
 
 

@@ -268,3 +268,16 @@ def test_bad_scene_among_good_ones_fails_with_2_and_keeps_the_good(
     names = files_in(outdir)
     assert "good_mask.tif" in names and not any(n.startswith("missing") for n in names)
     assert not any(n.startswith(".") or n.endswith(".partial") for n in names)
+
+
+@pytest.mark.parametrize("command", ["cam", "matting"])
+def test_train_checks_its_output_folder_before_training(tmp_path: Path, command: str) -> None:
+    """An --out that cannot be written fails at once (not after minutes of training), and a
+    bad --data fails before any progress bar is drawn."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run("train", command, "--data", tmp_path, "--out", blocker / "weights")
+    assert_user_error(res, r"cannot be created|not a directory", r"--out")
+    res = run("train", command, "--data", tmp_path, "--out", tmp_path / "w")
+    assert_user_error(res, r"catalog\.csv", r"--data")
+    assert "train " not in res.stderr  # no progress bar before the error
