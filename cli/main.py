@@ -55,8 +55,8 @@ class GeocloudGroup(click.Group):
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
             click.echo(
-                f"geocloud: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback "
-                "and report it)",
+                f"geocloud: internal error: {type(exc).__name__}: {first} (rerun as 'geocloud --debug "
+                f"{ctx.invoked_subcommand or ''} ...' for the traceback and report it)",
                 err=True,
             )
             ctx.exit(1)

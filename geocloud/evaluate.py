@@ -35,10 +35,11 @@ PRED_SUFFIXES = ("_mask", "_cloudmask", "_pred")
 def to_cloud(mask: np.ndarray, what: str) -> np.ndarray:
     """uint8 (H, W) codes -> uint8 with 1 cloud, 0 not cloud, 255 ignored."""
     values = np.unique(mask)
-    bad = [int(v) for v in values if int(v) not in CODES]
+    bad = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in CODES)]  # NaN too
     if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:5])
         raise InputError(
-            f"{what} holds values {bad[:5]} outside the codes 0 clear, 1 cloud, 2 thin, 3 shadow, 255 nodata; "
+            f"{what} holds values [{shown}] outside the codes 0 clear, 1 cloud, 2 thin, 3 shadow, 255 nodata; "
             "pass a geocloud mask (or a label raster with those codes)"
         )
     out = np.zeros(mask.shape, np.uint8)
@@ -162,7 +163,13 @@ def pair_inputs(
         by_stem = {p.stem: p for p in _rasters(truth_paths[0])}
         files: list[Path] = []
         for p in pred_paths:
-            files.extend([q for q in _rasters(p) if _stem(q) in by_stem] if p.is_dir() else [p])
+            if not p.is_dir():
+                files.append(p)
+                continue
+            # a folder of geocloud outputs: its masks, not its score or alpha rasters
+            found = _rasters(p)
+            masks = [q for q in found if _stem(q) != q.stem] or found
+            files.extend(q for q in masks if _stem(q) in by_stem or q.stem in by_stem)
         pairs = []
         for f in files:
             t = by_stem.get(_stem(f)) or by_stem.get(f.stem)

@@ -333,6 +333,10 @@ def test_evaluate_codes() -> None:
     assert m["oa"] == pytest.approx(3 / 6) and m["iou"] == pytest.approx(1 / 4)
     with pytest.raises(InputError, match="codes"):
         evaluate_arrays(np.full((2, 4), 7, np.uint8), truth)
+    score = np.full((2, 4), 0.25, np.float32)  # a score raster, not a mask (was a ValueError on NaN)
+    score[0, 0] = np.nan
+    with pytest.raises(InputError, match=r"values \[0.25, nan\] outside the codes"):
+        evaluate_arrays(score, truth)
     with pytest.raises(InputError, match="shape"):
         evaluate_arrays(pred[:, :2], truth)
 
@@ -365,6 +369,20 @@ def test_evaluate_cli_folders_and_pairs(tmp_path: Path) -> None:
     _write_mask(tmp_path / "pred" / "a_mask.tif", p)
     _write_mask(tmp_path / "pred" / "b_mask.tif", t)
     assert len(pair_inputs([tmp_path / "pred"], [tmp_path / "truth"])) == 2
+    # a folder of geocloud outputs holds score rasters too: only its masks are evaluated,
+    # also against another run's outputs (matched by the whole stem)
+    _write_mask(tmp_path / "pred" / "a_score.tif", p)
+    _write_mask(tmp_path / "truth" / "a_score.tif", p)
+    assert [q.name for q, _ in pair_inputs([tmp_path / "pred"], [tmp_path / "truth"])] == [
+        "a_mask.tif",
+        "b_mask.tif",
+    ]
+    (tmp_path / "run2").mkdir()
+    _write_mask(tmp_path / "run2" / "a_mask.tif", t)
+    _write_mask(tmp_path / "run2" / "a_score.tif", t)
+    assert [(q.name, t_.name) for q, t_ in pair_inputs([tmp_path / "pred"], [tmp_path / "run2"])] == [
+        ("a_mask.tif", "a_mask.tif")
+    ]
     runner = CliRunner()
     res = runner.invoke(
         cli,

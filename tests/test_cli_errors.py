@@ -281,3 +281,22 @@ def test_train_checks_its_output_folder_before_training(tmp_path: Path, command:
     res = run("train", command, "--data", tmp_path, "--out", tmp_path / "w")
     assert_user_error(res, r"catalog\.csv", r"--data")
     assert "train " not in res.stderr  # no progress bar before the error
+
+
+def test_internal_error_is_one_line_naming_the_debug_rerun(monkeypatch, tmp_path: Path) -> None:
+    """An unexpected exception: exit 1, one line, and a rerun hint that works for every
+    command (``--debug`` is an option of ``geocloud`` itself, not of ``evaluate``)."""
+
+    def boom(*args, **kwargs):
+        raise ValueError("something unexpected\nsecond line")
+
+    monkeypatch.setattr("geocloud.cli.evaluate.pair_inputs", boom)
+    res = run("evaluate", tmp_path, "--truth", tmp_path)
+    assert res.exit_code == 1
+    lines = error_lines(res)
+    assert lines == [
+        "geocloud: internal error: ValueError: something unexpected "
+        "(rerun as 'geocloud --debug evaluate ...' for the traceback and report it)"
+    ]
+    again = run("--debug", "evaluate", tmp_path, "--truth", tmp_path)
+    assert isinstance(again.exception, ValueError)  # the hint's command shows the traceback
