@@ -60,6 +60,7 @@ def build_scene(size: int, cache_dir: Path, seed: int = 0, compress: str = "ZSTD
     ``layout="striped"`` copies the tiled scene into strips (GDAL's default layout, what
     ``gdal_translate -co COMPRESS=DEFLATE`` writes) with the same compression.
     """
+    from geocloud.io import atomic_output
     from geocloud.synthetic import make_scene
 
     if layout not in ("tiled", "striped"):
@@ -73,25 +74,20 @@ def build_scene(size: int, cache_dir: Path, seed: int = 0, compress: str = "ZSTD
         tiled, build_s = build_scene(size, cache_dir, seed, compress)
         from rasterio.shutil import copy as rio_copy
 
-        tmp = striped.with_name(f".{striped.name}.{os.getpid()}.partial.tif")
         t0 = time.perf_counter()
         opts = {"TILED": "NO", "COMPRESS": compress}
         if compress.upper() != "NONE":
             opts["PREDICTOR"] = "2"
-        try:
+        with atomic_output(striped, keep_suffix=True) as tmp:  # an interrupted copy leaves nothing
             rio_copy(tiled, tmp, driver="GTiff", **opts)
-            os.replace(tmp, striped)
-        finally:
-            tmp.unlink(missing_ok=True)
         return striped, build_s + time.perf_counter() - t0
     if path.exists():
         return path, 0.0
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.tif")
     t0 = time.perf_counter()
-    make_scene(
-        tmp, size, size, seed=seed, cloud_cover=0.3, write_truth=False, compress=compress, blocksize=512
-    )
-    os.replace(tmp, path)
+    with atomic_output(path, keep_suffix=True) as tmp:
+        make_scene(
+            tmp, size, size, seed=seed, cloud_cover=0.3, write_truth=False, compress=compress, blocksize=512
+        )
     return path, time.perf_counter() - t0
 
 
