@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .logs import setup_logging
+from .progress import ProgressBar
 
 if TYPE_CHECKING:
     from geocloud.training.cam import CamTrainConfig
@@ -88,8 +89,6 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
               lpp_mode: str | None, device: str, baseline: bool, recalibrate_from: Path | None,
               quiet: bool) -> None:  # fmt: skip
     """Train the CAM cloud detector on block labels; writes OUT/cam.safetensors + OUT/cam.json."""
-    from tqdm import tqdm
-
     from geocloud.io import check_writable_dir
     from geocloud.training.cam import run_training
 
@@ -109,15 +108,10 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
 
         base = load_model("spectral")
     check_writable_dir(out_dir, "--out")  # before training, not after it
-    bar: Any = None  # made at the first step, so that data errors come before any progress bar
+    bar = ProgressBar("train cam", disable=quiet)  # drawn at the first step: data errors come first
 
     def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc="train cam", unit="step",
-                       disable=quiet or None)  # fmt: skip
-        bar.n = done
-        bar.refresh()
+        bar.update("steps", done, total)
 
     try:
         if recalibrate_from is not None:
@@ -127,8 +121,7 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
         else:
             side = run_training(data_dir, out_dir, cfg, progress=progress, baseline=base)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if quiet:
         return
     click.echo(f"wrote {out_dir / 'cam.safetensors'} and cam.json")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .logs import setup_logging
+from .progress import ProgressBar
 from .train import train
 
 if TYPE_CHECKING:
@@ -57,8 +58,6 @@ def _defaults() -> MattingTrainConfig:
 def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | None, f_steps: int | None,
                   batch_size: int | None, threads: int | None, evaluate: bool, quiet: bool) -> None:  # fmt: skip
     """Train the matting model; writes OUT/matting.safetensors + OUT/matting.json."""
-    from tqdm import tqdm
-
     from geocloud.io import check_writable_dir
     from geocloud.models.matting import MattingModel
     from geocloud.training.matting import save_result
@@ -78,22 +77,15 @@ def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | Non
     }
     cfg = dataclasses.replace(_defaults(), seed=seed, **changes)
     check_writable_dir(out_dir, "--out")  # before training, not after it
-    bar = None  # made at the first step, so that data errors come before any progress bar
+    bar = ProgressBar("train matting", disable=quiet)  # drawn at the first step: data errors come first
 
     def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=cfg.gan_steps + cfg.f_steps, unit="step", desc="train matting")
-        bar.n = done
-        bar.refresh()
+        bar.update("steps", done, total)
 
     try:
         result = run(data_dir, cfg, progress=progress)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     metrics = None
     if evaluate:
         model = MattingModel(result.net)
