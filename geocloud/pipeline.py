@@ -123,14 +123,15 @@ def size_gdal_cache(info: SceneInfo, block_size: int, width: int | None = None) 
 
 
 def input_cache_bytes(
-    info: SceneInfo, bands: int, block_size: int, width: int, tile: tuple[int, int] | None
+    info: SceneInfo, bands: int, rows: int, width: int, tile: tuple[int, int] | None
 ) -> int:
     """Bytes of decoded input tiles the readers share (:class:`geocloud.io.TileCache`):
-    two rows of blocks across a swath ``width`` (the row being read and the next one,
-    which the read-ahead starts), rounded out to whole tiles (whole rows for strips)."""
+    the ``rows`` in use at once across a swath ``width``, rounded out to whole tiles (whole
+    rows for strips).  The first pass uses two rows of blocks (the row being read and the
+    next one, which the read-ahead starts); the second pass one 256-row window's worth."""
     th, tw = tile or (0, 0)
     cols = info.width if tw >= info.width else width + tw
-    need = (2 * block_size + th) * cols * bands * np.dtype(info.dtype).itemsize
+    need = (rows + th) * cols * bands * np.dtype(info.dtype).itemsize
     return min(need, INPUT_CACHE_MB * 2**20)
 
 
@@ -318,7 +319,7 @@ def process_scene(
     reader = SceneReader(info, radiometry.indexes)
     if reader.cache is not None:
         bands = len(radiometry.indexes)
-        reader.cache.capacity = input_cache_bytes(info, bands, tiling.rows.size, swath_px, reader.tile)
+        reader.cache.capacity = input_cache_bytes(info, bands, 2 * tiling.rows.size, swath_px, reader.tile)
     timings: dict[str, float] = {}
     cleanup = ExitStack()
     try:
@@ -444,7 +445,7 @@ def process_scene(
         if reader.cache is not None:  # the second pass starts again at the top
             reader.cache.clear()
             band_px = max(b.x1 - b.x0 for b in bands2)
-            reader.cache.capacity = input_cache_bytes(info, len(radiometry.indexes), PASS2_ROWS // 2,
+            reader.cache.capacity = input_cache_bytes(info, len(radiometry.indexes), PASS2_ROWS,
                                                       band_px, reader.tile)  # fmt: skip
         # during the second pass one thread assembles them in turn (the second pass has
         # the cores); the second pass's rasters are assembled COG_WORKERS at a time after it

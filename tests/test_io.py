@@ -166,10 +166,10 @@ def test_input_cache_holds_two_rows_of_blocks_within_its_bound(make_raster) -> N
 
     info = open_scene(_scene(make_raster))  # 150 px wide, uint16
     # tiled: (2 blocks + a tile) rows x (swath + a tile) columns x bands x 2 bytes
-    assert input_cache_bytes(info, 4, 100, 80, (64, 64)) == (200 + 64) * (80 + 64) * 4 * 2
+    assert input_cache_bytes(info, 4, 200, 80, (64, 64)) == (200 + 64) * (80 + 64) * 4 * 2
     # striped: whole rows, whatever the swath
-    assert input_cache_bytes(info, 4, 100, 80, (30, 150)) == (200 + 30) * 150 * 4 * 2
-    assert input_cache_bytes(info, 4, 10**6, 80, (30, 150)) == INPUT_CACHE_MB * 2**20
+    assert input_cache_bytes(info, 4, 200, 80, (30, 150)) == (200 + 30) * 150 * 4 * 2
+    assert input_cache_bytes(info, 4, 2 * 10**6, 80, (30, 150)) == INPUT_CACHE_MB * 2**20
 
 
 def test_scene_layout_names_tiles_or_strips_and_compression(make_raster) -> None:
