@@ -668,6 +668,8 @@ class RasterSink:
         #: derived sinks: the last window computed for the COG (GDAL asks band by band)
         self._last: tuple[tuple[int, int, int, int], np.ndarray] | None = None
         self._fill_error: BaseException | None = None
+        #: this sink's name for :func:`derived_pixels` (in the VRT and in ``_DERIVED``)
+        self._key = str(id(self))
 
     def write_window(self, array: np.ndarray, row0: int, col0: int = 0) -> None:
         """Write ``array`` (k, n, w) at rows ``row0..``, columns ``col0..``.  Within a column
@@ -770,7 +772,7 @@ class RasterSink:
                     f"<Description>{escape(desc)}</Description>{nodata}"
                     f"<PixelFunctionType>{__name__}.derived_pixels</PixelFunctionType>"
                     "<PixelFunctionLanguage>Python</PixelFunctionLanguage>"
-                    f'<PixelFunctionArguments key="{id(self)}" band="{b}"/>'
+                    f'<PixelFunctionArguments key="{self._key}" band="{b}"/>'
                 )
             else:
                 band = (
@@ -803,7 +805,7 @@ class RasterSink:
             opts["LEVEL"] = 1
         if self.compress in ("ZSTD", "DEFLATE", "LZW") and self.spec.dtype != "float32":
             opts["PREDICTOR"] = "YES"
-        key = str(id(self))
+        key = self._key
         try:
             with ExitStack() as stack:
                 stack.enter_context(warnings.catch_warnings())
