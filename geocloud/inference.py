@@ -157,7 +157,8 @@ def autocast(device: str, dtype: str | None) -> Iterator[None]:
 def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int]]], device: str = "cpu",
              amp: str | None = None) -> _Predicted:  # fmt: skip
     """Wait for the batch's reads, then run the model on its weighted region (a worker job),
-    under autocast ``amp`` when given (the models return float32 maps either way)."""
+    under autocast ``amp`` when given (the models return float32 numpy maps either way:
+    numpy has no bfloat16)."""
     counts = [f.result() for f in reads]
     region = weighted_region(batch.blocks)
     r0, r1, c0, c1 = region
@@ -175,9 +176,7 @@ def _predict(model: CloudModel, batch: _Batch, reads: list[Future[tuple[int, int
         return _Predicted(counts, maps, cells, None, region)
     with autocast(device, amp):
         pred = model.predict_region(batch.x, batch.valid, region)
-    maps = {k: np.asarray(v, dtype=np.float32) for k, v in pred.maps.items()}
-    cells = {k: np.asarray(v, dtype=np.float32) for k, v in pred.cells.items()}
-    return _Predicted(counts, maps, cells, pred.block_prob, region)
+    return _Predicted(counts, pred.maps, pred.cells, pred.block_prob, region)
 
 
 def predict_blocks(
