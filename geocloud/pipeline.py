@@ -146,13 +146,19 @@ def _striped_compressed(info: SceneInfo) -> bool:
     return info.striped and info.compression is not None
 
 
-def plan_swaths(info: SceneInfo, config: ProcessConfig, tiling: Tiling) -> list[Swath]:
+def plan_swaths(
+    info: SceneInfo, config: ProcessConfig, tiling: Tiling, *, second_pass: bool = False
+) -> list[Swath]:
     """The first pass's swaths: ``config.tiling.swath_width`` columns, or wider for
-    compressed striped inputs (:meth:`geocloud.config.TilingConfig.pass1_swath_width`)."""
+    compressed striped inputs (:meth:`geocloud.config.TilingConfig.pass1_swath_width`);
+    with ``second_pass``, the second pass's column bands (``swath_width`` whatever the
+    layout: its memory grows with their width).  Edges suit the streamed overviews."""
     align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
-    origins = tiling.cols.origins
-    step = origins[1] - origins[0] if len(origins) > 1 else info.width
-    width = config.tiling.pass1_swath_width(info.width, _striped_compressed(info), step)
+    width = config.tiling.swath_width
+    if not second_pass:
+        origins = tiling.cols.origins
+        step = origins[1] - origins[0] if len(origins) > 1 else info.width
+        width = config.tiling.pass1_swath_width(info.width, _striped_compressed(info), step)
     return make_swaths(tiling, width, align)
 
 
@@ -307,7 +313,6 @@ def process_scene(
             f"model {spec.name!r} expects bands {spec.bands}; geocloud feeds blue, green, red, nir"
         )
     tiling = plan_tiling(info, config, spec)
-    align = RasterSink.overview_alignment(info.width, info.height, config.output.cog_blocksize)
     swaths = plan_swaths(info, config, tiling)
     swath_px = max(sw.c1 - sw.c0 for sw in swaths)
     size_gdal_cache(info, tiling.rows.size, swath_px)
@@ -441,7 +446,7 @@ def process_scene(
             s.seal()
         # the second pass's own column bands (its memory grows with their width); a striped
         # input's windows are taken row by row across all bands, so each strip is decoded once
-        bands2 = make_swaths(tiling, config.tiling.swath_width, align)
+        bands2 = plan_swaths(info, config, tiling, second_pass=True)
         if reader.cache is not None:  # the second pass starts again at the top
             reader.cache.clear()
             band_px = max(b.x1 - b.x0 for b in bands2)
