@@ -4,7 +4,7 @@
 # has PyTorch with CUDA but not rasterio or shapely, and nothing can be fetched there.
 #
 #   1. here, once:  bash benchmarks/gpu_check.sh fetch
-#      (wheels for the device's Python 3.12 into .gpu-wheels/, which git ignores: ~42 MB)
+#      (wheels for the device's Python 3.12 into .gpu-wheels/, which git ignores: about 38 MB)
 #   2. device run:  command "bash benchmarks/gpu_check.sh run", carry [".gpu-wheels"],
 #      timeout_s 540 (building the 10000^2 scene takes about a minute there)
 #   3. the figures: $OUT/gpu_check.json, one bench_scene.py --json document per run, in order
