@@ -31,6 +31,36 @@ def test_python_dash_m_geocloud_help():
     assert "process" in r.stdout and "info" in r.stdout
 
 
+def _run_main(tmp_path, prelude: str, *args: str) -> subprocess.CompletedProcess:
+    """Run the console-script entry point in a child, ``prelude`` just before it."""
+    script = f"import sys\nfrom geocloud.cli.main import main\n{prelude}\nsys.argv = ['geocloud', *{list(args)!r}]\nmain()\n"
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+
+
+def test_entry_point_exit_keeps_codes_output_atexit_and_threads(make_raster, tmp_path):
+    """main() ends the process without the interpreter's teardown (slow after torch), but
+    keeps what a normal exit gives: the exit code, all of stdout, atexit handlers, and a
+    still-running non-daemon thread is waited for."""
+    scene = make_raster("GF1_WFV1_scene.tif", width=64, height=48)
+    hook = "import atexit\natexit.register(lambda: print('atexit ran'))"
+    r = _run_main(tmp_path, hook, "info", str(scene), "--json")
+    assert r.returncode == 0, r.stderr
+    body, _, tail = r.stdout.rpartition("}")
+    assert json.loads(body + "}")["sensor"] == "gf1_wfv" and tail.strip() == "atexit ran"
+    r = _run_main(tmp_path, hook, "info", str(tmp_path / "missing.tif"))
+    assert r.returncode == 2 and r.stdout.strip() == "atexit ran", (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    late = tmp_path / "late.txt"
+    thread = (
+        "import threading, time\n"
+        f"threading.Thread(target=lambda: (time.sleep(0.5), open({str(late)!r}, 'w').write('done'))).start()"
+    )
+    r = _run_main(tmp_path, thread, "--help")
+    assert r.returncode == 0 and late.read_text() == "done", r.stderr
+
+
 def test_info_reports_sensor_bands_scaling(make_raster):
     scene = make_raster("GF1_WFV1_scene.tif", width=64, height=48)
     r = CliRunner().invoke(cli, ["info", str(scene), "--json"])
