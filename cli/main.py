@@ -74,9 +74,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    from geocloud.runtime import limit_malloc_arenas
+    from geocloud.runtime import tune_malloc
 
-    limit_malloc_arenas()  # before any worker thread starts: see geocloud/runtime.py
+    tune_malloc()  # before any worker thread starts: see geocloud/runtime.py
 
 
 from . import train_matting  # noqa: E402,F401  (registers "geocloud train matting")

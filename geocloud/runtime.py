@@ -1,13 +1,25 @@
 """Process-level settings for long scene runs (applied by the ``geocloud`` command).
 
-glibc's allocator gives each thread that allocates its own arena, up to 8 per core, and
-memory freed in one arena is not reused by another.  A scene run has a dozen threads
-(readers, model threads, mosaic, second-pass workers, one writer per product, COG
-assembly) passing arrays of megabytes between them, so freed blocks pile up in arenas
-no longer used: at 10000^2 px with every product, peak RSS was 1.27-1.34 GB with the
-default and 1.01-1.07 GB with :data:`MALLOC_ARENAS` arenas, at the same speed
-(docs/benchmarks.md).  A fixed mmap threshold instead (``MALLOC_MMAP_THRESHOLD_``) cut
-RSS further but cost 50 s of page faults.
+glibc's allocator is tuned in three ways, each unless the user set its environment
+variable (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``),
+which then wins:
+
+* **Arenas capped at** :data:`MALLOC_ARENAS`.  glibc gives each thread that allocates its
+  own arena, up to 8 per core, and memory freed in one arena is not reused by another.  A
+  scene run has a dozen threads (readers, model threads, mosaic, second-pass workers, one
+  writer per product, COG assembly) passing arrays of megabytes between them, so freed
+  blocks piled up in arenas no longer used: at 10000^2 px with every product, peak RSS was
+  1.27-1.34 GB with the default and 1.01-1.07 GB with 2 arenas, at the same speed.
+* **Large blocks reused, not mapped afresh**: the mmap threshold fixed at
+  :data:`MMAP_THRESHOLD` (where glibc's dynamic one stops) and the trim threshold at
+  :data:`TRIM_THRESHOLD`.  By default glibc maps a fresh region for each block above a
+  threshold that starts at 128 KB, and gives freed memory back to the system, so the
+  multi-megabyte arrays and tensors a run allocates and frees per block (and GDAL's
+  buffers while it writes the COGs) were page-faulted in again each time: about 250 000
+  faults and 3-5 CPU-s per 100 Mpx on the 2-core VM.  With the thresholds fixed, 10000^2
+  with every product took 39.2 s against 42.4 s (mean of 3 alternating pairs), CPU 65.5 ->
+  59.7 s, with the same peak RSS (0.93-0.97 GB both); docs/benchmarks.md.  (A *low* fixed
+  threshold, 128 KB or 1 MB, is the opposite: less RSS but 30-60 s of page faults.)
 """
 
 from __future__ import annotations
@@ -15,28 +27,48 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from typing import Any
 
 #: malloc arenas for a ``geocloud`` process (glibc's ``M_ARENA_MAX``).
 MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # from glibc's malloc.h
+#: blocks up to this size come from the arenas (glibc's ``M_MMAP_THRESHOLD``; 32 MiB is
+#: as far as glibc's own dynamic threshold goes on 64-bit systems).
+MMAP_THRESHOLD = 32 * 2**20
+#: free memory at the top of an arena kept for reuse up to this size (``M_TRIM_THRESHOLD``).
+TRIM_THRESHOLD = 2**30
+
+# parameter numbers from glibc's malloc.h, with the environment variable that sets each
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_SETTINGS = (
+    ("MALLOC_ARENA_MAX", _M_ARENA_MAX, MALLOC_ARENAS),
+    ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+    ("MALLOC_TRIM_THRESHOLD_", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+)
 
 
-def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas at ``n`` for the threads started from now on.
-
-    Does nothing (returns False) when the user set ``MALLOC_ARENA_MAX`` themselves or the
-    C library is not glibc.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return False
+def _mallopt() -> Any:
     name = ctypes.util.find_library("c")
     if not name:
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, int(n)))
+        fn = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def tune_malloc() -> dict[str, int]:
+    """Apply the settings above for the allocations from now on (call it before the worker
+    threads start); returns those set, by environment variable name.
+
+    A setting the user chose through its environment variable is left alone; with a C
+    library that is not glibc nothing is set.
+    """
+    mallopt = _mallopt()
+    if mallopt is None:
+        return {}
+    return {
+        env: value for env, param, value in _SETTINGS if env not in os.environ and mallopt(param, int(value))
+    }

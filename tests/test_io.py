@@ -145,20 +145,27 @@ def test_tile_cache_clear_drops_finished_tiles() -> None:
     assert cache.loads == 2
 
 
-def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch) -> None:
+def test_malloc_is_tuned_unless_the_user_chose(monkeypatch) -> None:
     import ctypes.util
-
-    from geocloud.runtime import limit_malloc_arenas
-
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert limit_malloc_arenas() is False  # the user's setting wins
-    monkeypatch.delenv("MALLOC_ARENA_MAX")
-    if ctypes.util.find_library("c") is None:
-        pytest.skip("no C library to tune")
     import platform
 
-    expected = platform.libc_ver()[0] == "glibc"
-    assert limit_malloc_arenas() is expected
+    from geocloud.runtime import MALLOC_ARENAS, MMAP_THRESHOLD, TRIM_THRESHOLD, tune_malloc
+
+    if ctypes.util.find_library("c") is None or platform.libc_ver()[0] != "glibc":
+        monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+        assert tune_malloc() == {}  # nothing to tune
+        return
+    for env in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(env, raising=False)
+    assert tune_malloc() == {
+        "MALLOC_ARENA_MAX": MALLOC_ARENAS,
+        "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD,
+        "MALLOC_TRIM_THRESHOLD_": TRIM_THRESHOLD,
+    }
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    # the user's settings win: only the trim threshold is set
+    assert tune_malloc() == {"MALLOC_TRIM_THRESHOLD_": TRIM_THRESHOLD}
 
 
 def test_input_cache_holds_two_rows_of_blocks_within_its_bound(make_raster) -> None:
