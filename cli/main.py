@@ -7,6 +7,7 @@ the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -51,6 +52,11 @@ class GeocloudGroup(click.Group):
             click.echo("geocloud: interrupted; no partial outputs were kept", err=True)
             ctx.exit(130)
         except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
+            if isinstance(exc, BrokenPipeError) and _broken_stdio():
+                # `geocloud info SCENE | head -1`: the reader went away.  End quietly with
+                # the status of a process killed by SIGPIPE, as other command-line tools do
+                # (only when it was our own output that closed, not a socket, say).
+                ctx.exit(_silence_stdio())
             if debug:
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
@@ -93,6 +99,33 @@ cli.add_command(train)
 cli.add_command(evaluate)
 
 
+def _broken_stdio() -> bool:
+    """Whether stdout or stderr is a pipe whose reading end has closed."""
+    import select
+
+    poll = select.poll()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            poll.register(stream.fileno(), select.POLLOUT)
+        except (AttributeError, OSError, ValueError):  # no file descriptor (e.g. captured)
+            continue
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poll.poll(0))
+
+
+def _silence_stdio() -> int:
+    """Point stdout and stderr at /dev/null (their buffers could not be flushed at exit
+    either) and return the exit status of a process killed by SIGPIPE."""
+    import os
+    import signal
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (a scheduler or `kill`) unwinds like ^C, so temporary files are removed
     raise SystemExit(128 + signum)
@@ -122,7 +155,6 @@ def _exit_now(code: int) -> None:
     alive, nothing is skipped (return to the normal exit, which waits for it).
     """
     import atexit
-    import contextlib
     import logging
     import os
     import threading

@@ -61,6 +61,33 @@ def test_entry_point_exit_keeps_codes_output_atexit_and_threads(make_raster, tmp
     assert r.returncode == 0 and late.read_text() == "done", r.stderr
 
 
+def test_a_closed_output_pipe_ends_quietly(make_raster, tmp_path, monkeypatch):
+    """`geocloud info SCENE | head -1`: the reader closes the pipe; geocloud stops with
+    SIGPIPE's status and no "internal error: BrokenPipeError" (it printed one before).  A
+    BrokenPipeError that is not about geocloud's own output is still reported."""
+    import signal
+
+    scene = make_raster("GF1_WFV1_scene.tif", width=64, height=48)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geocloud", "info", str(scene)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before geocloud writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE and err == "", err
+
+    import importlib
+
+    info_module = importlib.import_module("geocloud.cli.info")
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(info_module, "describe_scene", broken)
+    r = CliRunner().invoke(cli, ["info", str(scene)])
+    assert r.exit_code == 1 and "internal error: BrokenPipeError" in r.output, r.output
+
+
 def test_info_reports_sensor_bands_scaling(make_raster):
     scene = make_raster("GF1_WFV1_scene.tif", width=64, height=48)
     r = CliRunner().invoke(cli, ["info", str(scene), "--json"])
