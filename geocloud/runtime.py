@@ -15,11 +15,11 @@ which then wins:
   :data:`TRIM_THRESHOLD`.  By default glibc maps a fresh region for each block above a
   threshold that starts at 128 KB, and gives freed memory back to the system, so the
   multi-megabyte arrays and tensors a run allocates and frees per block (and GDAL's
-  buffers while it writes the COGs) were page-faulted in again each time: about 250 000
-  faults and 3-5 CPU-s per 100 Mpx on the 2-core VM.  With the thresholds fixed, 10000^2
-  with every product took 39.2 s against 42.4 s (mean of 3 alternating pairs), CPU 65.5 ->
-  59.7 s, with the same peak RSS (0.93-0.97 GB both); docs/benchmarks.md.  (A *low* fixed
-  threshold, 128 KB or 1 MB, is the opposite: less RSS but 30-60 s of page faults.)
+  buffers while it writes the COGs) were page-faulted in again each time: 230 000-300 000
+  faults per 100 Mpx on the 2-core VM, 150 000-170 000 with the thresholds fixed.  At
+  10000^2 with every product that was faster in 8 of 11 alternating pairs, by about 1-2 s
+  and 2-4 CPU-s, with the same peak RSS (docs/benchmarks.md).  (A *low* fixed threshold,
+  128 KB or 1 MB, is the opposite: less RSS but 30-60 s of page faults.)
 """
 
 from __future__ import annotations
