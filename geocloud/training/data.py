@@ -30,6 +30,7 @@ import csv
 import hashlib
 import math
 import random
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,11 +168,14 @@ def read_chip(
             f"chip {chip.key} has bands {','.join(chip.bands)}, not blue,green,red,nir; "
             "it cannot be model input (filter with four_band_only=True)"
         )
-    with rasterio.open(chip.scene) as src:
-        raw = src.read()
-        descriptions = tuple((d or "").lower() for d in src.descriptions)
-    with rasterio.open(chip.label) as src:
-        label = src.read(1).astype(np.uint8)
+    with warnings.catch_warnings():
+        # the L8 Biome patches carry no georeferencing (catalog.csv: georeferenced 0)
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(chip.scene) as src:
+            raw = src.read()
+            descriptions = tuple((d or "").lower() for d in src.descriptions)
+        with rasterio.open(chip.label) as src:
+            label = src.read(1).astype(np.uint8)
     bands = chip.bands if all(not d for d in descriptions) else descriptions
     if raw.shape[0] != len(bands):
         raise InputError(f"chip {chip.key} has {raw.shape[0]} bands but the catalog names {len(bands)}")
