@@ -46,7 +46,7 @@ _DEFAULTS = CatalogConfig()
     "--products",
     default=",".join(_DEFAULTS.process.output.products),
     show_default=True,
-    help=f"Per-scene products (mask is required): {', '.join(PRODUCTS)}.",
+    help=f"Per-scene products (mask is required): {', '.join(PRODUCTS)}; or all.",
 )
 @click.option(
     "--outputs",

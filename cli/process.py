@@ -20,7 +20,10 @@ from .progress import ProgressBar
 
 
 def parse_products(text: str) -> tuple[str, ...]:
+    """The product names of ``--products``: a comma-separated list, or ``all``."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("all",):
+        return tuple(PRODUCTS)
     resolve_products(names)  # raises with the list of choices
     return names
 
@@ -38,7 +41,7 @@ def parse_products(text: str) -> tuple[str, ...]:
     "--products",
     default=",".join(OutputConfig.products),
     show_default=True,
-    help=f"Comma-separated products: {', '.join(PRODUCTS)}.",
+    help=f"Comma-separated products: {', '.join(PRODUCTS)}; or all.",
 )
 @model_options
 @scene_options

@@ -251,7 +251,8 @@ def resolve_products(names: tuple[str, ...] | list[str]) -> list[Product]:
     unknown = [n for n in names if n not in PRODUCTS]
     if unknown:
         raise ConfigError(
-            f"product {unknown[0]!r} is unknown; pass --products with a comma-separated list of: {', '.join(PRODUCTS)}"
+            f"product {unknown[0]!r} is unknown; pass --products with a comma-separated list of: "
+            f"{', '.join(PRODUCTS)} (or all)"
         )
     if not names:
         raise ConfigError(f"no products asked for; pass --products with some of: {', '.join(PRODUCTS)}")

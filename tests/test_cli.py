@@ -186,6 +186,22 @@ def test_vector_min_area_option_reaches_the_polygons(tmp_path):
     assert 0 < counts[100000] < counts[0]
 
 
+def test_products_all_writes_every_product(make_raster, tmp_path):
+    scene = make_raster("a.tif", cloud_cover=0.4)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(
+        cli, ["process", str(scene), "-o", str(out), "--model", "spectral", "--products", "all", "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        f"a_{s}" for s in ("mask.tif", "score.tif", "alpha.tif", "reflectance.tif", "clear.tif",
+                           "clear_quality.tif", "stats.json", "clouds.geojson", "clouds.gpkg", "preview.png")
+    )  # fmt: skip
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--products", "all,mask"])
+    assert r.exit_code == 2 and "'all' is unknown" in r.output and "(or all)" in r.output, r.output
+
+
 def test_file_products_write_quietly(make_raster, tmp_path):
     """--quiet prints nothing for file products either: the GeoPackage is written under a
     temporary name that keeps the .gpkg suffix (GDAL's driver warned about '.partial')."""
