@@ -111,21 +111,51 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def _read_mask(path: Path) -> np.ndarray:
+def _read_mask(path: Path) -> tuple[np.ndarray, Any]:
+    """The first band of ``path`` and its grid ``(crs, transform)``, or None for the grid of
+    a raster without georeferencing."""
+    import warnings
+
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     if not path.exists():
         raise SceneNotFoundError(f"mask {str(path)!r} does not exist; check the path")
     try:
-        with rasterio.open(path) as src:
-            return src.read(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                grid = (
+                    (src.crs, src.transform)
+                    if src.crs is not None and not src.transform.is_identity
+                    else None
+                )
+                return src.read(1), grid
     except RasterioIOError as e:
         from .errors import NotARasterError
 
         raise NotARasterError(
             f"{str(path)!r} is not a raster GDAL can read ({e}); pass a GeoTIFF mask"
         ) from e
+
+
+def check_same_grid(pred: Path, truth: Path, pred_grid: Any, truth_grid: Any) -> None:
+    """Raise when both rasters are georeferenced but not on the same grid (CRS, pixel size
+    and origin, to a thousandth of a pixel): their pixels would be compared at different
+    places.  Rasters without georeferencing cannot be checked and pass."""
+    if pred_grid is None or truth_grid is None:
+        return
+    (pc, pt), (tc, tt) = pred_grid, truth_grid
+    if pc == tc and pt.almost_equals(tt, precision=1e-3 * max(abs(pt.a), abs(pt.e))):
+        return
+
+    def show(crs: Any, t: Any) -> str:
+        return f"{crs.to_string()}, {abs(t.a):g} x {abs(t.e):g} px from ({t.c:.3f}, {t.f:.3f})"
+
+    raise InputError(
+        f"prediction {str(pred)!r} ({show(pc, pt)}) and its truth {str(truth)!r} ({show(tc, tt)}) "
+        "are not on the same grid; warp the truth onto the prediction's grid first (gdalwarp -te/-tr/-t_srs)"
+    )
 
 
 def _rasters(folder: Path) -> list[Path]:
@@ -212,7 +242,9 @@ def evaluate(
     report = EvalReport()
     pooled = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     for i, (p, t) in enumerate(pairs):
-        c = evaluate_arrays(_read_mask(p), _read_mask(t), name=str(p))
+        (pred, pred_grid), (truth, truth_grid) = _read_mask(p), _read_mask(t)
+        c = evaluate_arrays(pred, truth, name=str(p))
+        check_same_grid(p, t, pred_grid, truth_grid)
         name = _stem(p)
         while name in report.scenes:
             name += "'"
@@ -233,6 +265,7 @@ __all__ = [
     "evaluate",
     "evaluate_arrays",
     "metrics",
+    "check_same_grid",
     "pair_inputs",
     "to_cloud",
 ]

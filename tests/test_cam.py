@@ -411,6 +411,40 @@ def test_evaluate_cli_folders_and_pairs(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "does not exist" in res.output
 
 
+def test_evaluate_refuses_georeferenced_masks_on_different_grids(tmp_path: Path) -> None:
+    """Same shape, but the truth lies 3 pixels east or in another CRS: its pixels are not the
+    prediction's, so the metrics would be wrong; a one-line error says so.  The same grid,
+    or a raster without georeferencing, is evaluated."""
+    import rasterio
+    from click.testing import CliRunner
+    from geocloud.cli.main import cli
+    from rasterio.transform import from_origin
+
+    t = np.zeros((16, 16), np.uint8)
+    t[:8] = 1
+
+    def write(name: str, crs: str, x0: float) -> Path:
+        path = tmp_path / name
+        with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint8",
+                           crs=crs, transform=from_origin(x0, 5000.0, 16.0, 16.0)) as dst:  # fmt: skip
+            dst.write(t, 1)
+        return path
+
+    pred = write("p.tif", "EPSG:32650", 400000.0)
+    same = write("same.tif", "EPSG:32650", 400000.0 + 0.001)  # within a thousandth of a pixel
+    east = write("east.tif", "EPSG:32650", 400048.0)
+    other_crs = write("crs.tif", "EPSG:32651", 400000.0)
+    bare = _write_mask(tmp_path / "bare.tif", t)
+    runner = CliRunner()
+    for truth in (same, bare):
+        r = runner.invoke(cli, ["evaluate", str(pred), "--truth", str(truth)])
+        assert r.exit_code == 0 and "1.0000" in r.output, r.output
+    for truth, shown in ((east, "(400048.000, 5000.000)"), (other_crs, "EPSG:32651")):
+        r = runner.invoke(cli, ["evaluate", str(pred), "--truth", str(truth)])
+        assert r.exit_code == 2 and "not on the same grid" in r.output and shown in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
 # --------------------------------------------------------------------------- data
 
 
