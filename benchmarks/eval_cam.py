@@ -23,12 +23,12 @@ import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from geocloud import OutputConfig, ProcessConfig, process_scene
 from geocloud.config import ThresholdConfig
 from geocloud.evaluate import evaluate_arrays
+from geocloud.io import without_georef_warning
 from geocloud.training.cam import grouped_metrics
 from geocloud.training.data import load_catalog, split_chips
 
@@ -60,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for chip in chips:
             res = process_scene(chip.scene, Path(tmp) / chip.set, cfg)
-            with warnings.catch_warnings():  # the L8 Biome patches carry no georeferencing
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(res.outputs["mask"][0]) as m, rasterio.open(chip.label) as t:
-                    counts[chip.key] = evaluate_arrays(m.read(1), t.read(1), name=chip.key)
+            # the L8 Biome patches carry no georeferencing
+            with (
+                without_georef_warning(),
+                rasterio.open(res.outputs["mask"][0]) as m,
+                rasterio.open(chip.label) as t,
+            ):
+                counts[chip.key] = evaluate_arrays(m.read(1), t.read(1), name=chip.key)
             thresholds[chip.key] = res.stats["threshold"]["value"]
     out = {"model": args.model, "grow": not args.no_grow, **grouped_metrics(counts, chips),
            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip

@@ -306,11 +306,10 @@ def catalog_scene(
 
     Runs in a dask worker; everything it needs travels in its arguments.
     """
-    import warnings
+    from .io import without_georef_warning
 
-    with warnings.catch_warnings():
-        # intermediate files without georeferencing are expected; workers have no CLI filter
-        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+    # intermediate files without georeferencing are expected; workers have no CLI filter
+    with without_georef_warning():
         return _catalog_scene(
             path, scene_id, outdir, thumbs_dir, config, fingerprint, thumb_size, scene_kwargs
         )

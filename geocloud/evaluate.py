@@ -114,23 +114,17 @@ class EvalReport:
 def _read_mask(path: Path) -> tuple[np.ndarray, Any]:
     """The first band of ``path`` and its grid ``(crs, transform)``, or None for the grid of
     a raster without georeferencing."""
-    import warnings
-
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
+
+    from .io import without_georef_warning
 
     if not path.exists():
         raise SceneNotFoundError(f"mask {str(path)!r} does not exist; check the path")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                grid = (
-                    (src.crs, src.transform)
-                    if src.crs is not None and not src.transform.is_identity
-                    else None
-                )
-                return src.read(1), grid
+        with without_georef_warning(), rasterio.open(path) as src:
+            grid = (src.crs, src.transform) if src.crs is not None and not src.transform.is_identity else None
+            return src.read(1), grid
     except RasterioIOError as e:
         from .errors import NotARasterError
 

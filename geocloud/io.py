@@ -39,6 +39,16 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 MIN_SCENE_SIDE = 8
 
 
+@contextmanager
+def without_georef_warning() -> Iterator[None]:
+    """Silence rasterio's NotGeoreferencedWarning inside the block: for rasters that have no
+    georeferencing by design (intermediates, VRTs, the L8 Biome patches) or whose missing
+    georeferencing geocloud reports itself, once (:func:`open_scene`'s warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 @dataclass(frozen=True)
 class SceneInfo:
     """Everything about a scene but its pixels."""
@@ -119,32 +129,30 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
     if p.stat().st_size == 0:
         raise NotARasterError(f"scene {str(p)!r} is an empty file (0 bytes); re-download or re-export it")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(p) as ds:
-                dtypes = set(ds.dtypes)
-                info = SceneInfo(
-                    path=p,
-                    width=ds.width,
-                    height=ds.height,
-                    count=ds.count,
-                    dtype=ds.dtypes[0],
-                    nodata=ds.nodata,
-                    crs=ds.crs,
-                    transform=ds.transform,
-                    rpcs=ds.rpcs,
-                    gcps=ds.gcps if ds.gcps and ds.gcps[0] else None,
-                    tags=dict(ds.tags()),
-                    descriptions=tuple(ds.descriptions),
-                    scales=tuple(float(s) for s in ds.scales),
-                    offsets=tuple(float(o) for o in ds.offsets),
-                    nodata_kind=_nodata_kind(ds),
-                    block_shapes=tuple(tuple(b) for b in ds.block_shapes),
-                    compression=ds.compression.value if ds.compression else None,
-                )
-                # touch the last block: truncated files fail here, not half-way through a run
-                if ds.width and ds.height:
-                    ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
+        with without_georef_warning(), rasterio.open(p) as ds:
+            dtypes = set(ds.dtypes)
+            info = SceneInfo(
+                path=p,
+                width=ds.width,
+                height=ds.height,
+                count=ds.count,
+                dtype=ds.dtypes[0],
+                nodata=ds.nodata,
+                crs=ds.crs,
+                transform=ds.transform,
+                rpcs=ds.rpcs,
+                gcps=ds.gcps if ds.gcps and ds.gcps[0] else None,
+                tags=dict(ds.tags()),
+                descriptions=tuple(ds.descriptions),
+                scales=tuple(float(s) for s in ds.scales),
+                offsets=tuple(float(o) for o in ds.offsets),
+                nodata_kind=_nodata_kind(ds),
+                block_shapes=tuple(tuple(b) for b in ds.block_shapes),
+                compression=ds.compression.value if ds.compression else None,
+            )
+            # touch the last block: truncated files fail here, not half-way through a run
+            if ds.width and ds.height:
+                ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
     except RasterioIOError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else "unreadable"
         if "not recognized as" in msg or "not a supported file format" in msg:
@@ -285,8 +293,7 @@ class SceneReader:
     def _ds(self) -> rasterio.DatasetReader:
         ds = getattr(self._local, "ds", None)
         if ds is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with without_georef_warning():
                 ds = rasterio.open(self.info.path)
             self._local.ds = ds
             with self._lock:
@@ -523,9 +530,8 @@ class _Level:
         }  # fmt: skip
         self.ds: Any = None
         if store:
-            with warnings.catch_warnings():
-                # intermediate files: the georeferencing goes onto the COG from the VRT
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            # intermediate files: the georeferencing goes onto the COG from the VRT
+            with without_georef_warning():
                 self.ds = rasterio.open(path, "w+", **profile)
         self.spec = spec
         self.next: _Level | None = None
@@ -628,8 +634,7 @@ def python_pixel_functions() -> bool:
         "<PixelFunctionLanguage>Python</PixelFunctionLanguage></VRTRasterBand></VRTDataset>"
     )
     try:
-        with warnings.catch_warnings(), _python_pixels_env(), rasterio.open(vrt) as ds:
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with without_georef_warning(), _python_pixels_env(), rasterio.open(vrt) as ds:
             return bool(ds.read(1)[0, 0] == 1.0)
     except Exception:  # noqa: BLE001 - any failure means: not available
         return False
@@ -710,8 +715,7 @@ class RasterSink:
             if not self._top.complete():
                 raise ValueError(f"{self.final.name}: not every row and column was written")
             if self.compute is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with without_georef_warning():
                     self._reader = rasterio.open(self.tmp)
             self._sealed = True
 
@@ -808,8 +812,7 @@ class RasterSink:
         key = self._key
         try:
             with ExitStack() as stack:
-                stack.enter_context(warnings.catch_warnings())
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                stack.enter_context(without_georef_warning())
                 if self.compute is not None:
                     stack.enter_context(_python_pixels_env())
                     _DERIVED[key] = self

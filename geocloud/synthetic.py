@@ -35,7 +35,6 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -727,6 +726,8 @@ def make_scene(
     """
     import rasterio
 
+    from .io import without_georef_warning
+
     spec = replace(SceneSpec(width=width, height=height), seed=seed, cloud_cover=cloud_cover, **options)
     scene = SyntheticScene(spec)
     path = Path(path)
@@ -741,8 +742,7 @@ def make_scene(
     truth_prof = {k: v for k, v in truth_prof.items() if v is not None}
 
     env = {"GDAL_CACHEMAX": 64, "GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": 1}
-    with rasterio.Env(**env), warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+    with rasterio.Env(**env), without_georef_warning():
         extra = {"rpcs": scene.rpcs()} if spec.georef == "rpc" else {}
         with rasterio.open(path, "w", **prof, **extra) as dst:
             dst.update_tags(**scene.tags())

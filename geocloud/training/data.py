@@ -30,7 +30,6 @@ import csv
 import hashlib
 import math
 import random
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,14 +162,15 @@ def read_chip(
     """
     import rasterio
 
+    from ..io import without_georef_warning
+
     if not chip.is_4band and not allow_rgb:
         raise InputError(
             f"chip {chip.key} has bands {','.join(chip.bands)}, not blue,green,red,nir; "
             "it cannot be model input (filter with four_band_only=True)"
         )
-    with warnings.catch_warnings():
-        # the L8 Biome patches carry no georeferencing (catalog.csv: georeferenced 0)
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+    # the L8 Biome patches carry no georeferencing (catalog.csv: georeferenced 0)
+    with without_georef_warning():
         with rasterio.open(chip.scene) as src:
             raw = src.read()
             descriptions = tuple((d or "").lower() for d in src.descriptions)
