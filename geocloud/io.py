@@ -771,20 +771,22 @@ class RasterSink:
                 for lv in levels[1:]
             )
             if self.compute is not None:  # full resolution from derived_pixels
-                band = (
-                    f'<VRTRasterBand dataType="{gdal_type}" band="{b}" subClass="VRTDerivedRasterBand">'
-                    f"<Description>{escape(desc)}</Description>{nodata}"
+                kind = ' subClass="VRTDerivedRasterBand"'
+                source = (
                     f"<PixelFunctionType>{__name__}.derived_pixels</PixelFunctionType>"
                     "<PixelFunctionLanguage>Python</PixelFunctionLanguage>"
                     f'<PixelFunctionArguments key="{self._key}" band="{b}"/>'
                 )
             else:
-                band = (
-                    f'<VRTRasterBand dataType="{gdal_type}" band="{b}"><Description>{escape(desc)}</Description>{nodata}'
+                kind = ""
+                source = (
                     f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(self.tmp))}</SourceFilename>'
                     f"<SourceBand>{b}</SourceBand></SimpleSource>"
                 )
-            parts.append(f"{band}{ovr}</VRTRasterBand>")
+            parts.append(
+                f'<VRTRasterBand dataType="{gdal_type}" band="{b}"{kind}><Description>{escape(desc)}</Description>'
+                f"{nodata}{source}{ovr}</VRTRasterBand>"
+            )
         parts.append("</VRTDataset>")
         return "".join(parts)
 
