@@ -255,11 +255,11 @@ def evaluate(
 __all__ = [
     "CODES",
     "EvalReport",
+    "check_same_grid",
     "confusion",
     "evaluate",
     "evaluate_arrays",
     "metrics",
-    "check_same_grid",
     "pair_inputs",
     "to_cloud",
 ]
