@@ -126,16 +126,13 @@ def _silence_stdio() -> int:
     return 128 + signal.SIGPIPE
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM (a scheduler or `kill`) unwinds like ^C, so temporary files are removed
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     """Console-script entry point."""
-    import signal
+    from geocloud.runtime import exit_on_signals
 
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM (a scheduler or `kill`) unwinds like ^C, so temporary files are removed;
+    # both are held back while a worker thread starts (see geocloud/runtime.py)
+    exit_on_signals()
     try:
         cli(prog_name="geocloud")
     except SystemExit as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -21,6 +21,7 @@ import numpy as np
 from .errors import ConfigError
 from .io import SceneReader
 from .models.base import CloudModel, Region
+from .runtime import ThreadPool
 from .sensors import Radiometry
 from .tiling import Block
 
@@ -206,8 +207,8 @@ def predict_blocks(
     predictors = max(1, predictors)
     ahead = predictors + 2  # batches being read or predicted
     inflight: deque[tuple[_Batch, Future[_Predicted]]] = deque()
-    read_pool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="geocloud-read")
-    model_pool = ThreadPoolExecutor(max_workers=predictors, thread_name_prefix="geocloud-model")
+    read_pool = ThreadPool(max_workers=max(1, readers), thread_name_prefix="geocloud-read")
+    model_pool = ThreadPool(max_workers=predictors, thread_name_prefix="geocloud-model")
     reading: deque[tuple[_Batch, list[Future[tuple[int, int]]]]] = deque()
     try:
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -49,6 +49,7 @@ from .models import build_model
 from .models.base import CloudModel, ModelSpec
 from .mosaic import CellMosaic, Strip, StripAccumulator, upsample_cells
 from .products import FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
+from .runtime import ThreadPool, signals_deferred
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
 from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
 from .tiling import Swath, Tiling, grow_window, make_swaths, make_tiling, swath_blocks, weight_sums
@@ -231,8 +232,9 @@ class _Worker:
         self.q.put(job)
 
     def close(self) -> None:
-        self.q.put(None)
-        self.t.join()
+        with signals_deferred():  # the caller may close what the jobs use once this returns
+            self.q.put(None)
+            self.t.join()
         if self.error is not None:
             raise self.error
 
@@ -454,12 +456,12 @@ def process_scene(
                                                       band_px, reader.tile)  # fmt: skip
         # during the second pass one thread assembles them in turn (the second pass has
         # the cores); the second pass's rasters are assembled COG_WORKERS at a time after it
-        early_pool = ThreadPoolExecutor(1, thread_name_prefix="geocloud-cog")
-        late_pool = ThreadPoolExecutor(COG_WORKERS, thread_name_prefix="geocloud-cog")
+        early_pool = ThreadPool(1, thread_name_prefix="geocloud-cog-early")
+        late_pool = ThreadPool(COG_WORKERS, thread_name_prefix="geocloud-cog")
         for pool_ in (early_pool, late_pool):  # on any failure: wait, then clean up
             cleanup.callback(pool_.shutdown, wait=True, cancel_futures=True)
 
-        def assemble(name: str, sink: RasterSink, pool_: ThreadPoolExecutor, keep: bool) -> Future[Path]:
+        def assemble(name: str, sink: RasterSink, pool_: ThreadPool, keep: bool) -> Future[Path]:
             """Queue the COG of ``sink`` (under a temporary name; rasters only needed by file
             products stay in the work folder)."""
             dest = partial_name(sink.final) if name in wanted else workdir / sink.final.name
@@ -551,7 +553,7 @@ def process_scene(
         # product has its own writer thread (one writer for all was the second pass's bottleneck)
         writers = [_Worker(f"write-{p.name}") for p, _ in pass2]
         try:
-            with ThreadPoolExecutor(PASS2_WORKERS, thread_name_prefix="geocloud-classify") as pool:
+            with ThreadPool(PASS2_WORKERS, thread_name_prefix="geocloud-classify") as pool:
                 ahead: deque[Future[tuple[Window, np.ndarray, Any, list[np.ndarray]]]] = deque()
                 todo = iter(windows)
                 for i in range(1, len(windows) + 1):
