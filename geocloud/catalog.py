@@ -249,7 +249,7 @@ def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
         crs, transform, rpcs = ds.crs, ds.transform, ds.rpcs
         sy, sx = ds.height / h, ds.width / w
     polys = _shapes(m != 255, 0)
-    if not polys:
+    if len(polys) == 0:
         return None
     geom = shapely.union_all(polys).simplify(1.5, preserve_topology=True)
     geom = shapely.transform(geom, lambda xy: xy * np.array([sx, sy]))

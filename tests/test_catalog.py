@@ -233,3 +233,23 @@ def test_alpha_summary(tmp_path):
     mean, thin = alpha_summary(p, rows=1)
     ok = a[np.isfinite(a)]
     assert mean == pytest.approx(ok.mean()) and thin == pytest.approx(2 / 6)
+
+
+def test_footprint_of_separate_valid_areas_is_a_multipolygon(tmp_path):
+    import numpy as np
+    import rasterio
+    import shapely
+    from rasterio.transform import from_origin
+
+    from geocloud.catalog import valid_footprint
+
+    m = np.full((200, 200), 255, np.uint8)
+    m[10:50, 10:50] = 0
+    m[100:150, 120:190] = 1
+    path = tmp_path / "m.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=200, height=200, count=1, dtype="uint8",
+                       crs="EPSG:32650", transform=from_origin(500_000, 4_000_000, 16, 16)) as ds:  # fmt: skip
+        ds.write(m, 1)
+    fp = shapely.from_wkt(valid_footprint(path))
+    assert fp.geom_type == "MultiPolygon" and len(fp.geoms) == 2
+    assert fp.area == pytest.approx((40 * 40 + 50 * 70) * 16 * 16 / 111_000**2 / np.cos(np.radians(36)), rel=0.05)

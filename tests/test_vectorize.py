@@ -179,3 +179,66 @@ def test_empty_mask(tmp_path):
     import pyogrio
 
     assert pyogrio.read_info(out["vector_gpkg"])["features"] == 0
+
+
+def _mapping_coordinates(g, nd):
+    """The GeoJSON coordinates of ``g`` built one coordinate at a time (the reference)."""
+    from shapely.geometry import mapping
+
+    def rnd(obj):
+        if isinstance(obj, (list, tuple)) and obj and isinstance(obj[0], float):
+            return [round(v, nd) for v in obj]
+        return [rnd(v) for v in obj]
+
+    return rnd(json.loads(json.dumps(mapping(g)["coordinates"])))
+
+
+def test_geojson_coordinates_of_polygons_holes_and_multipolygons():
+    from shapely.geometry import MultiPolygon, Polygon
+
+    from geocloud.vectorize import _geojson_coordinates
+
+    holed = Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (4, 2), (4, 4), (2, 4)], [(6, 6), (8, 6), (8, 8)]])
+    square = Polygon([(20.123456789, 0), (21, 0), (21, 1.000000049), (20.123456789, 1)])
+    multi = MultiPolygon([square, holed])
+    geoms = np.array([holed, multi, square], dtype=object)
+    got = _geojson_coordinates(geoms, 7)
+    assert got == [_mapping_coordinates(g, 7) for g in geoms]
+    assert got[2][0][0] == [20.1234568, 0.0]  # rounded to 7 decimals
+    assert len(got[1]) == 2 and len(got[1][1]) == 3  # two polygons; the second has two holes
+
+
+def test_geojson_of_a_noisy_mask_is_valid_and_matches_the_gpkg(tmp_path):
+    """Speckle gives many polygons, each a few pixels (the case vectorised for speed)."""
+    rng = np.random.default_rng(3)
+    m = (rng.random((120, 150)) < 0.35).astype(np.uint8)
+    p = _write_mask(tmp_path / "noise_mask.tif", m)
+    polys = cloud_polygons(p)
+    assert len(polys) > 1000
+    assert sum(g.area for g in polys.pixel_geometries) == (m == 1).sum()
+    out = write_cloud_vectors(p, tmp_path, "noise")
+    feats = json.loads(out["vector_geojson"].read_text())["features"]
+    assert [f["id"] for f in feats] == list(range(1, len(polys) + 1))
+    wgs = [shape(f["geometry"]) for f in feats]
+    assert all(g.is_valid and g.exterior.is_ccw for g in wgs)
+    to_utm = Transformer.from_crs("EPSG:4326", CRS, always_xy=True)
+    for f, g, native in zip(feats[::97], wgs[::97], polys.geometries[::97], strict=False):
+        back = shapely.transform(g, lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1])))
+        assert back.symmetric_difference(native).area < 0.01 * native.area
+        assert f["properties"]["area_m2"] == pytest.approx(native.area, abs=0.01)
+
+
+def test_geojson_drops_what_vanishes_at_its_precision(tmp_path):
+    """A polygon thinner than the GeoJSON precision becomes invalid when its coordinates are
+    rounded; GEOS's precision reduction removes it and its id is skipped."""
+    from geocloud.vectorize import CloudPolygons, write_geojson
+
+    from_wgs = from_origin(116.0, 40.0, 1e-6, 1e-6)
+    sliver = shapely.box(0, 0, 300, 0.04)  # 4e-8 degrees tall, in pixels of 1e-6 degrees
+    square = shapely.box(0, 5, 10, 15)
+    pix = [sliver, square]
+    native = [shapely.transform(g, lambda xy: np.column_stack([116 + xy[:, 0] * 1e-6, 40 - xy[:, 1] * 1e-6])) for g in pix]
+    polys = CloudPolygons(native, [1.0, 2.0], rasterio.crs.CRS.from_epsg(4326), None, from_wgs, pix)
+    doc = json.loads(write_geojson(polys, tmp_path / "x.geojson").read_text())
+    assert [f["id"] for f in doc["features"]] == [2]
+    assert shape(doc["features"][0]["geometry"]).is_valid
