@@ -93,10 +93,24 @@ def test_a_worker_closed_as_a_signal_comes_finishes_its_jobs_first(handlers):
     not return (by the signal's exception) while a write is still running."""
     from geocloud.pipeline import _Worker
 
-    done = threading.Event()
+    started, sent, done = threading.Event(), threading.Event(), threading.Event()
     w = _Worker("test")
-    w.put(lambda: (time.sleep(0.3), done.set()))
-    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    def job():
+        started.set()
+        sent.wait(10)
+        time.sleep(0.2)  # still writing when the main thread has the signal
+        done.set()
+
+    def kill_once_closing():
+        started.wait(10)  # the job has left the queue ...
+        while w.q.empty():  # ... so this is close() queueing its end marker
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sent.set()
+
+    threading.Thread(target=kill_once_closing).start()
+    w.put(job)
     with pytest.raises(SystemExit):
         w.close()
     assert done.is_set()
