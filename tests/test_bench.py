@@ -66,3 +66,21 @@ def test_compare_trees_alternates_runs_and_reports_each_tree(tmp_path: Path, cap
     assert [r.split()[1] for r in rounds] == ["1", "1", "2", "2"]  # tree A, tree B, A, B
     assert all(float(r.split("wall")[1].split()[0]) > 0 for r in rounds)
     assert out.count("fastest in") == 2
+
+
+def test_bench_vector_counts_every_cloud(tmp_path: Path, capsys) -> None:
+    """Each 4-connected cloud of the benchmark's mask is one polygon."""
+    import rasterio
+    from scipy.ndimage import label
+
+    spec = importlib.util.spec_from_file_location("bench_vector", REPO / "benchmarks" / "bench_vector.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    for kind in ("field", "speckle"):
+        mod.main(["--size", "300", "--kind", kind, "--cache-dir", str(tmp_path), "--json"])
+        res = json.loads(capsys.readouterr().out)
+        with rasterio.open(res["mask"]) as ds:
+            clouds = label(ds.read(1) == 1)[1]
+        assert res["polygons"] == clouds > (1000 if kind == "speckle" else 5)
+        assert res["total_s"] > 0 and res["geojson_bytes"] > 100 * clouds

@@ -252,4 +252,6 @@ def test_footprint_of_separate_valid_areas_is_a_multipolygon(tmp_path):
         ds.write(m, 1)
     fp = shapely.from_wkt(valid_footprint(path))
     assert fp.geom_type == "MultiPolygon" and len(fp.geoms) == 2
-    assert fp.area == pytest.approx((40 * 40 + 50 * 70) * 16 * 16 / 111_000**2 / np.cos(np.radians(36)), rel=0.05)
+    assert fp.area == pytest.approx(
+        (40 * 40 + 50 * 70) * 16 * 16 / 111_000**2 / np.cos(np.radians(36)), rel=0.05
+    )

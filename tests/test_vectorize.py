@@ -198,7 +198,9 @@ def test_geojson_coordinates_of_polygons_holes_and_multipolygons():
 
     from geocloud.vectorize import _geojson_coordinates
 
-    holed = Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (4, 2), (4, 4), (2, 4)], [(6, 6), (8, 6), (8, 8)]])
+    holed = Polygon(
+        [(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (4, 2), (4, 4), (2, 4)], [(6, 6), (8, 6), (8, 8)]]
+    )
     square = Polygon([(20.123456789, 0), (21, 0), (21, 1.000000049), (20.123456789, 1)])
     multi = MultiPolygon([square, holed])
     geoms = np.array([holed, multi, square], dtype=object)
@@ -237,7 +239,10 @@ def test_geojson_drops_what_vanishes_at_its_precision(tmp_path):
     sliver = shapely.box(0, 0, 300, 0.04)  # 4e-8 degrees tall, in pixels of 1e-6 degrees
     square = shapely.box(0, 5, 10, 15)
     pix = [sliver, square]
-    native = [shapely.transform(g, lambda xy: np.column_stack([116 + xy[:, 0] * 1e-6, 40 - xy[:, 1] * 1e-6])) for g in pix]
+    native = [
+        shapely.transform(g, lambda xy: np.column_stack([116 + xy[:, 0] * 1e-6, 40 - xy[:, 1] * 1e-6]))
+        for g in pix
+    ]
     polys = CloudPolygons(native, [1.0, 2.0], rasterio.crs.CRS.from_epsg(4326), None, from_wgs, pix)
     doc = json.loads(write_geojson(polys, tmp_path / "x.geojson").read_text())
     assert [f["id"] for f in doc["features"]] == [2]
