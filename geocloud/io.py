@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -440,13 +443,64 @@ def check_writable_dir(outdir: Path, flag: str = "-o/--outdir") -> None:
         ) from None
 
 
+#: this host's name as it appears in temporary names (see :func:`partial_name`).
+_HOST = "".join(c if c.isalnum() or c in ".-" else "_" for c in socket.gethostname()) or "host"
+
+
+def _run_tag() -> str:
+    """This process's mark in temporary names: host and pid, so that a later run can tell
+    what a run that died on this host left behind (:func:`remove_stale_partials`)."""
+    return f"{_HOST}-{os.getpid()}"
+
+
 def partial_name(final: Path, *, keep_suffix: bool = False) -> Path:
     """The temporary name a file is written under before being renamed to ``final``
     (``keep_suffix``: ending in ``final``'s extension, for writers that choose the format
     from it, such as GDAL's GeoPackage driver)."""
     if keep_suffix:
-        return final.with_name(f".{final.stem}.{os.getpid()}.partial{final.suffix}")
-    return final.with_name(f".{final.name}.{os.getpid()}.partial")
+        return final.with_name(f".{final.stem}.{_run_tag()}.partial{final.suffix}")
+    return final.with_name(f".{final.name}.{_run_tag()}.partial")
+
+
+def partial_workdir(outdir: Path, stem: str) -> Path:
+    """The hidden folder of a scene run's intermediate files in ``outdir``."""
+    return outdir / f".geocloud-{stem}-{_run_tag()}.partial"
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill would end the process there: assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(outdir: Path, stem: str, finals: Iterable[Path]) -> list[Path]:
+    """Remove what runs of scene ``stem`` on this host left in ``outdir`` when they were
+    killed (SIGKILL, out of memory, a dask worker stopped): the work folder of
+    :func:`partial_workdir` and the temporary names of ``finals``, where the process that
+    made them is gone.  A run still alive, or one of another host (a shared disk), is left
+    alone.  Returns what was removed."""
+    host = re.escape(f"{_HOST}-")
+    patterns = [re.compile(re.escape(f".geocloud-{stem}-") + host + r"(\d+)\.partial")]
+    for f in finals:
+        patterns.append(re.compile(re.escape(f".{f.name}.") + host + r"(\d+)\.partial"))
+        patterns.append(re.compile(re.escape(f".{f.stem}.") + host + r"(\d+)\.partial" + re.escape(f.suffix)))
+    removed = []
+    for entry in outdir.glob(".*.partial*"):
+        match = next((m for pat in patterns if (m := pat.fullmatch(entry.name))), None)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 @contextmanager

@@ -43,7 +43,9 @@ from .io import (
     check_writable_dir,
     open_scene,
     partial_name,
+    partial_workdir,
     python_pixel_functions,
+    remove_stale_partials,
 )
 from .models import build_model
 from .models.base import CloudModel, ModelSpec
@@ -319,7 +321,12 @@ def process_scene(
     swath_px = max(sw.c1 - sw.c0 for sw in swaths)
     size_gdal_cache(info, tiling.rows.size, swath_px)
 
-    workdir = outdir / f".geocloud-{stem}-{os.getpid()}.partial"
+    stale = remove_stale_partials(outdir, stem, [f for paths in wanted.values() for f in paths])
+    if stale:
+        log.info(
+            "removed %d temporary file(s) of killed runs: %s", len(stale), ", ".join(p.name for p in stale)
+        )
+    workdir = partial_workdir(outdir, stem)
     workdir.mkdir(exist_ok=True)
     partials: list[tuple[Path, Path]] = []  # (temporary, final)
     sinks: dict[str, RasterSink] = {}
