@@ -6,8 +6,8 @@ wherever it happens to be, so a few steps that must not be cut in half hold it b
 they are done (:func:`signals_deferred`): above all the start of a worker thread.  A
 ``ThreadPoolExecutor`` interrupted while it starts a thread keeps a thread running that
 it no longer knows of, and ``shutdown(wait=True)`` cannot wait for it; the run then closed
-the scene under that thread's read and died of a segmentation fault (about 1 SIGTERM in 25
-sent in a run's first blocks on a loaded 2-core machine).  :class:`ThreadPool` is the
+the scene under that thread's read and died of a segmentation fault (5 of 100 runs sent
+SIGTERM in their first blocks on a loaded 2-core machine; none of 80 since).  :class:`ThreadPool` is the
 executor whose ``submit`` and ``shutdown`` hold signals back.
 
 **Memory.**  glibc's allocator is tuned in three ways, each unless the user set its environment
