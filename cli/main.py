@@ -80,9 +80,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    from geocloud.runtime import tune_malloc
+    from geocloud.runtime import quiet_gdal, tune_malloc
 
     tune_malloc()  # before any worker thread starts: see geocloud/runtime.py
+    if not debug:
+        quiet_gdal()
 
 
 from . import train_matting  # noqa: E402,F401  (registers "geocloud train matting")

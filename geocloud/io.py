@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -441,6 +442,30 @@ def check_writable_dir(outdir: Path, flag: str = "-o/--outdir") -> None:
         raise OutputError(
             f"output directory {str(outdir)!r} is not writable ({exc.strerror}); pass a writable {flag}"
         ) from None
+
+
+#: a write that fails with less than this free on the output's disk is reported as a full
+#: disk (GDAL's TIFF errors carry no errno).
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+def disk_full_error(outdir: Path, exc: BaseException) -> OutputError | None:
+    """The :class:`OutputError` to raise instead of ``exc`` when it came from a full disk
+    (ENOSPC or EDQUOT, or any failure with less than :data:`LOW_SPACE_BYTES` left where
+    ``outdir`` is); ``None`` when the disk is not the cause."""
+    if isinstance(exc, GeocloudError):
+        return None
+    try:
+        free = shutil.disk_usage(outdir).free
+    except OSError:
+        return None
+    no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not (no_space or free < LOW_SPACE_BYTES):
+        return None
+    return OutputError(
+        f"no space left on the disk of {str(outdir)!r} ({free / 2**20:.0f} MB free) while writing "
+        "the outputs; free some space or pass another -o (no partial outputs were kept)"
+    )
 
 
 #: this host's name as it appears in temporary names (see :func:`partial_name`).

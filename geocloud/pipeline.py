@@ -41,6 +41,7 @@ from .io import (
     SceneInfo,
     SceneReader,
     check_writable_dir,
+    disk_full_error,
     open_scene,
     partial_name,
     partial_workdir,
@@ -659,6 +660,11 @@ def process_scene(
             os.replace(tmp, final)
         partials.clear()
         return SceneResult(info.path, wanted, stats, warnings_out)
+    except Exception as exc:
+        full = disk_full_error(outdir, exc)  # (GDAL's write errors do not say why)
+        if full is not None:
+            raise full from exc
+        raise
     finally:
         cleanup.close()
         reader.close()

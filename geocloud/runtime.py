@@ -93,6 +93,22 @@ def tune_malloc() -> dict[str, int]:
     }
 
 
+def quiet_gdal() -> bool:
+    """Send the messages GDAL prints itself to ``os.devnull`` (``CPL_LOG``), unless the user
+    set ``CPL_LOG`` or asked for GDAL's debug output (``CPL_DEBUG``); returns whether it did.
+
+    GDAL prints an error with its own handler when it happens in a thread where rasterio
+    has not installed one: a full disk during a run gave 120 lines of ``_tiffWriteProc: No
+    space left on device`` and ``ERROR 1: TIFFWriteDirectoryTagData`` before geocloud's one
+    line.  Every such failure still reaches geocloud as an exception, reported in one line.
+    Call it before GDAL prints anything (it reads ``CPL_LOG`` once).
+    """
+    if "CPL_LOG" in os.environ or os.environ.get("CPL_DEBUG", "").upper() in ("ON", "YES", "TRUE", "1"):
+        return False
+    os.environ["CPL_LOG"] = os.devnull
+    return True
+
+
 # ---- signals
 #: the signals :func:`exit_on_signals` handles: SIGINT raises KeyboardInterrupt (as
 #: Python's own handler does), the others SystemExit(128 + signal number).

@@ -331,3 +331,52 @@ def test_a_rerun_removes_what_a_killed_run_left(make_raster, outdir: Path) -> No
     assert not set(stale) & set(names), names
     assert set(kept) <= set(names)  # alive, another host, another scene, not a product of this run
     assert {"s_mask.tif", "s_clouds.gpkg", "s_stats.json"} <= set(names)
+
+
+@pytest.mark.parametrize("free_mb", [1, 50_000])
+def test_a_full_disk_is_a_user_error(make_raster, outdir: Path, monkeypatch, free_mb: int) -> None:
+    """GDAL's TIFF write errors say nothing of the cause: with the output's disk (nearly)
+    full, the failure is reported as a full disk (exit 2, no partial outputs); with space
+    left it stays an internal error."""
+    import collections
+
+    from rasterio.errors import RasterioIOError
+
+    from geocloud.io import RasterSink
+
+    scene = make_raster("s.tif", width=80, height=80)
+
+    def fail(self, *args, **kwargs):
+        raise RasterioIOError("Write failed. See previous exception for details.")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(RasterSink, "write_window", fail)
+    monkeypatch.setattr(
+        "shutil.disk_usage", lambda p: usage(10**12, 10**12 - free_mb * 2**20, free_mb * 2**20)
+    )
+    res = run("process", scene, "-o", outdir, "--quiet")
+    assert files_in(outdir) == []
+    if free_mb < 64:
+        assert_user_error(res, "no space left on the disk", "free some space or pass another -o")
+        assert "1 MB free" in res.stderr
+    else:
+        assert res.exit_code == 1 and "internal error: RasterioIOError" in res.stderr, res.stderr
+
+
+def test_gdal_messages_are_quiet_unless_debugging(make_raster, monkeypatch) -> None:
+    """GDAL's own stderr messages (a full disk gave 120 lines of them) go to os.devnull
+    through CPL_LOG; --debug, CPL_DEBUG or the user's own CPL_LOG keep them."""
+    from geocloud.runtime import quiet_gdal
+
+    scene = make_raster("s.tif", width=40, height=40)
+    for key in ("CPL_LOG", "CPL_DEBUG"):
+        monkeypatch.delenv(key, raising=False)
+    assert run("--debug", "info", scene).exit_code == 0
+    assert "CPL_LOG" not in os.environ
+    assert run("info", scene).exit_code == 0
+    assert os.environ["CPL_LOG"] == os.devnull
+    monkeypatch.setenv("CPL_LOG", "/tmp/gdal.log")
+    assert not quiet_gdal() and os.environ["CPL_LOG"] == "/tmp/gdal.log"
+    monkeypatch.delenv("CPL_LOG")
+    monkeypatch.setenv("CPL_DEBUG", "ON")
+    assert not quiet_gdal() and "CPL_LOG" not in os.environ
