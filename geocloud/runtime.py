@@ -10,6 +10,8 @@ the scene under that thread's read and died of a segmentation fault (5 of 100 ru
 SIGTERM in their first blocks on a loaded 2-core machine; none of 80 since).  :class:`ThreadPool` is the
 executor whose ``submit`` and ``shutdown`` hold signals back.
 
+**GDAL's messages.**  :func:`quiet_gdal` sends what GDAL prints by itself to ``os.devnull``.
+
 **Memory.**  glibc's allocator is tuned in three ways, each unless the user set its environment
 variable (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``),
 which then wins:
