@@ -158,10 +158,14 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
             if ds.width and ds.height:
                 ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
     except RasterioIOError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        msg = gdal_reason(exc)
         if "not recognized as" in msg or "not a supported file format" in msg:
             raise NotARasterError(
                 f"{str(p)!r} is not a raster GDAL can read; pass a GeoTIFF (.tif)"
+            ) from None
+        if "No such file or directory" in msg:  # a VRT (or a sidecar) points at a missing file
+            raise NotARasterError(
+                f"{str(p)!r} cannot be read ({msg}); a file it refers to is missing: restore it or rebuild {p.name}"
             ) from None
         raise NotARasterError(
             f"{str(p)!r} cannot be read ({msg}); the file is probably truncated or corrupt: re-download or re-export it"
@@ -365,7 +369,7 @@ class SceneReader:
         except RasterioIOError as exc:
             raise InputError(
                 f"reading {self.info.path.name} at rows {rr0}-{rr1}, cols {cc0}-{cc1} failed "
-                f"({str(exc).splitlines()[0]}); the file is probably truncated or corrupt"
+                f"({gdal_reason(exc)}); the file is probably truncated or corrupt"
             ) from None
         if block.dtype.kind == "f":
             ok &= np.isfinite(block).all(axis=0)
@@ -442,6 +446,15 @@ def check_writable_dir(outdir: Path, flag: str = "-o/--outdir") -> None:
         raise OutputError(
             f"output directory {str(outdir)!r} is not writable ({exc.strerror}); pass a writable {flag}"
         ) from None
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """The first line of what GDAL said: rasterio's "Read failed. See previous exception for
+    details." is replaced by that previous exception (e.g. a VRT's missing source)."""
+    while "See previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc)
+    return text.splitlines()[0] if text else "unreadable"
 
 
 #: a write that fails with less than this free on the output's disk is reported as a full

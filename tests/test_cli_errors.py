@@ -380,3 +380,19 @@ def test_gdal_messages_are_quiet_unless_debugging(make_raster, monkeypatch) -> N
     monkeypatch.delenv("CPL_LOG")
     monkeypatch.setenv("CPL_DEBUG", "ON")
     assert not quiet_gdal() and "CPL_LOG" not in os.environ
+
+
+def test_a_vrt_whose_source_is_missing_names_the_missing_file(
+    make_raster, tmp_path: Path, outdir: Path
+) -> None:
+    from rasterio.shutil import copy
+
+    src = make_raster("src.tif", width=40, height=40)
+    vrt = tmp_path / "scene.vrt"
+    copy(src, vrt, driver="VRT")
+    src.unlink()
+    msg = assert_user_error(
+        run("process", vrt, "-o", outdir), "src.tif: No such file", "refers to is missing"
+    )
+    assert "rebuild scene.vrt" in msg
+    assert files_in(outdir) == []
