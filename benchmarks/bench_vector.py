@@ -11,7 +11,7 @@ What it does:
    * ``field``: smoothed noise, thresholded: clouds of tens to thousands of pixels, with
      holes, like a real scene's mask (about 2 000 polygons at 4000²);
    * ``speckle``: each pixel a cloud with probability 0.3, no smoothing: clouds of 1 to
-     ~10 pixels, about 10 % of the pixels as polygons; far more polygons than a real
+     ~10 pixels, as many polygons as 13 % of its pixels; far more polygons than a real
      scene gives, to show the cost per polygon;
 2. runs, in this process, :func:`geocloud.vectorize.cloud_polygons`, then
    :func:`~geocloud.vectorize.write_geojson`, then :func:`~geocloud.vectorize.write_gpkg`
