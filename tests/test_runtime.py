@@ -49,19 +49,22 @@ def test_a_deferred_signal_is_raised_when_the_outer_section_ends(handlers):
         pass
 
 
-def _signal_while_starting(monkeypatch, pool_cls):
-    """Submit a 0.3 s job to a fresh pool with SIGTERM arriving just after its thread has
-    started (inside Thread.start, before the pool has recorded the thread); then shut the
-    pool down as a run's cleanup does, and say whether that waited for the job."""
+def _signal_while_starting(monkeypatch, pool_cls, *, hold_job: bool) -> bool:
+    """Submit a job to a fresh pool with SIGTERM arriving just after its thread has started
+    (inside Thread.start, before the pool has recorded the thread); then shut the pool down
+    as a run's cleanup does, and say whether that waited for the job.  The job takes 0.3 s;
+    ``hold_job`` also keeps it from ending until the answer is known (so a shutdown that
+    does not wait is seen to, however slow the machine)."""
     real_start = threading.Thread.start
 
     def start(self):
         real_start(self)
         _kill_self()
 
-    done = threading.Event()
+    gate, done = threading.Event(), threading.Event()
 
     def job():
+        gate.wait(10)
         time.sleep(0.3)
         done.set()
 
@@ -72,20 +75,23 @@ def _signal_while_starting(monkeypatch, pool_cls):
             pool.submit(job)
     finally:
         monkeypatch.setattr(threading.Thread, "start", real_start)
+        if not hold_job:
+            gate.set()
         pool.shutdown(wait=True)
     waited = done.is_set()
-    done.wait(2)  # a plain executor's orphan thread still ends its job
+    gate.set()
+    done.wait(10)  # a plain executor's orphan thread still ends its job
     return waited
 
 
 def test_shutdown_waits_for_a_thread_started_as_a_signal_came(handlers, monkeypatch):
-    assert _signal_while_starting(monkeypatch, ThreadPool)
+    assert _signal_while_starting(monkeypatch, ThreadPool, hold_job=False)
 
 
 def test_plain_executor_loses_that_thread(handlers, monkeypatch):
     """The failure ThreadPool exists for: a scene closed under such a thread's read
     killed the process with SIGSEGV (the CI run of stop 13)."""
-    assert not _signal_while_starting(monkeypatch, ThreadPoolExecutor)
+    assert not _signal_while_starting(monkeypatch, ThreadPoolExecutor, hold_job=True)
 
 
 def test_a_worker_closed_as_a_signal_comes_finishes_its_jobs_first(handlers):
