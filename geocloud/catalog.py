@@ -41,7 +41,7 @@ from typing import Any
 
 from .config import OutputConfig, ProcessConfig
 from .errors import ConfigError, GeocloudError
-from .io import atomic_output
+from .io import atomic_output, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +360,7 @@ def _catalog_scene(
         mask = result.outputs["mask"][0]
         thumb = Path(thumbs_dir) / f"{scene_id}.png"
         thumb.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(thumb.parent, scene_id, [thumb])
         if want_preview:
             from .products import PRODUCTS
 
@@ -657,6 +658,8 @@ def build_catalog(
     from .io import check_writable_dir
 
     check_writable_dir(cat.parent)
+    # what a killed run of this catalogue left (the scenes' own: see process_scene)
+    remove_stale_partials(cat.parent, cat.stem, [cat, cat.with_suffix(".html")])
     outputs = Path(cfg.outputs_dir) if cfg.outputs_dir else cat.with_name(f"{cat.stem}_scenes")
     thumbs = cat.with_name(f"{cat.stem}_thumbs")
     scenes = discover_scenes(inputs, exclude=[outputs, thumbs])

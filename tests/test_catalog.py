@@ -4,6 +4,7 @@ formats, a real LocalCluster(2 processes) run equals the serial run, and the HTM
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import warnings
 from pathlib import Path
@@ -255,3 +256,27 @@ def test_footprint_of_separate_valid_areas_is_a_multipolygon(tmp_path):
     assert fp.area == pytest.approx(
         (40 * 40 + 50 * 70) * 16 * 16 / 111_000**2 / np.cos(np.radians(36)), rel=0.05
     )
+
+
+def test_a_rerun_removes_what_a_killed_catalogue_left(scenes, tmp_path):
+    """A catalogue client killed outright leaves its catalogue's, HTML page's and
+    thumbnails' temporaries; the next run removes those of dead processes."""
+    import subprocess
+    import sys
+
+    from geocloud.io import _HOST
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    thumbs = tmp_path / "cat_thumbs"
+    thumbs.mkdir()
+    first = sorted(discover_scenes([scenes]))[0]
+    scene_id = scene_ids([first])[first]
+    stale = [tmp_path / f".cat.{_HOST}-{child.pid}.partial.csv", tmp_path / f".cat.html.{_HOST}-{child.pid}.partial",
+             thumbs / f".{scene_id}.png.{_HOST}-{child.pid}.partial"]  # fmt: skip
+    kept = tmp_path / f".cat.{_HOST}-{os.getppid()}.partial.csv"  # a live process's
+    for f in [*stale, kept]:
+        f.write_bytes(b"x")
+    build_catalog([first], tmp_path / "cat.csv", _cfg())
+    assert not any(f.exists() for f in stale) and kept.exists()
+    assert (thumbs / f"{scene_id}.png").exists()
