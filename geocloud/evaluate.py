@@ -237,8 +237,8 @@ def evaluate(
     pooled = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     for i, (p, t) in enumerate(pairs):
         (pred, pred_grid), (truth, truth_grid) = _read_mask(p), _read_mask(t)
-        c = evaluate_arrays(pred, truth, name=str(p))
         check_same_grid(p, t, pred_grid, truth_grid)
+        c = evaluate_arrays(pred, truth, name=str(p))
         name = _stem(p)
         while name in report.scenes:
             name += "'"
