@@ -138,10 +138,11 @@ def _polygons_from_rings(polygons: list[Any]) -> np.ndarray:
     return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, (ring_offsets, polygon_offsets))
 
 
-def _polygon_parts(geoms: Any) -> np.ndarray:
+def _polygon_parts(geoms: Any) -> tuple[np.ndarray, np.ndarray]:
     """The non-empty polygons in ``geoms`` (a geometry or an array of them), multi-part
-    geometries and collections broken into their parts, in the order of ``geoms``; points
-    and lines (from ``make_valid`` of degenerate rings) are dropped."""
+    geometries and collections broken into their parts, in the order of ``geoms``, with the
+    index in ``geoms`` each came from; points and lines (from ``make_valid`` of degenerate
+    rings) are dropped."""
     geoms = np.atleast_1d(np.asarray(geoms, dtype=object))
     src = np.arange(len(geoms))
     found, found_src = [], []
@@ -153,8 +154,9 @@ def _polygon_parts(geoms: Any) -> np.ndarray:
         nested = np.isin(kind, _COLLECTIONS)
         geoms, index = shapely.get_parts(geoms[nested], return_index=True)
         src = src[nested][index]
-    order = np.argsort(np.concatenate(found_src), kind="stable")
-    return np.concatenate(found)[order]
+    sources = np.concatenate(found_src)
+    order = np.argsort(sources, kind="stable")
+    return np.concatenate(found)[order], sources[order]
 
 
 def _made_valid(geoms: np.ndarray) -> np.ndarray:
@@ -162,8 +164,9 @@ def _made_valid(geoms: np.ndarray) -> np.ndarray:
     bad = ~shapely.is_valid(geoms)
     if not bad.any():
         return geoms
-    parts = [_polygon_parts(shapely.make_valid(g)) if b else [g] for g, b in zip(geoms, bad, strict=True)]
-    return np.array(list(chain.from_iterable(parts)), dtype=object)
+    parts, src = _polygon_parts(shapely.make_valid(geoms[bad]))
+    position = np.concatenate([np.flatnonzero(~bad), np.flatnonzero(bad)[src]])
+    return np.concatenate([geoms[~bad], parts])[np.argsort(position, kind="stable")]
 
 
 def polygons_from_strips(strips: Iterable[tuple[int, np.ndarray]], height: int) -> Iterator[np.ndarray]:
@@ -180,7 +183,7 @@ def polygons_from_strips(strips: Iterable[tuple[int, np.ndarray]], height: int) 
         on_top = shapely.bounds(polys)[:, 1] <= row0 if row0 > 0 else np.zeros(len(polys), dtype=bool)
         top, rest = polys[on_top], polys[~on_top]
         if len(open_polys) and len(top):
-            merged = _polygon_parts(shapely.union_all(np.concatenate([open_polys, top])))
+            merged = _polygon_parts(shapely.union_all(np.concatenate([open_polys, top])))[0]
         else:
             merged = np.concatenate([open_polys, top])
         done = np.concatenate([rest, merged])

@@ -247,3 +247,25 @@ def test_geojson_drops_what_vanishes_at_its_precision(tmp_path):
     doc = json.loads(write_geojson(polys, tmp_path / "x.geojson").read_text())
     assert [f["id"] for f in doc["features"]] == [2]
     assert shape(doc["features"][0]["geometry"]).is_valid
+
+
+def test_made_valid_keeps_the_order_and_splits_only_the_invalid():
+    """Invalid polygons become their make_valid parts in place; valid ones pass as they are."""
+    from geocloud.vectorize import _made_valid
+
+    bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])  # two triangles
+    spike = shapely.Polygon([(10, 0), (12, 0), (12, 2), (10, 2), (10, 0), (9, -1), (10, 0)])
+    squares = [shapely.box(i * 5, 20, i * 5 + 1, 21) for i in range(3)]
+    geoms = np.array([squares[0], bowtie, squares[1], spike, squares[2]], dtype=object)
+    got = _made_valid(geoms)
+
+    def reference(g):
+        if g.is_valid:
+            return [g]
+        fixed = shapely.make_valid(g)
+        return [p for p in getattr(fixed, "geoms", [fixed]) if p.geom_type == "Polygon" and not p.is_empty]
+
+    want = [p for g in geoms for p in reference(g)]
+    assert len(got) == len(want) == 6  # the bowtie's two triangles, the spike's square
+    assert all(a.equals_exact(b, 0) for a, b in zip(got, want, strict=True))
+    assert got[0] is squares[0] and got[3] is squares[1] and all(shapely.is_valid(got))
