@@ -4,10 +4,13 @@
 * ``make_raster``: builds small GeoTIFFs in ``tmp_path`` by dtype, nodata kind, georeferencing
   and band count, from :mod:`geocloud.synthetic` (realistic GF-1 WFV-like content with clouds),
   plus the degenerate rasters the error tests need (complex dtype, all nodata, ...).
+* ``dead_pid``: the pid of a process that has ended (what a killed run left behind carries).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running tests, excluded by default (run with -m slow)")
     config.addinivalue_line("markers", "shared_data: needs ../shared/data (skipped when absent)")
     config.addinivalue_line("markers", "gpu: needs CUDA")
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a child process that has already exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 @pytest.fixture(scope="session")

@@ -258,22 +258,17 @@ def test_footprint_of_separate_valid_areas_is_a_multipolygon(tmp_path):
     )
 
 
-def test_a_rerun_removes_what_a_killed_catalogue_left(scenes, tmp_path):
+def test_a_rerun_removes_what_a_killed_catalogue_left(scenes, tmp_path, dead_pid):
     """A catalogue client killed outright leaves its catalogue's, HTML page's and
     thumbnails' temporaries; the next run removes those of dead processes."""
-    import subprocess
-    import sys
-
     from geocloud.io import _HOST
 
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
     thumbs = tmp_path / "cat_thumbs"
     thumbs.mkdir()
     first = sorted(discover_scenes([scenes]))[0]
     scene_id = scene_ids([first])[first]
-    stale = [tmp_path / f".cat.{_HOST}-{child.pid}.partial.csv", tmp_path / f".cat.html.{_HOST}-{child.pid}.partial",
-             thumbs / f".{scene_id}.png.{_HOST}-{child.pid}.partial"]  # fmt: skip
+    stale = [tmp_path / f".cat.{_HOST}-{dead_pid}.partial.csv", tmp_path / f".cat.html.{_HOST}-{dead_pid}.partial",
+             thumbs / f".{scene_id}.png.{_HOST}-{dead_pid}.partial"]  # fmt: skip
     kept = tmp_path / f".cat.{_HOST}-{os.getppid()}.partial.csv"  # a live process's
     for f in [*stale, kept]:
         f.write_bytes(b"x")

@@ -302,18 +302,14 @@ def test_internal_error_is_one_line_naming_the_debug_rerun(monkeypatch, tmp_path
     assert isinstance(again.exception, ValueError)  # the hint's command shows the traceback
 
 
-def test_a_rerun_removes_what_a_killed_run_left(make_raster, outdir: Path) -> None:
+def test_a_rerun_removes_what_a_killed_run_left(make_raster, outdir: Path, dead_pid: int) -> None:
     """SIGKILL, the OOM killer or a stopped dask worker leave a run's temporaries behind
     (2.8 GB per 100 Mpx of intermediates); the next run of that scene removes those of dead
     processes on this host, and keeps those of live ones and of other hosts."""
-    import sys
-
     from geocloud.io import _HOST
 
     scene = make_raster("s.tif", width=80, height=80)
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    dead, live = child.pid, os.getppid()  # (not our own pid: that is the run's own folder)
+    dead, live = dead_pid, os.getppid()  # (not our own pid: that is the run's own folder)
     stale = [f".geocloud-s-{_HOST}-{dead}.partial", f".s_mask.tif.{_HOST}-{dead}.partial",
              f".s_clouds.{_HOST}-{dead}.partial.gpkg"]  # fmt: skip
     kept = [f".geocloud-s-{_HOST}-{live}.partial", f".geocloud-s-elsewhere-{dead}.partial",
