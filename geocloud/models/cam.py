@@ -66,10 +66,37 @@ class CamConfig:
     pixel_hidden: int = 0
     #: share of a block's pixels whose mean logit is the block's MIL logit (the 5 % block rule).
     topk_fraction: float = 0.05
+    #: add the brightness-free spectral shape to the input (:func:`spectral_shape`):
+    #: 5 more channels at the stem's resolution.
+    spectral_features: bool = False
+
+    @property
+    def in_channels(self) -> int:
+        return 4 + (SHAPE_CHANNELS if self.spectral_features else 0)
 
     @property
     def gcp_size(self) -> int:
         return self.train_block // (self.stem * 4)
+
+
+#: channels :func:`spectral_shape` adds.
+SHAPE_CHANNELS = 5
+#: reflectance floor of the logarithms in :func:`spectral_shape`.
+SHAPE_FLOOR = 0.01
+
+
+def spectral_shape(x: torch.Tensor) -> torch.Tensor:
+    """Brightness-free spectral shape of reflectance ``x`` (B, 4, H, W): (B, 5, H, W).
+
+    ``l = log(max(x, 0.01))``; the channels are ``l_i - mean(l)`` for the four bands (the
+    shape of the spectrum: flat for cloud and snow-free haze, rising to the NIR for soil
+    and vegetation, falling for snow and water) and ``mean(l)`` (log brightness).  A gain
+    that scales every band alike moves only the last channel, so bright land is told from
+    cloud by its shape rather than by how bright it is.  Per pixel, no context.
+    """
+    lg = torch.log(x.clamp(min=SHAPE_FLOOR))
+    m = lg.mean(dim=1, keepdim=True)
+    return torch.cat([lg - m, m], dim=1)
 
 
 class CamNet(nn.Module):
@@ -84,7 +111,7 @@ class CamNet(nn.Module):
         c1, c2, c3 = cfg.channels
         self.register_buffer("mean", torch.tensor(cfg.band_mean, dtype=torch.float32).view(1, 4, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.band_std, dtype=torch.float32).view(1, 4, 1, 1))
-        self.conv1 = nn.Conv2d(4, c1, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(cfg.in_channels, c1, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(c1)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c2)
@@ -108,8 +135,11 @@ class CamNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Training path: F (B, c3, S/16, S/16)."""
-        x = (x - self.mean) / self.std
         x = F.avg_pool2d(x, self.config.stem)
+        if self.config.spectral_features:
+            x = torch.cat([(x - self.mean) / self.std, spectral_shape(x)], dim=1)
+        else:
+            x = (x - self.mean) / self.std
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
         x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
         return F.relu(self.bn3(self.conv3(x)))
@@ -212,9 +242,12 @@ class DenseCam(nn.Module):
             w3, b3 = _fold(net.conv3, net.bn3)
             # fold the fixed input normalisation into conv1: conv((x - m)/s) = conv'(x) + b'
             # (exact in the interior; zero padding at block edges differs, and lies in the halo)
+            # (the spectral-shape channels, if any, follow the 4 bands and are not normalised)
             m, s = net.mean.view(1, 4, 1, 1), net.std.view(1, 4, 1, 1)
-            w1n = w1 / s
-            b1n = b1 - (w1 * (m / s)).sum(dim=(1, 2, 3))
+            self.shape = bool(net.config.spectral_features)
+            w1n = w1.clone()
+            w1n[:, :4] = w1[:, :4] / s
+            b1n = b1 - (w1[:, :4] * (m / s)).sum(dim=(1, 2, 3))
             cam_w, cam_b = net.cam_weights()
             self.pixel = bool(net.config.pixel_hidden)
             if self.pixel:
@@ -250,6 +283,8 @@ class DenseCam(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """z (B, 1, H / stride, W / stride)."""
         x = F.avg_pool2d(x, self.stem)
+        if self.shape:
+            x = torch.cat([x, spectral_shape(x)], dim=1)
         r = self.PAD_CELLS[self.mode]
         h, w = x.shape[-2:]
         x = F.pad(x, (r, r, r, r), mode="replicate")
@@ -325,6 +360,7 @@ class CamSidecar:
             band_std=tuple(cfg["band_std"]),
             pixel_hidden=int(cfg.get("pixel_hidden", 0)),
             topk_fraction=float(cfg.get("topk_fraction", 0.05)),
+            spectral_features=bool(cfg.get("spectral_features", False)),
         )
         return CamSidecar(
             config=config,
@@ -538,4 +574,5 @@ __all__ = [
     "load",
     "load_weights",
     "save_weights",
+    "spectral_shape",
 ]

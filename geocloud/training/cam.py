@@ -28,7 +28,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,9 @@ class CamTrainConfig:
     val_fraction: float = 0.5
     block: int = 64
     stride: int = 32
-    channels: tuple[int, int, int] = (16, 32, 32)
+    channels: tuple[int, int, int] = (32, 64, 64)
+    #: the brightness-free spectral shape as 5 more input channels (models.cam.spectral_shape).
+    spectral_features: bool = True
     lpp_mode: str = "dilate_last"
     #: weight of the MIL consistency loss on the max cell of the CAM (block labels only).
     max_weight: float = 1.0
@@ -86,10 +88,10 @@ class CamTrainConfig:
     #: candidate (lo, hi) ramps of the per-pixel brightness gate, chosen on training chips.
     gate_candidates: tuple[tuple[float, float], ...] = ((0.03, 0.1), (0.05, 0.15), (0.08, 0.2), (0.1, 0.25))
     #: candidate (ratio, radius px) edge-growing rules (hysteresis, geocloud.threshold), chosen
-    #: with the gate and threshold on training chips; (1.0, 0) grows nothing.
-    grow_candidates: tuple[tuple[float, int], ...] = (
-        (1.0, 0), (0.75, 8), (0.75, 16), (0.75, 32), (0.5, 8), (0.5, 16), (0.5, 32),
-    )  # fmt: skip
+    #: with the gate and threshold on training chips; (1.0, 0) grows nothing.  Only "none"
+    #: by default: growing calibrated on the training chips flooded bright clear land of
+    #: held-out chips (docs/cam.md, cross-validation).
+    grow_candidates: tuple[tuple[float, int], ...] = ((1.0, 0),)
     #: constrain the gate/threshold choice with small synthetic GF-1 scenes (see synthetic_checks).
     synthetic_check: bool = True
     #: score normalisation: z_lo = this quantile of clear-block z, z_hi = that of cloudy pixels.
@@ -111,9 +113,13 @@ class TrainingData:
     description: dict[str, Any]
 
 
-def gather_catalog_blocks(data_dir: Path, cfg: CamTrainConfig) -> TrainingData:
-    """Backgrounds and real cloudy blocks from the training chips of a shared-data folder."""
-    chips = load_catalog(data_dir, four_band_only=True)
+def gather_catalog_blocks(data_dir: Path, cfg: CamTrainConfig, exclude: Collection[str] = ()) -> TrainingData:
+    """Backgrounds and real cloudy blocks from the training chips of a shared-data folder.
+
+    ``exclude``: chip keys (``set/id``) left out entirely (a cross-validation fold's
+    held-out chips).
+    """
+    chips = [c for c in load_catalog(data_dir, four_band_only=True) if c.key not in set(exclude)]
     split = split_chips(chips, val_fraction=cfg.val_fraction, seed=cfg.seed)
     rule = BlockRule(size=cfg.block, stride=cfg.stride)
     clear_parts, cloudy_parts = [], []
@@ -135,6 +141,7 @@ def gather_catalog_blocks(data_dir: Path, cfg: CamTrainConfig) -> TrainingData:
         "kind": "catalog",
         "block_rule": dataclasses.asdict(rule),
         "split": split.describe(),
+        "excluded": sorted(exclude),
         "training_list_hash": chip_list_hash(list(split.train) + list(split.unlabelled)),
         "n_clear_background_blocks": len(backgrounds),
         "n_clear_from_unlabelled_imagery": n_unl,
@@ -242,10 +249,10 @@ def load_tagged_archive(data_dir: Path, cfg: CamTrainConfig) -> TrainingData:
     return TrainingData(_blocks(clear, BLOCK_CLEAR), _blocks(cloudy, BLOCK_CLOUDY), [], [], desc)
 
 
-def gather(data_dir: str | Path, cfg: CamTrainConfig) -> TrainingData:
+def gather(data_dir: str | Path, cfg: CamTrainConfig, exclude: Collection[str] = ()) -> TrainingData:
     data_dir = Path(data_dir)
     if (data_dir / "catalog.csv").is_file():
-        return gather_catalog_blocks(data_dir, cfg)
+        return gather_catalog_blocks(data_dir, cfg, exclude)
     if (data_dir / "tags.csv").is_file():
         return load_tagged_archive(data_dir, cfg)
     raise InputError(
@@ -605,16 +612,18 @@ def run_training(
     cfg: CamTrainConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
     baseline: Any | None = None,
+    exclude: Collection[str] = (),
 ) -> dict[str, Any]:
     """Train, calibrate, validate and write ``out_dir/cam.safetensors`` + ``cam.json``.
 
     ``baseline``: an optional other CloudModel (e.g. the spectral one) measured on the same
-    validation chips at its own default threshold.  Returns the sidecar dict.
+    validation chips at its own default threshold.  ``exclude``: chip keys never used
+    (cross-validation).  Returns the sidecar dict.
     """
     cfg = cfg or CamTrainConfig()
     torch.set_num_threads(max(1, cfg.threads))
     t0 = time.perf_counter()
-    data = gather(data_dir, cfg)
+    data = gather(data_dir, cfg, exclude)
     if len(data.backgrounds) == 0:
         raise InputError(f"no clear background blocks found in {str(data_dir)!r}; add clear blocks")
     mean, std = band_statistics(data.backgrounds.x)
@@ -624,6 +633,7 @@ def run_training(
         band_mean=mean,
         band_std=std,
         pixel_hidden=cfg.pixel_hidden,
+        spectral_features=cfg.spectral_features,
     )
     rng = np.random.default_rng(cfg.seed)
     gen = BlockGenerator(data.backgrounds.x, data.cloudy.x if len(data.cloudy) else None, rng, cfg.generator)

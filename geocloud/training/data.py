@@ -433,6 +433,32 @@ def split_chips(chips: Iterable[Chip], *, val_fraction: float = 0.5, seed: int =
     return Split(tuple(train), tuple(val), unlabelled, seed, val_fraction)
 
 
+def kfold_chips(chips: Iterable[Chip], k: int = 5, *, seed: int = 0) -> list[tuple[Chip, ...]]:
+    """``k`` disjoint folds of the 4-band chips with usable labels, stratified by :func:`stratum`.
+
+    Each stratum's chips (sorted, then shuffled by ``random.Random(seed)``) are dealt to the
+    folds in turn, starting where the previous stratum stopped, so every fold gets about
+    the same number of chips and each surface type and sensor is spread over the folds.
+    Chips with ``unreliable`` labels are in no fold (they are never truth).
+    """
+    if k < 2:
+        raise InputError(f"k-fold cross-validation needs k >= 2 folds, got {k}; pass --folds 5")
+    rng = random.Random(seed)
+    groups: dict[str, list[Chip]] = {}
+    for c in chips:
+        if c.is_4band and c.labels_usable:
+            groups.setdefault(stratum(c), []).append(c)
+    folds: list[list[Chip]] = [[] for _ in range(k)]
+    turn = 0
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda c: c.key)
+        rng.shuffle(members)
+        for c in members:
+            folds[turn % k].append(c)
+            turn += 1
+    return [tuple(sorted(f, key=lambda c: c.key)) for f in folds]
+
+
 def chip_list_hash(chips: Iterable[Chip]) -> str:
     """sha256 (first 16 hex digits) of the sorted chip keys: identifies a training list."""
     text = "\n".join(sorted(c.key for c in chips))
@@ -453,6 +479,7 @@ __all__ = [
     "Split",
     "chip_list_hash",
     "extract_blocks",
+    "kfold_chips",
     "load_catalog",
     "looks_clear",
     "read_chip",

@@ -121,6 +121,19 @@ class GeneratorConfig:
     alpha_min: float = 0.1
     #: probability of adding a second layer (thin over thick etc.).
     p_second_layer: float = 0.3
+    #: hard negatives: probability that a background (clear, or under a composited cloud)
+    #: is brightened by a gain from ``bright_gain``.  The gain multiplies every band alike,
+    #: so bright land stays spectrally what it is (sloped, not white-flat like cloud).
+    p_brighten: float = 0.3
+    bright_gain: tuple[float, float] = (1.2, 2.5)
+    #: brightened backgrounds are clipped here (reflectance), as saturated sensors do.
+    bright_max: float = 1.0
+    #: of the clear samples, the share drawn from the brightest quarter of the backgrounds
+    #: (bare soil, sand, snow, bright roofs: the surfaces most often taken for cloud).
+    p_bright_background: float = 0.3
+    #: procedural cloud layers are drawn once into a bank of this many per kind and reused
+    #: with random flips, rotations, opacities and brightness (the noise is the slow part).
+    bank_size: int = 1500
 
 
 class BlockGenerator:
@@ -148,17 +161,50 @@ class BlockGenerator:
         self.config = config or GeneratorConfig()
         self.style = style or CloudStyle()
         self.size = int(backgrounds.shape[-1])
+        vis = backgrounds[:, :3].mean(axis=(1, 2, 3))
+        #: indices of the brightest quarter of the backgrounds (hard negatives).
+        self.bright_idx = np.argsort(vis)[-max(1, len(vis) // 4) :]
+        self._bank: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def layer(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """A cloud layer ``(alpha, r_c)`` from the bank (drawn on first use), randomly
+        flipped and rotated; r_c is rescaled to a new brightness of the style's range."""
+        cfg, rng, s = self.config, self.rng, self.size
+        if cfg.bank_size <= 0:
+            return cloud_layer(rng, s, kind, self.style)
+        bank = self._bank.get(kind)
+        if bank is None:
+            bank = self._bank[kind] = [cloud_layer(rng, s, kind, self.style) for _ in range(cfg.bank_size)]
+        alpha, r_c = bank[int(rng.integers(len(bank)))]
+        k = int(rng.integers(4))
+        flip = rng.random() < 0.5
+        a = np.rot90(alpha[:, ::-1] if flip else alpha, k)
+        bands = (r_c.reshape(4, -1).max(axis=1) / max(float(alpha.max()), 1e-6)).astype(np.float32)
+        bright = rng.uniform(*self.style.brightness)
+        bands = bands / max(float(bands.mean()), 1e-6) * np.float32(bright)
+        return np.ascontiguousarray(a, np.float32), (a[None] * bands[:, None, None]).astype(np.float32)
+
+    def background(self, bright: bool = False) -> np.ndarray:
+        """A clear background block; ``bright`` draws from the brightest quarter.  With
+        probability ``p_brighten`` it is brightened (every band by the same gain)."""
+        cfg, rng = self.config, self.rng
+        idx = self.bright_idx if bright else None
+        i = int(idx[rng.integers(len(idx))]) if idx is not None else int(rng.integers(len(self.backgrounds)))
+        x = self.backgrounds[i]
+        if rng.random() < cfg.p_brighten:
+            x = np.minimum(x * np.float32(rng.uniform(*cfg.bright_gain)), np.float32(cfg.bright_max))
+        return x
 
     def composite(self, bg: np.ndarray) -> np.ndarray:
         """Composite one or two random cloud layers over ``bg`` until it is clearly cloudy."""
-        cfg, rng, s = self.config, self.rng, self.size
+        cfg, rng = self.config, self.rng
         for _ in range(8):
             kind = "thin" if rng.random() < cfg.p_thin else "thick"
-            alpha, r_c = cloud_layer(rng, s, kind, self.style)
+            alpha, r_c = self.layer(kind)
             y = compose(bg, alpha[None], r_c)
             cover = alpha >= cfg.alpha_min
             if rng.random() < cfg.p_second_layer:
-                a2, r2 = cloud_layer(rng, s, "thin" if kind == "thick" else "thick", self.style)
+                a2, r2 = self.layer("thin" if kind == "thick" else "thick")
                 y = compose(y, a2[None], r2)
                 cover |= a2 >= cfg.alpha_min
             if cover.mean() >= cfg.min_cloud:
@@ -175,10 +221,10 @@ class BlockGenerator:
                 if self.cloudy is not None and rng.random() < cfg.p_real_cloudy:
                     x = self.cloudy[rng.integers(len(self.cloudy))]
                 else:
-                    x = self.composite(self.backgrounds[rng.integers(len(self.backgrounds))])
+                    x = self.composite(self.background())
             else:
                 ys[i] = BLOCK_CLEAR
-                x = self.backgrounds[rng.integers(len(self.backgrounds))]
+                x = self.background(bright=rng.random() < cfg.p_bright_background)
             xs[i] = augment(x, rng)
         return xs, ys
 
