@@ -13,7 +13,9 @@ held-out chip with that fold's weights, and :func:`geocloud.evaluate.evaluate_ar
 (behind ``geocloud evaluate``) scores the mask: thin and thick cloud are cloud, shadow is
 not, 255 is ignored.
 
-Side by side on the same chips: ``--model spectral`` through the same engine, the
+The CAM is also run with the model's fixed threshold (``cam fixed t``, the ``fixed``
+threshold rule) beside the engine's default scene-adaptive one.  Side by side on the
+same chips: ``--model spectral`` through the same engine, the
 brightness rule mean(blue, green, red) > 0.3, and, with ``--ukis DIR``, the masks that
 ``benchmarks/ukis_masks.py`` wrote with the open peer ukis-csmask in its own environment
 (biased on the ``ukis_samples`` chips, its own test chips: reported with and without).
@@ -71,7 +73,10 @@ def train_fold(data: str, out: str, exclude: list[str], overrides: dict[str, Any
 
     torch.set_num_threads(1)
     logging.getLogger("geocloud").setLevel(logging.ERROR)
-    cfg = dataclasses.replace(CamTrainConfig(), **overrides)
+    base = CamTrainConfig()
+    top = {k: v for k, v in overrides.items() if "." not in k}
+    gen = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("generator.")}
+    cfg = dataclasses.replace(base, generator=dataclasses.replace(base.generator, **gen), **top)
     t0 = time.perf_counter()
     side = run_training(data, out, cfg, exclude=exclude)
     return {"seconds": round(time.perf_counter() - t0, 1), "threshold": side["spec"]["default_threshold"]}
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="keep fold weights already in --out")
     ap.add_argument("--epochs", type=int, default=None, help="override CamTrainConfig.epochs")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
-                    help="override another CamTrainConfig field, e.g. --set channels=[16,32,32]")  # fmt: skip
+                    help="override another CamTrainConfig field, e.g. --set channels=[16,32,32] "
+                         "or --set generator.p_brighten=0")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if not (args.data / "catalog.csv").exists():
@@ -160,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         k, _, v = item.partition("=")
         val = json.loads(v)
         overrides[k] = tuple(tuple(x) if isinstance(x, list) else x for x in val) if isinstance(val, list) else val
+        if "." in k and not k.startswith("generator."):
+            ap.error(f"--set {item}: only generator.FIELD may be dotted")
 
     # 1. train the folds (in parallel worker processes)
     t0 = time.perf_counter()
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. predict every held-out chip through the engine
     grow = not args.no_grow
     cfg = ProcessConfig(threshold=ThresholdConfig(grow=grow), output=OutputConfig(products=("mask", "stats"), overwrite=True))
-    methods: dict[str, dict[str, dict[str, int]]] = {"cam": {}, "spectral": {}, "brightness>0.3": {}}
+    methods: dict[str, dict[str, dict[str, int]]] = {"cam": {}, "cam fixed t": {}, "spectral": {}, "brightness>0.3": {}}
     if args.ukis is not None:
         methods["ukis-csmask"] = {}
     thresholds: dict[str, float] = {}
@@ -199,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                 fold_of[chip.key] = i
                 mask, thresholds[chip.key] = engine_mask(chip, cam, dataclasses.replace(cfg, model="cam"), Path(tmp))
                 methods["cam"][chip.key] = _counts(mask, chip.label, chip.key)
+                fixed = dataclasses.replace(cfg, model="cam", threshold=dataclasses.replace(cfg.threshold, method="fixed"))
+                mask, _ = engine_mask(chip, cam, fixed, Path(tmp))
+                methods["cam fixed t"][chip.key] = _counts(mask, chip.label, chip.key)
                 mask, _ = engine_mask(chip, spectral, dataclasses.replace(cfg, model="spectral"), Path(tmp))
                 methods["spectral"][chip.key] = _counts(mask, chip.label, chip.key)
                 methods["brightness>0.3"][chip.key] = _counts(brightness_mask(chip), chip.label, chip.key)

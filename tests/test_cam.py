@@ -566,7 +566,7 @@ def test_fast_pools_equal_torch_pooling(shape: tuple[int, ...]) -> None:
 
 
 @needs_weights
-def test_shipped_model_grows_cloud_edges() -> None:
+def test_shipped_model_edge_growing_follows_its_sidecar() -> None:
     from geocloud.config import ThresholdConfig
     from geocloud.models import load_model
     from geocloud.threshold import ScoreStats, fit_threshold
@@ -574,11 +574,154 @@ def test_shipped_model_grows_cloud_edges() -> None:
     spec = load_model("cam").spec
     meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     assert (spec.grow_ratio, spec.grow_radius) == (meta["spec"]["grow_ratio"], meta["spec"]["grow_radius"])
-    assert 0 < spec.grow_ratio < 1 and spec.grow_radius > 0
-    assert meta["validation"]["cam"]["grow"] == {"ratio": spec.grow_ratio, "radius": spec.grow_radius}
     stats = ScoreStats(64, 64, cloudy_above=spec.default_threshold)
     t = fit_threshold(stats, spec, ThresholdConfig())
-    assert t.grow_radius == spec.grow_radius and t.grow_low == pytest.approx(spec.grow_ratio * t.value)
+    assert t.grow_radius == spec.grow_radius
+    if spec.grow_radius:
+        assert t.grow_low == pytest.approx(spec.grow_ratio * t.value)
+    else:
+        assert t.grow_low is None
+
+
+# --------------------------------------------------------------------------- detector recipe
+
+
+def test_spectral_shape_ignores_a_common_gain() -> None:
+    from geocloud.models.cam import spectral_shape
+
+    x = torch.tensor([[0.10, 0.15, 0.22, 0.30], [0.5, 0.5, 0.5, 0.45]]).T.reshape(1, 4, 1, 2)
+    a, b = spectral_shape(x), spectral_shape(2.0 * x)
+    assert a.shape == (1, 5, 1, 2)
+    torch.testing.assert_close(a[:, :4], b[:, :4])  # the shape does not change with brightness
+    torch.testing.assert_close(b[:, 4] - a[:, 4], torch.full((1, 1, 2), float(np.log(2.0))))
+    # sloped bare soil and white cloud differ in shape even at the same brightness
+    assert float((a[0, :4, 0, 0] - a[0, :4, 0, 1]).abs().max()) > 0.3
+
+
+def test_spectral_features_fold_exactly_into_the_dense_cam() -> None:
+    torch.manual_seed(0)
+    net = CamNet(CamConfig(channels=(8, 8, 8), train_block=64, spectral_features=True, band_mean=(0.1, 0.1, 0.1, 0.2)))
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(8, 4, 64, 64))
+    net.eval()
+    x = torch.rand(2, 4, 128, 128) * 0.5
+    with torch.no_grad():
+        cells = net.cell_logits(net.features(x))  # (2, 8, 8) at 1/16
+        z = DenseCam(net, "dilate")(x)[:, 0]  # (2, 32, 32) at 1/4
+    # as for the plain bands: cells clear of the zero-padding border are exact
+    for i in range(2, 6):
+        for j in range(2, 6):
+            torch.testing.assert_close(z[:, 4 * i + 1, 4 * j + 1], cells[:, i, j], atol=1e-4, rtol=1e-4)
+
+
+def test_bright_hard_negatives_keep_the_spectral_shape() -> None:
+    rng = np.random.default_rng(0)
+    bg = np.stack([np.full((4, 32, 32), v, np.float32) * np.array([0.8, 0.9, 1.0, 1.1], np.float32)[:, None, None]
+                   for v in (0.05, 0.06, 0.07, 0.3)])  # fmt: skip
+    cfg = GeneratorConfig(p_cloudy=0.0, p_brighten=1.0, bright_gain=(2.0, 2.0), p_bright_background=1.0)
+    gen = BlockGenerator(bg, None, rng, cfg)
+    assert list(gen.bright_idx) == [3]  # the brightest quarter
+    x, y = gen.sample(8)
+    assert (y == 0).all()
+    # every clear sample is the brightest background, brightened x2 (then the augmentation's
+    # gains of +-15 % and +-4 % per band): bright, and still sloped from blue to nir
+    assert x[:, :3].mean() > 0.45
+    ratio = x[:, 3].mean(axis=(1, 2)) / x[:, 0].mean(axis=(1, 2))
+    assert (ratio > 1.2).all()
+    # a background that a gain of 2 would push past bright_max (0.7) is left as it is:
+    # nothing is clipped white
+    gen = BlockGenerator(bg[3:] * 2, None, rng, cfg)
+    x, _ = gen.sample(8)
+    assert x.max() < 0.66 * 1.15 * 1.04 + 1e-6
+
+
+def test_generator_opacity_matches_the_block_labels() -> None:
+    rng = np.random.default_rng(2)
+    bg = np.full((6, 4, 32, 32), 0.05, np.float32)
+    real = np.full((3, 4, 32, 32), 0.6, np.float32)
+    gen = BlockGenerator(bg, real, rng, GeneratorConfig(p_real_cloudy=0.4, bank_size=8))
+    x, y, alpha = gen.sample_alpha(64)
+    assert alpha.shape == (64, 32, 32)
+    assert (alpha[y == 0] == 0).all()  # clear blocks: no cloud at all
+    cloudy = alpha[y == 1]
+    real_blocks = np.isnan(cloudy).all(axis=(1, 2))
+    assert real_blocks.any() and (~real_blocks).any()  # real (unknown opacity) and composited
+    synth = cloudy[~real_blocks]
+    assert ((synth >= 0.1).mean(axis=(1, 2)) >= 0.05).all()  # the generator's cloudy rule
+    # composited pixels are brighter where the opacity is higher (same flips and rotations)
+    xs = x[y == 1][~real_blocks]
+    hi, lo = synth > 0.5, synth < 0.05
+    assert xs[:, 0][hi].mean() > xs[:, 0][lo].mean() + 0.1
+
+
+def test_head_targets_without_pixel_labels() -> None:
+    from geocloud.training.cam import CamTrainConfig, head_targets
+
+    cfg = CamTrainConfig()
+    nan = float("nan")
+    alpha = torch.tensor([[[0.0, 0.0, 0.0]], [[0.5, 0.05, 0.01]], [[nan, nan, nan]]])
+    cam = torch.tensor([[[0.9, 0.9, 0.9]], [[0.0, 0.0, 0.0]], [[0.9, 0.3, 0.05]]])
+    x = torch.full((3, 4, 1, 3), 0.3)
+    t = head_targets(x, alpha, cam, cfg, alpha_min=0.1)
+    assert t[0].tolist() == [[0.0, 0.0, 0.0]]  # a clear block is clear whatever the CAM says
+    assert t[1, 0, 0] == 1.0 and torch.isnan(t[1, 0, 1]) and t[1, 0, 2] == 0.0  # known opacity
+    assert t[2, 0, 0] == 1.0 and torch.isnan(t[2, 0, 1]) and t[2, 0, 2] == 0.0  # pseudo-labels
+    dark = torch.full((1, 4, 1, 1), 0.02)
+    assert head_targets(dark, torch.tensor([[[nan]]]), torch.tensor([[[0.95]]]), cfg, 0.1).item() == 0.0
+
+
+def _head_model(mode: str = "dilate_last") -> CamModel:
+    torch.manual_seed(1)
+    cfg = CamConfig(channels=(8, 8, 8), train_block=64, spectral_features=True, head_hidden=4)
+    net = CamNet(cfg).eval()
+    return CamModel(net, CamSidecar(config=cfg, lpp_mode=mode, z_lo=-1.0, z_hi=1.0))
+
+
+@pytest.mark.parametrize("region", [(64, 192, 56, 200), (0, 200, 0, 256), (3, 97, 61, 250)])
+def test_refinement_head_region_is_the_crop_of_predict(region: tuple[int, int, int, int]) -> None:
+    model = _head_model()
+    from geocloud.models.cam import HEAD_RADIUS
+
+    plain = CamNet(CamConfig(channels=(8, 8, 8), train_block=64, spectral_features=True)).eval()
+    assert model.dense.receptive_radius() == DenseCam(plain, "dilate_last").receptive_radius() + HEAD_RADIUS
+    assert model.spec.halo >= model.dense.receptive_radius()
+    rng = np.random.default_rng(4)
+    x = rng.random((1, 4, 256, 256), dtype=np.float32) * 0.5
+    v = np.ones((1, 256, 256), bool)
+    full = model.predict(x, v).maps["score"]
+    r0, r1, c0, c1 = region
+    part = model.predict_region(x, v, region).maps["score"]
+    np.testing.assert_allclose(part, full[:, :, r0:r1, c0:c1], rtol=0, atol=1e-6)
+    assert 0.0 <= full.min() and full.max() <= 1.0
+
+
+def test_refinement_head_round_trips(tmp_path: Path) -> None:
+    model = _head_model()
+    save_weights(model.net, model.sidecar, tmp_path / "cam.safetensors")
+    net, side = load_weights(tmp_path / "cam.safetensors")
+    assert side.config.head_hidden == 4 and side.config.spectral_features
+    again = CamModel(net, side)
+    x = np.random.default_rng(5).random((1, 4, 128, 128), dtype=np.float32) * 0.5
+    v = np.ones((1, 128, 128), bool)
+    np.testing.assert_array_equal(again.predict(x, v).maps["score"], model.predict(x, v).maps["score"])
+
+
+def skip_unless_shipped_chip_list(shared_data: Path, cfg: object) -> None:
+    """Skip (with the reason) unless ``shared_data`` holds the chips the shipped weights were
+    trained on: chips added to, or removed from, the shared data change every calibrated
+    value, which is then no regression of the code."""
+    from geocloud.training.data import chip_list_hash, load_catalog, split_chips
+
+    meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())["training"]
+    split = split_chips(load_catalog(shared_data, four_band_only=True), val_fraction=cfg.val_fraction, seed=cfg.seed)  # type: ignore[attr-defined]
+    now = chip_list_hash(list(split.train) + list(split.unlabelled))
+    if now != meta["training_list_hash"]:
+        pytest.skip(
+            f"the shared data's training chips (hash {now}) are not the ones the shipped weights "
+            f"were trained on ({meta['training_list_hash']}): retrain, then update the weights"
+        )
 
 
 @pytest.mark.slow
@@ -586,7 +729,9 @@ def test_shipped_model_grows_cloud_edges() -> None:
 @needs_weights
 def test_recalibrating_the_shipped_net_reproduces_its_sidecar(shared_data: Path, tmp_path: Path) -> None:
     from geocloud.models import load_model
-    from geocloud.training.cam import recalibrate
+    from geocloud.training.cam import CamTrainConfig, recalibrate
+
+    skip_unless_shipped_chip_list(shared_data, CamTrainConfig())
 
     side = recalibrate(shared_data, DEFAULT_WEIGHTS, tmp_path, baseline=load_model("spectral"))
     shipped = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
@@ -598,3 +743,26 @@ def test_recalibrating_the_shipped_net_reproduces_its_sidecar(shared_data: Path,
             shipped["validation"]["cam"]["groups"][g]["oa"], abs=1e-4
         )
     assert (tmp_path / "cam.safetensors").read_bytes() == DEFAULT_WEIGHTS.read_bytes()
+def test_kfold_chips_are_disjoint_stratified_and_reproducible() -> None:
+    from geocloud.training.data import Chip, kfold_chips
+
+    def chip(set_: str, id_: str, quality: str = "good", bands: str = "blue,green,red,nir") -> Chip:
+        return Chip(set=set_, id=id_, scene=Path("s.tif"), label=Path("l.tif"), sensor="x",
+                    bands=tuple(bands.split(",")), dtype="float32", scale=None, georeferenced=False,
+                    height=8, width=8, cloud_frac=0.0, thin_frac=0.0, shadow_frac=0.0,
+                    label_quality=quality)  # fmt: skip
+
+    chips = [chip("l8_biome", f"Barren_{i:02d}_0101") for i in range(5)]
+    chips += [chip("l8_biome", f"SnowIce_{i:02d}_0101") for i in range(5)]
+    chips += [chip("s2", f"g{i}") for i in range(4)] + [chip("s2", f"u{i}", "unreliable") for i in range(3)]
+    chips += [chip("rgb", "q", bands="red,green,blue")]
+    folds = kfold_chips(chips, 5, seed=0)
+    keys = [c.key for f in folds for c in f]
+    assert len(keys) == len(set(keys)) == 14  # every usable 4-band chip once; no unreliable, no RGB
+    assert all(len(f) in (2, 3) for f in folds)  # balanced
+    for f in folds:  # each surface spread: a fold holds at most one chip of a 5-chip stratum
+        assert sum(c.id.startswith("Barren") for c in f) == 1 and sum(c.id.startswith("SnowIce") for c in f) == 1
+    assert kfold_chips(chips, 5, seed=0) == folds
+    assert kfold_chips(chips, 5, seed=1) != folds
+    with pytest.raises(InputError, match="folds"):
+        kfold_chips(chips, 1)

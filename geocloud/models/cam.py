@@ -32,6 +32,7 @@ the (dense, local) form of "a confidently clear block contributes no cloud".
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +70,9 @@ class CamConfig:
     #: add the brightness-free spectral shape to the input (:func:`spectral_shape`):
     #: 5 more channels at the stem's resolution.
     spectral_features: bool = False
+    #: hidden channels of the full-resolution refinement head (stage 2, trained by
+    #: self-training after the CAM; :class:`RefineHead`); 0: none, the score is the CAM's.
+    head_hidden: int = 0
 
     @property
     def in_channels(self) -> int:
@@ -99,6 +103,34 @@ def spectral_shape(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([lg - m, m], dim=1)
 
 
+#: context of :class:`RefineHead` in pixels (two 3x3 convolutions).
+HEAD_RADIUS = 2
+
+
+class RefineHead(nn.Module):
+    """Stage 2: a full-resolution cloud logit from each pixel's neighbourhood and the CAM.
+
+    Input, per pixel: the 4 normalised bands, their spectral shape
+    (:func:`spectral_shape`) and the CAM score s in [0, 1] upsampled to full resolution;
+    two 3x3 convolutions and a 1x1 give the logit u, and the score is sigmoid(u).  The
+    CAM says where cloud is (its context tells snow, water and bright land from cloud);
+    the head says which pixels there are cloud, at the input's resolution (small
+    cumulus, sharp edges).  It is trained after the CAM, whose weights stay fixed, on
+    targets made without pixel labels (:func:`geocloud.training.cam.train_head`).
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4 + SHAPE_CHANNELS + 1, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1)
+        self.out = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, xn: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Logit (B, 1, H, W) from normalised bands ``xn``, reflectance ``x`` and CAM score ``s``."""
+        f = torch.cat([xn, spectral_shape(x), s], dim=1)
+        return self.out(F.relu(self.conv2(F.relu(self.conv1(f)))))
+
+
 class CamNet(nn.Module):
     """The block classifier with global convolutional pooling (see module docstring)."""
 
@@ -126,6 +158,13 @@ class CamNet(nn.Module):
             self.pix2 = nn.Conv2d(cfg.pixel_hidden, 1, 1)
             #: weight of the (upsampled) CAM in the pixel logit u = g + mix * z.
             self.mix = nn.Parameter(torch.tensor(1.0))
+        self.head = RefineHead(cfg.head_hidden) if cfg.head_hidden else None
+
+    def head_logits(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Stage-2 logit (B, 1, H, W) of reflectance ``x`` given the upsampled CAM score ``s``."""
+        if self.head is None:
+            raise ModelError("this CAM has no refinement head (head_hidden = 0)")
+        return self.head((x - self.mean) / self.std, x, s)
 
     def pixel_logits(self, x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """Training path of the pixel logit u = g(x) + mix * upsample(z): (B, H, W)."""
@@ -260,6 +299,10 @@ class DenseCam(nn.Module):
                 self.register_buffer("pw2", net.pix2.weight.detach().clone())
                 self.register_buffer("pb2", net.pix2.bias.detach().clone())
                 self.register_buffer("mix", net.mix.detach().clone().view(1))
+        #: the refinement head, if any, with the input normalisation it needs.
+        self.head = copy.deepcopy(net.head) if net.head is not None else None
+        self.register_buffer("mean", net.mean.detach().clone())
+        self.register_buffer("std", net.std.detach().clone())
         self.register_buffer("w1", w1n.detach().clone())
         self.register_buffer("b1", b1n.detach().clone())
         self.register_buffer("w2", w2.detach().clone())
@@ -319,12 +362,17 @@ class DenseCam(nn.Module):
         g = F.conv2d(F.relu(F.conv2d(x, self.pw1, self.pb1)), self.pw2, self.pb2)
         return g + self.mix * z
 
+    def head_logits(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Stage-2 logit of reflectance ``x`` given the upsampled CAM score ``s`` (same size)."""
+        assert self.head is not None
+        return self.head((x - self.mean) / self.std, x, s)
+
     def receptive_radius(self) -> int:
-        """Receptive-field radius of z, in input pixels (upper bound, incl. the stem)."""
+        """Receptive-field radius of the score, in input pixels (upper bound, incl. the stem)."""
         # in stem cells: conv1 + pool1 + conv2 + pool2 + conv3 (+ their dilations), plus the
         # bilinear upsampling (one output cell) and one cell of slack for the stem's extent
         cells = {"remove": 3, "dilate": 10, "dilate_last": 10, "none": 10}[self.mode]
-        return self.stem * (cells + self.STRIDE[self.mode] + 1)
+        return self.stem * (cells + self.STRIDE[self.mode] + 1) + (HEAD_RADIUS if self.head is not None else 0)
 
 
 # --------------------------------------------------------------------------- wrapper
@@ -361,6 +409,7 @@ class CamSidecar:
             pixel_hidden=int(cfg.get("pixel_hidden", 0)),
             topk_fraction=float(cfg.get("topk_fraction", 0.05)),
             spectral_features=bool(cfg.get("spectral_features", False)),
+            head_hidden=int(cfg.get("head_hidden", 0)),
         )
         return CamSidecar(
             config=config,
@@ -405,6 +454,7 @@ class CamModel(CloudModel):
     """A trained :class:`CamNet`, served through LPP as a dense cloud score (see module docstring)."""
 
     def __init__(self, net: CamNet, sidecar: CamSidecar, device: str = "cpu", *, lpp_mode: str | None = None):
+        self.net = net
         self.sidecar = sidecar
         self.device = torch.device(device)
         self.dense = DenseCam(net, lpp_mode or sidecar.lpp_mode).to(self.device).eval()
@@ -440,6 +490,15 @@ class CamModel(CloudModel):
         if self.dense.pixel:
             u = self.dense.logits(x)[..., r0:r1, c0:c1]
             s = ((u - self.z_lo) / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
+        elif self.dense.head is not None:
+            # the head needs HEAD_RADIUS px around the region (within the block)
+            m = HEAD_RADIUS
+            a0, a1, b0, b1 = max(r0 - m, 0), min(r1 + m, x.shape[-2]), max(c0 - m, 0), min(c1 + m, x.shape[-1])
+            z = self.dense(x)
+            z = z.sub_(self.z_lo).mul_(1.0 / (self.z_hi - self.z_lo)).clamp_(0.0, 1.0)
+            cam = upsample_region(z, self.dense.stride, (a0, a1, b0, b1))
+            u = self.dense.head_logits(x[..., a0:a1, b0:b1].contiguous(), cam)
+            s = torch.sigmoid(u[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0])
         else:
             # normalise at the CAM's own resolution, then upsample (fewer full-resolution passes)
             z = self.dense(x)
@@ -571,6 +630,8 @@ __all__ = [
     "CamNet",
     "CamSidecar",
     "DenseCam",
+    "HEAD_RADIUS",
+    "RefineHead",
     "load",
     "load_weights",
     "save_weights",

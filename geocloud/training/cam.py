@@ -79,6 +79,17 @@ class CamTrainConfig:
     channels: tuple[int, int, int] = (32, 64, 64)
     #: the brightness-free spectral shape as 5 more input channels (models.cam.spectral_shape).
     spectral_features: bool = True
+    #: stage 2, self-training: hidden channels of the full-resolution refinement head
+    #: (models.cam.RefineHead; 0: none), its steps and learning rate, and the CAM scores
+    #: that make a real cloudy block's pixel a pseudo-label: cloud at or above
+    #: ``pseudo_cloud`` (and min(blue, green, red) >= ``pseudo_min_vis``), clear at or below
+    #: ``pseudo_clear``, unused between.
+    head_hidden: int = 0
+    head_steps: int = 1500
+    head_lr: float = 3e-3
+    pseudo_cloud: float = 0.6
+    pseudo_clear: float = 0.15
+    pseudo_min_vis: float = 0.1
     lpp_mode: str = "dilate_last"
     #: weight of the MIL consistency loss on the max cell of the CAM (block labels only).
     max_weight: float = 1.0
@@ -434,12 +445,12 @@ def synthetic_checks(cfg: CamTrainConfig) -> list[tuple[np.ndarray, np.ndarray, 
     return out
 
 
-def calibrate(
-    model: CamModel,
-    data: TrainingData,
-    cfg: CamTrainConfig,
-) -> dict[str, Any]:
-    """Fix z_lo/z_hi, the brightness gate, clear mu/sigma and k; updates ``model`` in place."""
+def score_scale(model: CamModel, data: TrainingData, cfg: CamTrainConfig) -> tuple[float, float]:
+    """Fix the CAM's score scale (z_lo, z_hi) on ``model`` and return it (deterministic).
+
+    ``z_lo``: the ``z_lo_quantile`` of z over the clear training blocks (outer ring left
+    out); ``z_hi``: the ``z_hi_quantile`` over composited thick-cloud pixels (alpha >= 0.5).
+    """
     bg = data.backgrounds.x
     z_clear = _dense_z(model, bg)
     c = cfg.block // 8  # ignore the outer ring (zero padding) of each block
@@ -461,6 +472,97 @@ def calibrate(
         z_hi = z_lo + 1.0
     model.z_lo, model.z_hi = z_lo, z_hi
     model.sidecar.z_lo, model.sidecar.z_hi = z_lo, z_hi
+    return z_lo, z_hi
+
+
+def head_targets(
+    x: torch.Tensor, alpha: torch.Tensor, cam: torch.Tensor, cfg: CamTrainConfig, alpha_min: float
+) -> torch.Tensor:
+    """Pixel targets of the refinement head, without pixel labels: float (B, H, W), NaN = unused.
+
+    * clear blocks (alpha 0 everywhere, from their block label): 0;
+    * composited blocks: 1 where the known opacity >= ``alpha_min`` (the generator's
+      cloudy rule), 0 where it is < alpha_min / 3, unused in between;
+    * real cloudy blocks (alpha NaN): the CAM's own pseudo-labels (self-training):
+      1 where its score >= ``pseudo_cloud`` and the pixel is bright in every visible band
+      (>= ``pseudo_min_vis``), 0 where its score <= ``pseudo_clear`` or a visible band is
+      darker than half of that, unused elsewhere.
+    """
+    nan = torch.tensor(float("nan"))
+    t = torch.where(alpha >= alpha_min, 1.0, torch.where(alpha < alpha_min / 3, 0.0, nan))
+    real = torch.isnan(alpha)
+    vis = x[:, :3].amin(dim=1)
+    pseudo = torch.where(
+        (cam >= cfg.pseudo_cloud) & (vis >= cfg.pseudo_min_vis),
+        1.0,
+        torch.where((cam <= cfg.pseudo_clear) | (vis < cfg.pseudo_min_vis / 2), 0.0, nan),
+    )
+    return torch.where(real, pseudo, t)
+
+
+def train_head(
+    net: CamNet,
+    gen: BlockGenerator,
+    cfg: CamTrainConfig,
+    z_scale: tuple[float, float],
+    lpp_mode: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[float]:
+    """Stage 2 (self-training): train ``net.head`` with the CAM fixed; returns per-500-step losses.
+
+    Each step draws generator blocks with their opacity, runs the dense CAM (``lpp_mode``,
+    scale ``z_scale``) for the score the head sees, makes :func:`head_targets` and
+    minimises the binary cross-entropy over the used pixels, clear and cloud pixels
+    weighted equally.
+    """
+    from ..models.cam import DenseCam
+
+    if net.head is None:
+        raise InputError("train_head needs a CamNet built with head_hidden > 0")
+    torch.manual_seed(cfg.seed + 1)
+    dense = DenseCam(net, lpp_mode).eval()
+    z_lo, z_hi = z_scale
+    opt = torch.optim.AdamW(net.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.head_lr, total_steps=max(cfg.head_steps, 1), pct_start=0.1)
+    net.head.train()
+    losses, acc = [], 0.0
+    for step in range(cfg.head_steps):
+        xa, _, aa = gen.sample_alpha(cfg.batch_size)
+        x, alpha = torch.from_numpy(xa), torch.from_numpy(aa)
+        with torch.no_grad():
+            z = ((dense(x) - z_lo) / (z_hi - z_lo)).clamp(0.0, 1.0)
+            cam = F.interpolate(z, scale_factor=dense.stride, mode="bilinear", align_corners=False)
+            target = head_targets(x, alpha, cam[:, 0], cfg, gen.config.alpha_min)
+        u = net.head_logits(x, cam)[:, 0]
+        used = ~torch.isnan(target)
+        tv = target[used]
+        pos = float(tv.sum())
+        w = torch.where(tv > 0.5, 0.5 / max(pos, 1.0), 0.5 / max(float(tv.numel()) - pos, 1.0))
+        loss = (F.binary_cross_entropy_with_logits(u[used], tv, reduction="none") * w).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        acc += float(loss.detach())
+        if (step + 1) % 500 == 0 or step + 1 == cfg.head_steps:
+            losses.append(acc / (500 if (step + 1) % 500 == 0 else (step + 1) % 500))
+            log.info("head step %d/%d loss %.4f", step + 1, cfg.head_steps, losses[-1])
+            acc = 0.0
+        if progress is not None:
+            progress(step + 1, cfg.head_steps)
+    net.head.eval()
+    return losses
+
+
+def calibrate(
+    model: CamModel,
+    data: TrainingData,
+    cfg: CamTrainConfig,
+) -> dict[str, Any]:
+    """Fix z_lo/z_hi, the brightness gate, clear mu/sigma and k; updates ``model`` in place."""
+    bg = data.backgrounds.x
+    c = cfg.block // 8  # ignore the outer ring (zero padding) of each block
+    z_lo, z_hi = score_scale(model, data, cfg)
 
     # brightness gate and threshold: maximise pooled OA + F1 on the real *training* chips'
     # pixels (a handful of scalars; pixel labels never enter the loss, validation chips
@@ -634,11 +736,16 @@ def run_training(
         band_std=std,
         pixel_hidden=cfg.pixel_hidden,
         spectral_features=cfg.spectral_features,
+        head_hidden=cfg.head_hidden,
     )
     rng = np.random.default_rng(cfg.seed)
     gen = BlockGenerator(data.backgrounds.x, data.cloudy.x if len(data.cloudy) else None, rng, cfg.generator)
     t1 = time.perf_counter()
     net, losses = train_net(gen, cfg, net_config, progress)
+    head_losses: list[float] = []
+    if cfg.head_hidden:
+        scale = score_scale(CamModel(net, CamSidecar(config=net_config, lpp_mode=cfg.lpp_mode)), data, cfg)
+        head_losses = train_head(net, gen, cfg, scale, cfg.lpp_mode, progress)
     t2 = time.perf_counter()
 
     sidecar = calibrate_and_validate(net, data, cfg, baseline)
@@ -652,6 +759,7 @@ def run_training(
         },
         "generator": dataclasses.asdict(cfg.generator),
         "losses": [round(v, 5) for v in losses],
+        "head_losses": [round(v, 5) for v in head_losses],
         "seconds": {
             "data": round(t1 - t0, 1),
             "train": round(t2 - t1, 1),
@@ -705,8 +813,11 @@ __all__ = [
     "gather",
     "grouped_metrics",
     "load_tagged_archive",
+    "head_targets",
     "pooled_metrics",
     "recalibrate",
+    "score_scale",
+    "train_head",
     "run_training",
     "train_net",
 ]

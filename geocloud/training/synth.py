@@ -96,14 +96,29 @@ def cloud_layer(
 
 
 def augment(
-    x: np.ndarray, rng: np.random.Generator, *, gain: float = 0.15, band_gain: float = 0.04
-) -> np.ndarray:
-    """Random flip, 90-degree rotation, brightness gain and per-band gain of one block (4, s, s)."""
-    if rng.random() < 0.5:
+    x: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    gain: float = 0.15,
+    band_gain: float = 0.04,
+    alpha: np.ndarray | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Random flip, 90-degree rotation, brightness gain and per-band gain of one block (4, s, s).
+
+    With ``alpha`` (s, s), the same flip and rotation are applied to it and ``(x, alpha)``
+    is returned (the gains change reflectance only).
+    """
+    flip = rng.random() < 0.5
+    k = int(rng.integers(4))
+    if flip:
         x = x[:, :, ::-1]
-    x = np.rot90(x, int(rng.integers(4)), axes=(1, 2))
+    x = np.rot90(x, k, axes=(1, 2))
     g = rng.uniform(1.0 - gain, 1.0 + gain) * rng.uniform(1.0 - band_gain, 1.0 + band_gain, 4)
-    return np.ascontiguousarray(x * g.astype(np.float32)[:, None, None], dtype=np.float32)
+    out = np.ascontiguousarray(x * g.astype(np.float32)[:, None, None], dtype=np.float32)
+    if alpha is None:
+        return out
+    a = np.rot90(alpha[:, ::-1] if flip else alpha, k)
+    return out, np.ascontiguousarray(a, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -126,8 +141,9 @@ class GeneratorConfig:
     #: so bright land stays spectrally what it is (sloped, not white-flat like cloud).
     p_brighten: float = 0.3
     bright_gain: tuple[float, float] = (1.2, 2.5)
-    #: brightened backgrounds are clipped here (reflectance), as saturated sensors do.
-    bright_max: float = 1.0
+    #: the gain is capped so that the block's 99th percentile stays at or below this
+    #: reflectance: nothing is clipped (clipped bands would turn white-flat, like cloud).
+    bright_max: float = 0.7
     #: of the clear samples, the share drawn from the brightest quarter of the backgrounds
     #: (bare soil, sand, snow, bright roofs: the surfaces most often taken for cloud).
     p_bright_background: float = 0.3
@@ -162,6 +178,8 @@ class BlockGenerator:
         self.style = style or CloudStyle()
         self.size = int(backgrounds.shape[-1])
         vis = backgrounds[:, :3].mean(axis=(1, 2, 3))
+        #: each background's 99th percentile over its bands (caps its brightening gain).
+        self.p99 = np.quantile(backgrounds.reshape(len(backgrounds), -1), 0.99, axis=1)
         #: indices of the brightest quarter of the backgrounds (hard negatives).
         self.bright_idx = np.argsort(vis)[-max(1, len(vis) // 4) :]
         self._bank: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -192,41 +210,63 @@ class BlockGenerator:
         i = int(idx[rng.integers(len(idx))]) if idx is not None else int(rng.integers(len(self.backgrounds)))
         x = self.backgrounds[i]
         if rng.random() < cfg.p_brighten:
-            x = np.minimum(x * np.float32(rng.uniform(*cfg.bright_gain)), np.float32(cfg.bright_max))
+            cap = cfg.bright_max / max(float(self.p99[i]), 1e-3)
+            lo, hi = cfg.bright_gain[0], min(cfg.bright_gain[1], cap)
+            if hi >= lo:
+                x = x * np.float32(rng.uniform(lo, hi))
         return x
 
     def composite(self, bg: np.ndarray) -> np.ndarray:
         """Composite one or two random cloud layers over ``bg`` until it is clearly cloudy."""
+        return self.composite_alpha(bg)[0]
+
+    def composite_alpha(self, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`composite`, and the total opacity ``1 - (1 - a1)(1 - a2)`` of its layers."""
         cfg, rng = self.config, self.rng
         for _ in range(8):
             kind = "thin" if rng.random() < cfg.p_thin else "thick"
             alpha, r_c = self.layer(kind)
             y = compose(bg, alpha[None], r_c)
-            cover = alpha >= cfg.alpha_min
+            total = alpha
             if rng.random() < cfg.p_second_layer:
                 a2, r2 = self.layer("thin" if kind == "thick" else "thick")
                 y = compose(y, a2[None], r2)
-                cover |= a2 >= cfg.alpha_min
-            if cover.mean() >= cfg.min_cloud:
-                return y.astype(np.float32)
-        return y.astype(np.float32)  # pragma: no cover - coverage >= 8 % by construction
+                total = 1.0 - (1.0 - alpha) * (1.0 - a2)
+            if (total >= cfg.alpha_min).mean() >= cfg.min_cloud:
+                break
+        return y.astype(np.float32), total.astype(np.float32)
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)``: blocks (n, 4, s, s) and their block labels (n,)."""
+        x, y, _ = self.sample_alpha(n, with_alpha=False)
+        return x, y
+
+    def sample_alpha(self, n: int, with_alpha: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(x, y, alpha)``: blocks, block labels, and the cloud opacity (n, s, s) where it is
+        known: 0 on clear blocks, the composited layers' on synthetic ones, NaN on real
+        cloudy blocks (their pixels are unlabelled)."""
         cfg, rng = self.config, self.rng
         xs = np.empty((n, 4, self.size, self.size), np.float32)
         ys = np.empty(n, np.int64)
+        al = np.zeros((n, self.size, self.size), np.float32) if with_alpha else np.zeros((n, 0, 0), np.float32)
         for i in range(n):
+            a: np.ndarray | None = None
             if rng.random() < cfg.p_cloudy:
                 ys[i] = BLOCK_CLOUDY
                 if self.cloudy is not None and rng.random() < cfg.p_real_cloudy:
                     x = self.cloudy[rng.integers(len(self.cloudy))]
+                    a = np.full((self.size, self.size), np.nan, np.float32)
                 else:
-                    x = self.composite(self.background())
+                    x, a = self.composite_alpha(self.background())
             else:
                 ys[i] = BLOCK_CLEAR
                 x = self.background(bright=rng.random() < cfg.p_bright_background)
-            xs[i] = augment(x, rng)
-        return xs, ys
+            if with_alpha:
+                a = a if a is not None else np.zeros((self.size, self.size), np.float32)
+                xs[i], al[i] = augment(x, rng, alpha=a)
+            else:
+                xs[i] = augment(x, rng)
+        return xs, ys, al
 
 
 __all__ = [
