@@ -140,12 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="folds trained at once (1 torch thread each)")
     ap.add_argument("--ukis", type=Path, default=None, help="masks of benchmarks/ukis_masks.py")
     ap.add_argument("--no-grow", action="store_true", help="edge growing off for the CAM (--no-grow)")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="a fixed CAM threshold for every fold (--threshold; a sensitivity check, not validation)")  # fmt: skip
     ap.add_argument("--reuse", action="store_true", help="keep fold weights already in --out")
     ap.add_argument("--epochs", type=int, default=None, help="override CamTrainConfig.epochs")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                     help="override another CamTrainConfig field, e.g. --set channels=[16,32,32] "
                          "or --set generator.p_brighten=0")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--sidecar", type=Path, default=None,
+                    help="write the cross-validated figures into this CAM sidecar's validation (cam.json)")  # fmt: skip
     args = ap.parse_args(argv)
     if not (args.data / "catalog.csv").exists():
         print(f"no catalog.csv in {args.data}; pass --data with the shared data folder", file=sys.stderr)
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. predict every held-out chip through the engine
     grow = not args.no_grow
-    cfg = ProcessConfig(threshold=ThresholdConfig(grow=grow), output=OutputConfig(products=("mask", "stats"), overwrite=True))
+    cfg = ProcessConfig(threshold=ThresholdConfig(grow=grow, value=args.threshold), output=OutputConfig(products=("mask", "stats"), overwrite=True))
     methods: dict[str, dict[str, dict[str, int]]] = {"cam": {}, "cam fixed t": {}, "spectral": {}, "brightness>0.3": {}}
     if args.ukis is not None:
         methods["ukis-csmask"] = {}
@@ -232,10 +236,40 @@ def main(argv: list[str] | None = None) -> int:
         "thresholds": thresholds,
     }
     report(out, chips)
+    if args.sidecar is not None:
+        write_sidecar(args.sidecar, out, argv if argv is not None else sys.argv[1:])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1, default=float) + "\n")
     return 0
+
+
+def write_sidecar(path: Path, out: dict[str, Any], argv: list[str]) -> None:
+    """Put the cross-validation's figures into a CAM sidecar's ``validation`` (atomically)."""
+    from geocloud.io import atomic_write_text
+
+    side = json.loads(path.read_text())
+    res = out["methods"]
+
+    def rounded(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+    side["validation"] = {
+        "kind": f"{len(out['folds'])}-fold cross-validation by chip through process_scene",
+        "command": "python benchmarks/eval_cam.py " + " ".join(argv),
+        "folds": out["folds"],
+        "grow": out["grow"],
+        "cam": {
+            "groups": {k: rounded(v) for k, v in sorted(res["cam"]["groups"].items())},
+            "chips": {k: rounded(v) for k, v in res["cam"]["chips"].items()},
+        },
+        "baselines": {
+            name: {g: rounded(res[name]["groups"][g]) for g in ("pooled", "pooled_good", "pooled_without_ukis_samples")}
+            for name in res
+            if name != "cam"
+        },
+    }
+    atomic_write_text(path, json.dumps(side, indent=2, default=float) + "\n")
 
 
 def report(out: dict[str, Any], chips: list[Any]) -> None:

@@ -42,7 +42,10 @@ from scipy.ndimage import maximum_filter
 from .config import ThresholdConfig
 from .models.base import ModelSpec
 
-CELL_SIZE = 256
+#: side of the cells, in pixels: 64 so that a 256 px chip has 16 cells, and a 200 Mpx scene
+#: 49 000 (four small arrays).  With 256 px cells a chip was a single cell and never had
+#: the MIN_CLEAR_CELLS clear-sky cells the scene's own statistics need.
+CELL_SIZE = 64
 CLEAR_CELL_MAX_CLOUDY = 0.01
 MIN_CLEAR_CELLS = 4
 CLAMP_LOW, CLAMP_HIGH = 0.5, 1.5

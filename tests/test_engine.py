@@ -200,19 +200,33 @@ def test_statistical_threshold_uses_clear_cells(tmp_path):
     spec = ModelSpec(name="t", default_threshold=0.5, threshold_k=3.0, clear_mu=0.9, clear_sigma=0.9)
     rng = np.random.default_rng(0)
     score = rng.normal(0.2, 0.02, (1024, 1024)).astype(np.float32)
-    score[:256, :256] = 0.95  # one cloudy cell is excluded from the clear-sky statistics
+    score[:256, :256] = 0.95  # 16 cloudy cells are excluded from the clear-sky statistics
     stats = ScoreStats(1024, 1024, cloudy_above=0.5)
     stats.update(0, score[:300])
     stats.update(300, score[300:])
     t = fit_threshold(stats, spec, ThresholdConfig())
-    assert t.clear_cells == 15 and t.cells == 16
+    assert t.clear_cells == 240 and t.cells == 256
     assert t.mu == pytest.approx(0.2, abs=1e-3) and t.sigma == pytest.approx(0.02, abs=1e-3)
     assert t.value == pytest.approx(0.26, abs=2e-3)
     # an overcast scene falls back to the model's training statistics (then clamps)
-    over = ScoreStats(512, 512, cloudy_above=0.5)
+    over = ScoreStats(512, 512, cloudy_above=0.5)  # 64 cells, none clear
     over.update(0, np.full((512, 512), 0.9, np.float32))
     t2 = fit_threshold(over, spec, ThresholdConfig())
     assert t2.clear_cells == 0 and "training" in t2.method and t2.value == pytest.approx(0.75)
+
+
+def test_statistical_threshold_works_on_a_256_px_chip():
+    """A chip of 256 px has enough cells for the scene's own clear-sky statistics."""
+    from geocloud.threshold import ScoreStats, fit_threshold
+
+    spec = ModelSpec(name="t", default_threshold=0.5, threshold_k=3.0, clear_mu=0.05, clear_sigma=0.05)
+    score = np.random.default_rng(1).normal(0.3, 0.02, (256, 256)).astype(np.float32)  # bright clear land
+    score[:64, :128] = 0.9  # a cloud: 2 of the 16 cells
+    stats = ScoreStats(256, 256, cloudy_above=0.5)
+    stats.update(0, score)
+    t = fit_threshold(stats, spec, ThresholdConfig())
+    assert t.cells == 16 and t.clear_cells == 14 and "clear-sky cells" in t.method
+    assert t.value == pytest.approx(0.36, abs=5e-3)  # the chip's own mu + 3 sigma, not the training's 0.2
 
 
 def test_outputs_are_cogs_with_overviews(tmp_path):
