@@ -48,8 +48,8 @@ def test_bench_scene_striped_layout(tmp_path: Path) -> None:
 def test_bench_targets_follow_the_pipeline() -> None:
     bench = load_bench()
     assert bench.targets_for("spectral", "mask,score,stats") == (15.0, 1024.0)
-    assert bench.targets_for("cam", "mask,score,stats") == (3.0, 1536.0)
-    assert bench.targets_for("cam", "mask,score,alpha,reflectance,clear,stats") == (3.5, 1536.0)
+    assert bench.targets_for("cam", "mask,score,stats") == (1.2, 1536.0)
+    assert bench.targets_for("cam", "mask,score,alpha,reflectance,clear,stats") == (1.2, 1536.0)
 
 
 def test_compare_trees_alternates_runs_and_reports_each_tree(tmp_path: Path, capsys, make_raster) -> None:

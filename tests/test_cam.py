@@ -766,3 +766,24 @@ def test_kfold_chips_are_disjoint_stratified_and_reproducible() -> None:
     assert kfold_chips(chips, 5, seed=1) != folds
     with pytest.raises(InputError, match="folds"):
         kfold_chips(chips, 1)
+
+
+def test_spectral_score_in_torch_equals_numpy() -> None:
+    from geocloud.models.spectral import spectral_score, spectral_score_torch
+
+    x = np.random.default_rng(6).random((2, 4, 16, 16), dtype=np.float32) * 0.8
+    x[0, :, :4] = 0.0  # nodata-like zeros
+    np.testing.assert_allclose(spectral_score_torch(torch.from_numpy(x))[:, 0].numpy(), spectral_score(x), atol=1e-6)
+
+
+def test_refinement_head_with_the_spectral_score_round_trips(tmp_path: Path) -> None:
+    cfg = CamConfig(channels=(8, 8, 8), train_block=64, spectral_features=True, head_hidden=4, head_spectral=True)
+    torch.manual_seed(2)
+    net = CamNet(cfg).eval()
+    assert net.head is not None and net.head.conv1.in_channels == 4 + 5 + 1 + 1
+    model = CamModel(net, CamSidecar(config=cfg, lpp_mode="dilate_last", z_lo=-1.0, z_hi=1.0))
+    save_weights(net, model.sidecar, tmp_path / "cam.safetensors")
+    again = CamModel(*load_weights(tmp_path / "cam.safetensors"))
+    x = np.random.default_rng(7).random((1, 4, 128, 128), dtype=np.float32) * 0.5
+    v = np.ones((1, 128, 128), bool)
+    np.testing.assert_array_equal(again.predict(x, v).maps["score"], model.predict(x, v).maps["score"])

@@ -73,6 +73,8 @@ class CamConfig:
     #: hidden channels of the full-resolution refinement head (stage 2, trained by
     #: self-training after the CAM; :class:`RefineHead`); 0: none, the score is the CAM's.
     head_hidden: int = 0
+    #: the head also sees the spectral baseline's per-pixel score (models.spectral).
+    head_spectral: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -111,7 +113,8 @@ class RefineHead(nn.Module):
     """Stage 2: a full-resolution cloud logit from each pixel's neighbourhood and the CAM.
 
     Input, per pixel: the 4 normalised bands, their spectral shape
-    (:func:`spectral_shape`) and the CAM score s in [0, 1] upsampled to full resolution;
+    (:func:`spectral_shape`), the CAM score s in [0, 1] upsampled to full resolution and,
+    with ``spectral``, the spectral baseline's score (:func:`geocloud.models.spectral.spectral_score`);
     two 3x3 convolutions and a 1x1 give the logit u, and the score is sigmoid(u).  The
     CAM says where cloud is (its context tells snow, water and bright land from cloud);
     the head says which pixels there are cloud, at the input's resolution (small
@@ -119,15 +122,21 @@ class RefineHead(nn.Module):
     targets made without pixel labels (:func:`geocloud.training.cam.train_head`).
     """
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, spectral: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(4 + SHAPE_CHANNELS + 1, hidden, 3, padding=1)
+        self.spectral = spectral
+        self.conv1 = nn.Conv2d(4 + SHAPE_CHANNELS + 1 + int(spectral), hidden, 3, padding=1)
         self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1)
         self.out = nn.Conv2d(hidden, 1, 1)
 
     def forward(self, xn: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Logit (B, 1, H, W) from normalised bands ``xn``, reflectance ``x`` and CAM score ``s``."""
-        f = torch.cat([xn, spectral_shape(x), s], dim=1)
+        parts = [xn, spectral_shape(x), s]
+        if self.spectral:
+            from .spectral import spectral_score_torch
+
+            parts.append(spectral_score_torch(x))
+        f = torch.cat(parts, dim=1)
         return self.out(F.relu(self.conv2(F.relu(self.conv1(f)))))
 
 
@@ -158,7 +167,7 @@ class CamNet(nn.Module):
             self.pix2 = nn.Conv2d(cfg.pixel_hidden, 1, 1)
             #: weight of the (upsampled) CAM in the pixel logit u = g + mix * z.
             self.mix = nn.Parameter(torch.tensor(1.0))
-        self.head = RefineHead(cfg.head_hidden) if cfg.head_hidden else None
+        self.head = RefineHead(cfg.head_hidden, cfg.head_spectral) if cfg.head_hidden else None
 
     def head_logits(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Stage-2 logit (B, 1, H, W) of reflectance ``x`` given the upsampled CAM score ``s``."""
@@ -410,6 +419,7 @@ class CamSidecar:
             topk_fraction=float(cfg.get("topk_fraction", 0.05)),
             spectral_features=bool(cfg.get("spectral_features", False)),
             head_hidden=int(cfg.get("head_hidden", 0)),
+            head_spectral=bool(cfg.get("head_spectral", False)),
         )
         return CamSidecar(
             config=config,

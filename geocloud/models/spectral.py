@@ -19,9 +19,14 @@ Its accuracy on the shared chips is in the README.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .base import CloudModel, ModelSpec, Prediction
+
+if TYPE_CHECKING:  # torch is imported only by the networks that use the torch form
+    import torch
 
 
 def _ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -45,6 +50,23 @@ def spectral_score(x: np.ndarray) -> np.ndarray:
     ndvi = (nir - red) / np.maximum(nir + red, np.float32(1e-3))
     score *= 1.0 - _ramp(ndvi, 0.35, 0.70)
     return score.astype(np.float32, copy=False)
+
+
+def spectral_score_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`spectral_score` in torch, for networks that take it as an input feature:
+    reflectance (B, 4, H, W) -> (B, 1, H, W), the same ramps and thresholds."""
+
+    def ramp(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return ((v - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+    blue, green, red, nir = x[:, 0:1], x[:, 1:2], x[:, 2:3], x[:, 3:4]
+    score = ramp(blue.minimum(green).minimum(red), 0.10, 0.30)
+    mean = (blue + green + red) / 3.0
+    dev = (blue - mean).abs() + (green - mean).abs() + (red - mean).abs()
+    score = score * (1.0 - ramp(dev / mean.clamp(min=1e-3), 0.15, 0.70))
+    score = score * ramp(blue - 0.5 * red - 0.08, -0.08, 0.04)
+    ndvi = (nir - red) / (nir + red).clamp(min=1e-3)
+    return score * (1.0 - ramp(ndvi, 0.35, 0.70))
 
 
 class SpectralModel(CloudModel):

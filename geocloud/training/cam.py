@@ -88,6 +88,7 @@ class CamTrainConfig:
     #: ``pseudo_cloud`` (and min(blue, green, red) >= ``pseudo_min_vis``), clear at or below
     #: ``pseudo_clear``, unused between.
     head_hidden: int = 0
+    head_spectral: bool = False
     head_steps: int = 1500
     head_batch_size: int = 32
     head_lr: float = 3e-3
@@ -741,6 +742,7 @@ def run_training(
         pixel_hidden=cfg.pixel_hidden,
         spectral_features=cfg.spectral_features,
         head_hidden=cfg.head_hidden,
+        head_spectral=cfg.head_spectral,
     )
     rng = np.random.default_rng(cfg.seed)
     gen = BlockGenerator(data.backgrounds.x, data.cloudy.x if len(data.cloudy) else None, rng, cfg.generator)
