@@ -452,6 +452,8 @@ def process_scene(
             "GEOCLOUD_SENSOR": radiometry.sensor,
             "GEOCLOUD_SCENE": info.path.name,
         }
+        if radiometry.calibration:  # which DN -> radiance table, and whether it is approximate
+            tags["GEOCLOUD_CALIBRATION"] = radiometry.calibration
         for s in map_sinks.values():
             s.seal()
         # the second pass's own column bands (its memory grows with their width); a striped
@@ -713,6 +715,7 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
         "sensor": radiometry.sensor,
         "bands_used": dict(zip(("blue", "green", "red", "nir"), radiometry.indexes, strict=True)),
         "scaling": radiometry.source,
+        "calibration_table": radiometry.calibration or "none (not radiance-calibrated)",
         "reflectance_gain": [round(a, 8) for a in radiometry.a],
         "reflectance_offset": [round(b, 8) for b in radiometry.b],
         "sun_elevation": radiometry.sun_elevation,

@@ -86,6 +86,34 @@ SENSORS: dict[str, SensorProfile] = {
             patterns=(r"GF-?1\w*[ _]*PMS", r"^GF1_PMS"),
         ),
         SensorProfile(
+            name="gf2_pms",
+            description="GaoFen-2 Panchromatic/Multispectral Sensor MSS (PMS1/2), 4 m, 4 bands",
+            gains=(0.1378, 0.1778, 0.1700, 0.1858),
+            esun=(1941.76, 1853.73, 1541.79, 1086.47),
+            source="CRESDA absolute calibration, GF-2 PMS1 2020 (approximate for other cameras and years); "
+            "per-camera/year tables come from the vendor XML reader when present",
+            patterns=(r"GF-?2\w*[ _]*PMS", r"^GF2_PMS"),
+        ),
+        SensorProfile(
+            name="gf6_wfv",
+            description="GaoFen-6 Wide Field View, 16 m, 8 bands (1-4: blue, green, red, nir)",
+            file_bands=("blue", "green", "red", "nir", "rededge1", "rededge2", "purple", "yellow"),
+            gains=(0.0675, 0.0552, 0.0513, 0.0314),
+            esun=(1952.16, 1847.43, 1554.76, 1074.06),
+            source="CRESDA absolute calibration, GF-6 WFV 2020 (approximate for other years); "
+            "per-year tables come from the vendor XML reader when present",
+            patterns=(r"GF-?6\w*[ _]*WFV", r"^GF6_WFV"),
+        ),
+        SensorProfile(
+            name="gf6_pms",
+            description="GaoFen-6 Panchromatic/Multispectral Sensor MSS, 8 m, 4 bands",
+            gains=(0.0820, 0.0645, 0.0489, 0.0286),
+            esun=(1945.50, 1832.38, 1558.18, 1090.77),
+            source="CRESDA absolute calibration, GF-6 PMS 2020 (approximate for other years); "
+            "per-year tables come from the vendor XML reader when present",
+            patterns=(r"GF-?6\w*[ _]*PMS", r"^GF6_PMS"),
+        ),
+        SensorProfile(
             name="zy3_mux",
             description="ZiYuan-3 multispectral camera (MUX), 5.8 m, 4 bands",
             gains=(0.2240, 0.2290, 0.1840, 0.2010),
@@ -138,6 +166,10 @@ class Radiometry:
     #: where the scaling came from, for ``geocloud info`` and the stats.
     source: str
     sun_elevation: float | None = None
+    #: the calibration table used, in one line (vendor XML: satellite, sensor, epoch, how it
+    #: applies, provenance), and whether it is only approximate for this scene.
+    calibration: str | None = None
+    approximate: bool = False
 
     def to_reflectance(self, dn: np.ndarray) -> np.ndarray:
         """Convert (C, ...) DN of the selected bands to float32 reflectance."""
@@ -162,6 +194,8 @@ class Radiometry:
             "offset": [float(v) for v in self.b],
             "source": self.source,
             "sun_elevation": self.sun_elevation,
+            "calibration": self.calibration,
+            "approximate": self.approximate,
         }
 
 
@@ -364,8 +398,12 @@ def resolve_radiometry(
         if not 0 < sun_el <= 90:
             raise SensorError(f"sun elevation {sun_el} is outside (0, 90] degrees; pass --sun-elevation DEG")
         a, b = toa_coefficients(gains, biases, esun, sun_el, when)
+        table = getattr(vendor, "calibration", None) if vendor is not None else None
+        if table is not None:
+            src = f"{profile.name} calibration (vendor XML: {table.describe()}), from {source_sensor}"
+            return Radiometry(profile.name, indexes, a, b, src, sun_el, table.describe(), table.approximate)
         src = f"{profile.name} calibration ({'vendor XML' if vendor is not None else profile.source}), from {source_sensor}"
-        return Radiometry(profile.name, indexes, a, b, src, sun_el)
+        return Radiometry(profile.name, indexes, a, b, src, sun_el, f"{profile.name} profile (approximate)", True)
     if profile.scale is not None:
         div = 1.0
         if profile.sun_correct_scale and sun_el is not None:

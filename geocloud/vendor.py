@@ -69,183 +69,110 @@ class ArchiveError(GeocloudError, ValueError):
 class Calibration:
     """DN -> TOA radiance (W m-2 sr-1 um-1) as ``L = gain * DN + offset``, and ESUN.
 
-    Bands are in the delivery's order, which for all sensors here is blue, green, red, nir.
-    ``approximate`` is True where the table is a stand-in (a neighbouring epoch or sister
-    satellite) rather than the coefficients published for this sensor and year.
+    One row of the package table ``geocloud/data/cresda_calibration.csv`` (CRESDA's yearly
+    absolute calibration coefficients; see docs/archives.md).  Bands are blue, green, red,
+    nir.  ``status`` is the row's provenance: ``confirmed`` (two or more independent
+    transcriptions agree), ``single_source``, or ``unresolved`` (sources disagree, the
+    row's note says how).  ``use`` says how it serves the scene asked for: ``exact`` (the
+    acquisition year's table), ``carried forward`` (the nearest earlier year's) or
+    ``earliest`` (before the first epoch).  ``approximate`` is True unless the table is
+    exact and confirmed.
     """
 
+    satellite: str
     sensor: str
     epoch: int
     gains: tuple[float, float, float, float]
     offsets: tuple[float, float, float, float]
     esun: tuple[float, float, float, float]
     source: str
-    approximate: bool = False
+    status: str = "confirmed"
+    use: str = "exact"
     note: str = ""
 
+    @property
+    def approximate(self) -> bool:
+        return self.use != "exact" or self.status != "confirmed"
 
-_SRC_CRESDA_2013 = (
-    "CRESDA 2013 absolute calibration release, as transcribed (gain = 1/published coefficient) "
-    "in Terradue/Stars src/Stars.Data/Model/Metadata/Gaofen1-2-4/GaofenMetadataExtractor.cs"
-)
-_SRC_STARS = (
-    "Terradue/Stars GaofenMetadataExtractor.cs (epoch not stated there; treated as the earliest epoch)"
-)
-_SRC_2020 = (
-    "CRESDA 2020 calibration coefficients as collected in the community "
-    "RadiometricCorrectionParameter.json tables used by GF preprocessing scripts "
-    "(offsets published as 0)"
-)
-_ESUN_STARS = "ESUN: Terradue/Stars GaofenMetadataExtractor.cs (band-integrated Thuillier-like values)"
-_ESUN_2020 = "ESUN: community RadiometricCorrectionParameter.json tables"
+    def describe(self) -> str:
+        """One line for stats, tags and ``geocloud info``: which table, and how it applies."""
+        how = self.use if self.use == "exact" else f"{self.use}, approximate"
+        return f"CRESDA {self.satellite} {self.sensor} {self.epoch} ({how}; {self.status.replace('_', ' ')})"
+
+
+#: the package table of CRESDA calibration coefficients (one row per satellite, sensor, year).
+CALIBRATION_TABLE = Path(__file__).parent / "data" / "cresda_calibration.csv"
+CALIBRATION_STATUSES = ("confirmed", "single_source", "unresolved")
+
+
+def load_calibrations(path: str | os.PathLike[str] = CALIBRATION_TABLE) -> dict[tuple[str, str], tuple[Calibration, ...]]:
+    """Read the calibration table: ``(satellite, sensor) -> epochs, oldest first``."""
+    import csv
+
+    table: dict[tuple[str, str], list[Calibration]] = {}
+    bands = ("blue", "green", "red", "nir")
+    with open(path, newline="") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                status = row["status"]
+                if status not in CALIBRATION_STATUSES:
+                    raise ValueError(f"status {status!r} is not one of {', '.join(CALIBRATION_STATUSES)}")
+                cal = Calibration(
+                    satellite=row["satellite"],
+                    sensor=row["sensor"],
+                    epoch=int(row["year"]),
+                    gains=tuple(float(row[f"gain_{b}"]) for b in bands),  # type: ignore[arg-type]
+                    offsets=tuple(float(row[f"offset_{b}"]) for b in bands),  # type: ignore[arg-type]
+                    esun=tuple(float(row[f"esun_{b}"]) for b in bands),  # type: ignore[arg-type]
+                    source=f"CRESDA absolute calibration {row['year']}, as transcribed by {row['sources']}",
+                    status=status,
+                    note=row.get("note") or "",
+                )
+            except (KeyError, ValueError) as exc:
+                raise GeocloudError(f"calibration table {path} line {i} is malformed ({exc}); fix the row") from exc
+            table.setdefault((cal.satellite, cal.sensor), []).append(cal)
+    return {k: tuple(sorted(v, key=lambda c: c.epoch)) for k, v in table.items()}
+
 
 #: (satellite, sensor) -> calibration epochs, oldest first.  See docs/archives.md.
-CALIBRATIONS: dict[tuple[str, str], tuple[Calibration, ...]] = {
-    ("GF1", "WFV1"): (
-        Calibration(
-            "WFV1",
-            2013,
-            (0.1709, 0.1398, 0.1195, 0.1338),
-            (-0.0039, -0.0047, -0.0030, -0.0274),
-            (1978.77, 1816.156, 1548.074, 1064.252),
-            f"{_SRC_CRESDA_2013}; {_ESUN_STARS}",
-        ),
-        Calibration(
-            "WFV1",
-            2020,
-            (0.19319, 0.16041, 0.12796, 0.13405),
-            (0.0, 0.0, 0.0, 0.0),
-            (1968.63, 1849.19, 1571.46, 1079.0),
-            f"{_SRC_2020}; {_ESUN_2020}",
-        ),
-    ),
-    ("GF1", "WFV2"): (
-        Calibration(
-            "WFV2",
-            2013,
-            (0.1588, 0.1515, 0.1251, 0.1209),
-            (5.5303, -13.642, -15.382, -7.985),
-            (1978.77, 1816.156, 1546.325, 1075.322),
-            f"{_SRC_STARS}; {_ESUN_STARS}",
-            approximate=True,
-            note="epoch of the Stars table unknown",
-        ),
-        Calibration(
-            "WFV2",
-            2020,
-            (0.2057, 0.1648, 0.1260, 0.1187),
-            (0.0, 0.0, 0.0, 0.0),
-            (1955.11, 1847.22, 1569.45, 1087.87),
-            f"{_SRC_2020}; {_ESUN_2020}",
-        ),
-    ),
-    ("GF1", "WFV3"): (
-        Calibration(
-            "WFV3",
-            2013,
-            (0.1556, 0.1700, 0.1392, 0.1354),
-            (12.28, -7.9336, -7.031, -4.3578),
-            (1979.535, 1808.804, 1524.958, 1069.152),
-            f"{_SRC_STARS}; {_ESUN_STARS}",
-            approximate=True,
-            note="epoch of the Stars table unknown",
-        ),
-        Calibration(
-            "WFV3",
-            2020,
-            (0.2106, 0.1825, 0.1346, 0.1187),
-            (0.0, 0.0, 0.0, 0.0),
-            (1956.62, 1840.46, 1541.45, 1084.06),
-            f"{_SRC_2020}; {_ESUN_2020}",
-        ),
-    ),
-    ("GF1", "WFV4"): (
-        Calibration(
-            "WFV4",
-            2020,
-            (0.2522, 0.2029, 0.1528, 0.1031),
-            (0.0, 0.0, 0.0, 0.0),
-            (1968.08, 1841.53, 1540.80, 1069.60),
-            f"{_SRC_2020}; {_ESUN_2020}",
-        ),
-    ),
-    ("GF1", "PMS1"): (
-        Calibration(
-            "PMS1",
-            2013,
-            (0.1982, 0.2320, 0.1870, 0.1795),
-            (0.0, 0.0, 0.0, 0.0),
-            (1966.811, 1822.607, 1523.189, 1066.547),
-            f"{_SRC_STARS}; {_ESUN_STARS}",
-            approximate=True,
-            note="single undated table; applied to every year",
-        ),
-    ),
-    ("GF1", "PMS2"): (
-        Calibration(
-            "PMS2",
-            2013,
-            (0.2240, 0.1851, 0.1793, 0.1863),
-            (0.0, 0.0, 0.0, 0.0),
-            (1967.309, 1822.157, 1524.103, 1067.720),
-            f"{_SRC_STARS}; {_ESUN_STARS}",
-            approximate=True,
-            note="single undated table; applied to every year",
-        ),
-    ),
-    ("ZY302", "MUX"): (
-        Calibration(
-            "MUX",
-            2020,
-            (0.1787, 0.1925, 0.2099, 0.1798),
-            (0.0, 0.0, 0.0, 0.0),
-            (1939.512, 1852.459, 1552.060, 1086.777),
-            f"{_SRC_2020}; {_ESUN_2020}",
-        ),
-    ),
-    ("ZY3", "MUX"): (
-        Calibration(
-            "MUX",
-            2020,
-            (0.1787, 0.1925, 0.2099, 0.1798),
-            (0.0, 0.0, 0.0, 0.0),
-            (1939.512, 1852.459, 1552.060, 1086.777),
-            f"{_SRC_2020}; {_ESUN_2020}",
-            approximate=True,
-            note="no ZY3-01 table in our sources: the ZY3-02 2020 MUX table stands in",
-        ),
-    ),
-}
+CALIBRATIONS: dict[tuple[str, str], tuple[Calibration, ...]] = load_calibrations()
 
 
 def lookup_calibration(satellite: str, sensor: str, year: int) -> Calibration | None:
-    """The table for ``satellite``/``sensor`` whose epoch is the latest one <= ``year``.
+    """The table for ``satellite``/``sensor`` of ``year``, or of the latest year before it.
 
-    Before the first epoch the first one is used.  A table whose epoch is not the
-    acquisition year is returned flagged ``approximate`` (coefficients drift a few % a year).
+    Before the first epoch the first one is used (``use="earliest"``).  A sensor named
+    with a camera number the table does not split (GF-1B ``PMS1``) falls back to the
+    sensor without it (``PMS``).  None when the table has nothing for the pair.
     """
-    epochs = CALIBRATIONS.get((_norm_satellite(satellite), sensor.upper()))
+    from dataclasses import replace
+
+    sat = _norm_satellite(satellite)
+    sen = sensor.upper().replace("-", "").replace("_", "")
+    epochs = CALIBRATIONS.get((sat, sen)) or CALIBRATIONS.get((sat, sen.rstrip("0123456789")))
     if not epochs:
         return None
-    chosen = epochs[0]
-    for cal in epochs:
-        if cal.epoch <= year:
-            chosen = cal
-    if chosen.epoch != year and not chosen.approximate:
-        from dataclasses import replace
+    earlier = [c for c in epochs if c.epoch <= year]
+    if not earlier:
+        return replace(epochs[0], use="earliest", note=_join(epochs[0].note, f"no table before {epochs[0].epoch}; used for {year}"))
+    chosen = earlier[-1]
+    if chosen.epoch == year:
+        return chosen
+    return replace(chosen, use="carried forward", note=_join(chosen.note, f"the {chosen.epoch} table used for {year}"))
 
-        chosen = replace(
-            chosen, approximate=True, note=f"nearest published epoch {chosen.epoch} used for {year}"
-        )
-    return chosen
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
 
 
 def _norm_satellite(sat: str) -> str:
     s = sat.upper().replace("-", "").replace("_", "")
-    if s in ("ZY301", "ZY31", "ZY3"):
-        return "ZY3"
+    if s in ("ZY301", "ZY31", "ZY3", "ZY3A"):
+        return "ZY301"
     if s in ("ZY302", "ZY32"):
         return "ZY302"
+    if s in ("ZY303", "ZY33"):
+        return "ZY303"
     return s
 
 
@@ -297,8 +224,16 @@ def solar_position(when: datetime, lat: float, lon: float) -> tuple[float, float
 # Metadata
 # --------------------------------------------------------------------------------------
 
-#: sensor id prefix -> geocloud sensor profile name.
-PROFILE_BY_SENSOR = {"WFV": "gf1_wfv", "PMS": "gf1_pms", "MUX": "zy3_mux"}
+#: (satellite prefix, sensor id prefix) -> geocloud sensor profile name (first match wins;
+#: GF-1B/C/D are GF1 prefixes, ZY3-01/02/03 ZY3 ones).
+PROFILE_BY_SENSOR: tuple[tuple[str, str, str], ...] = (
+    ("GF1", "WFV", "gf1_wfv"),
+    ("GF1", "PMS", "gf1_pms"),
+    ("GF2", "PMS", "gf2_pms"),
+    ("GF6", "WFV", "gf6_wfv"),
+    ("GF6", "PMS", "gf6_pms"),
+    ("ZY3", "MUX", "zy3_mux"),
+)
 
 
 @dataclass(frozen=True)
@@ -401,7 +336,12 @@ class VendorMetadata:
             "calibration": None
             if cal is None
             else {
+                "table": cal.describe(),
+                "satellite": cal.satellite,
+                "sensor": cal.sensor,
                 "epoch": cal.epoch,
+                "use": cal.use,
+                "status": cal.status,
                 "approximate": cal.approximate,
                 "source": cal.source,
                 "note": cal.note,
@@ -496,9 +436,10 @@ def parse_metadata_xml(path: str | os.PathLike[str], data: bytes | None = None) 
         )
     profile = None
     sat_n = _norm_satellite(satellite)
-    for prefix, name in PROFILE_BY_SENSOR.items():
-        if sensor.upper().startswith(prefix) and sat_n.startswith(name.split("_")[0].upper()):
+    for sat_prefix, sensor_prefix, name in PROFILE_BY_SENSOR:
+        if sat_n.startswith(sat_prefix) and sensor.upper().startswith(sensor_prefix):
             profile = name
+            break
     acquired = _parse_time(
         f.get("CenterTime", "SceneCenterTime", "ImagingTime", "imagingTime", "StartTime"), time_offset
     )

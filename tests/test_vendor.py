@@ -177,7 +177,8 @@ def test_zy3_sensor_corrected_metadata(tmp_path):
     assert m.acquired == datetime(2013, 4, 12, 3, 2, 30, tzinfo=UTC)
     assert m.sun_elevation == pytest.approx(54.8)
     assert m.cloud_percent is None  # 99 means "not available"
-    assert m.calibration is not None and m.calibration.approximate  # ZY3-01 stands in with ZY3-02's table
+    cal = m.calibration  # ZY3-01's own 2013 table: one source only, so approximate
+    assert cal is not None and (cal.satellite, cal.epoch, cal.use) == ("ZY301", 2013, "exact") and cal.approximate
 
 
 def test_bad_xml_is_a_clear_error(tmp_path):
@@ -217,12 +218,70 @@ def test_datetime_from_filename():
 # ------------------------------------------------------------------ calibration
 
 
+def test_calibration_table_corrected_rows():
+    """The three rows the earlier table had wrong, as CRESDA published them."""
+    pms1 = lookup_calibration("GF1", "PMS1", 2016)  # was the 2016 row shifted by one band (PAN as blue)
+    assert pms1.gains == (0.2320, 0.1870, 0.1795, 0.1960) and pms1.status == "confirmed"
+    pms2 = lookup_calibration("GF1", "PMS2", 2013)  # was the 2016 table; 2013 carries large offsets
+    assert pms2.gains == (0.2072, 0.1776, 0.1770, 0.1909)
+    assert pms2.offsets == (7.5348, 3.9395, -1.7445, -7.2053)
+    assert lookup_calibration("GF1", "WFV2", 2013).gains == (0.1663, 0.1466, 0.1058, 0.1112)
+    assert lookup_calibration("GF1", "WFV3", 2013).gains == (0.1718, 0.1603, 0.1427, 0.1297)
+    assert lookup_calibration("GF1", "WFV1", 2013).gains[0] == pytest.approx(1 / 5.851, rel=1e-3)
+
+
+def test_every_table_row_resolves_exactly():
+    from geocloud.vendor import CALIBRATIONS
+
+    sats = {c.satellite for epochs in CALIBRATIONS.values() for c in epochs}
+    assert {"GF1", "GF1B", "GF1C", "GF1D", "GF2", "GF6", "ZY301", "ZY302", "ZY303"} <= sats
+    n = 0
+    for (sat, sensor), epochs in CALIBRATIONS.items():
+        for cal in epochs:
+            got = lookup_calibration(sat, sensor, cal.epoch)
+            assert got is not None and got.epoch == cal.epoch and got.use == "exact", (sat, sensor, cal.epoch)
+            assert got.approximate == (cal.status != "confirmed")
+            assert all(0.02 < g < 0.4 for g in got.gains) and all(1000 < e < 2100 for e in got.esun)
+            n += 1
+    assert n >= 110
+    # satellite and sensor spellings of the deliveries
+    assert lookup_calibration("ZY3-01", "MUX", 2013).satellite == "ZY301"
+    assert lookup_calibration("GF1B", "PMS1", 2020).sensor == "PMS"  # no per-camera split in the table
+    assert lookup_calibration("GF4", "PMS", 2020) is None
+
+
+def test_calibration_years_between_and_after_epochs_are_flagged():
+    last = lookup_calibration("GF1", "WFV2", 2030)
+    assert last.epoch == 2023 and last.use == "carried forward" and last.approximate
+    assert "2023 table used for 2030" in last.note
+    assert "approximate" in last.describe()
+    gap = lookup_calibration("ZY302", "MUX", 2019)  # between the 2017 and 2020 tables
+    assert gap.epoch == 2017 and gap.approximate
+    early = lookup_calibration("GF6", "WFV", 2016)
+    assert early.epoch == 2018 and early.use == "earliest" and early.approximate
+    exact = lookup_calibration("GF2", "PMS1", 2020)
+    assert exact.use == "exact" and not exact.approximate
+    assert exact.describe() == "CRESDA GF2 PMS1 2020 (exact; confirmed)"
+    assert lookup_calibration("GF1", "WFV1", 2019).status == "unresolved"  # zhao and snowy differ
+
+
+def test_dn_reflectance_round_trip_with_every_table():
+    from geocloud.sensors import Radiometry, toa_coefficients
+    from geocloud.vendor import CALIBRATIONS
+
+    dn = np.array([[1.0, 250.0, 1023.0, 4095.0]] * 4, dtype=np.float32)
+    for epochs in CALIBRATIONS.values():
+        cal = epochs[-1]
+        a, b = toa_coefficients(cal.gains, cal.offsets, cal.esun, 45.0, datetime(2020, 6, 1, tzinfo=UTC))
+        r = Radiometry("x", (1, 2, 3, 4), a, b, "table")
+        back = r.to_dn(r.to_reflectance(dn))
+        np.testing.assert_allclose(back, dn, rtol=1e-5, atol=1e-2)
+
+
 def test_calibration_epochs_and_toa_formula(tmp_path):
     assert lookup_calibration("GF1", "WFV2", 2020).epoch == 2020
     assert not lookup_calibration("GF1", "WFV2", 2020).approximate
-    assert lookup_calibration("GF1", "WFV2", 2022).approximate  # nearest earlier epoch
-    assert lookup_calibration("GF1", "WFV1", 2013).gains[0] == pytest.approx(1 / 5.851, rel=1e-3)
-    assert lookup_calibration("GF2", "PMS1", 2020) is None
+    assert lookup_calibration("GF1", "WFV2", 2024).approximate  # nearest earlier epoch
     p = tmp_path / f"{STEM}.xml"
     p.write_text(_wfv_xml())
     m = parse_metadata_xml(p)
@@ -239,8 +298,8 @@ def test_calibration_epochs_and_toa_formula(tmp_path):
 
 
 def test_toa_without_table_is_a_sensor_error(tmp_path):
-    p = tmp_path / "GF2_PMS1_x-MSS1.xml"
-    p.write_text(_wfv_xml().replace("<SatelliteID>GF1", "<SatelliteID>GF2").replace("WFV2", "PMS1"))
+    p = tmp_path / "GF4_PMS_x.xml"
+    p.write_text(_wfv_xml().replace("<SatelliteID>GF1", "<SatelliteID>GF4").replace("WFV2", "PMS"))
     m = parse_metadata_xml(p)
     assert m.profile is None
     with pytest.raises(SensorError, match="no DN->TOA calibration"):
@@ -422,3 +481,55 @@ def test_cli_ortho_warps_rpc_outputs(tmp_path):
             assert 15 < ds.res[0] < 17
     with rasterio.open(out / f"{scene.stem}_mask.tif") as ds:
         assert set(np.unique(ds.read(1))) <= {0, 1, 255}
+
+
+@pytest.mark.parametrize(
+    ("satellite", "sensor", "profile", "table"),
+    [
+        ("GF1C", "PMS", "gf1_pms", "GF1C PMS 2021"),
+        ("GF2", "PMS2", "gf2_pms", "GF2 PMS2 2021"),
+        ("GF6", "WFV", "gf6_wfv", "GF6 WFV 2021"),
+        ("GF6", "PMS", "gf6_pms", "GF6 PMS 2021"),
+        ("ZY303", "MUX", "zy3_mux", "ZY303 MUX 2020"),
+    ],
+)
+def test_vendor_xml_of_the_other_satellites(tmp_path, satellite, sensor, profile, table):
+    p = tmp_path / f"{satellite}_{sensor}_x.xml"
+    p.write_text(_wfv_xml().replace("<SatelliteID>GF1", f"<SatelliteID>{satellite}").replace("WFV2", sensor))
+    m = parse_metadata_xml(p)
+    assert m.profile == profile
+    assert table in m.calibration.describe()  # acquired 2021: that year's table, or the latest before it
+    assert m.as_dict()["calibration"]["table"] == m.calibration.describe()
+
+
+def test_gf6_wfv_8_band_delivery_uses_bands_1_to_4(tmp_path):
+    """GF-6 WFV carries 8 bands; blue, green, red, nir are 1-4, and the scene's year picks the table."""
+    import json
+
+    from click.testing import CliRunner
+    from geocloud.cli.main import cli
+
+    stem = "GF6_WFV_E114.2_N30.3_20210702_L1A1120000001"
+    tif = tmp_path / f"{stem}.tif"
+    rng = np.random.default_rng(0)
+    data = rng.integers(200, 900, (8, 96, 96)).astype(np.uint16)
+    data[4:] = 4000  # the red-edge, purple and yellow bands must not be read as blue..nir
+    with rasterio.open(tif, "w", driver="GTiff", width=96, height=96, count=8, dtype="uint16", nodata=0,
+                       crs="EPSG:32650", transform=Affine(16, 0, 500000, 0, -16, 3350000)) as ds:  # fmt: skip
+        ds.write(data)
+    xml = _wfv_xml().replace("<SatelliteID>GF1", "<SatelliteID>GF6").replace("WFV2", "WFV")
+    (tmp_path / f"{stem}.xml").write_text(xml.replace("<Bands>1,2,3,4</Bands>", "<Bands>1,2,3,4,5,6,7,8</Bands>"))
+    r = CliRunner().invoke(cli, ["info", str(tif), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["sensor"] == "gf6_wfv" and d["bands_used"] == {"blue": 1, "green": 2, "red": 3, "nir": 4}
+    assert d["calibration_table"] == "CRESDA GF6 WFV 2021 (exact; confirmed)"
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["process", str(tif), "-o", str(out), "--model", "spectral",
+                                 "--products", "mask,stats", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with rasterio.open(out / f"{stem}_mask.tif") as ds:
+        assert ds.tags()["GEOCLOUD_CALIBRATION"] == "CRESDA GF6 WFV 2021 (exact; confirmed)"
+    stats = json.loads((out / f"{stem}_stats.json").read_text())
+    assert stats["sensor"]["calibration"] == "CRESDA GF6 WFV 2021 (exact; confirmed)"
+    assert stats["sensor"]["approximate"] is False

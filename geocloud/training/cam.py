@@ -80,6 +80,8 @@ class CamTrainConfig:
     block: int = 64
     stride: int = 32
     channels: tuple[int, int, int] = (32, 64, 64)
+    #: side of the average-pooling stem (the CAM's cells are ``stem`` px before LPP).
+    stem: int = 4
     #: the brightness-free spectral shape as 5 more input channels (models.cam.spectral_shape).
     spectral_features: bool = True
     #: stage 2, self-training: hidden channels of the full-resolution refinement head
@@ -736,6 +738,7 @@ def run_training(
     mean, std = band_statistics(data.backgrounds.x)
     net_config = CamConfig(
         channels=cfg.channels,
+        stem=cfg.stem,
         train_block=cfg.block,
         band_mean=mean,
         band_std=std,
