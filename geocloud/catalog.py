@@ -49,7 +49,8 @@ CATALOG_FORMATS = {".csv": "csv", ".parquet": "parquet", ".gpkg": "gpkg"}
 
 #: Columns of a catalogue, in order.
 COLUMNS: tuple[str, ...] = (
-    "id", "path", "status", "error", "satellite", "sensor", "acquired", "acquired_source",
+    "id", "path", "status", "error", "satellite", "sensor", "calibration", "calibration_approximate",
+    "acquired", "acquired_source",
     "cloud_pct", "thin_cloud_pct", "mean_alpha", "vendor_cloud_pct", "threshold", "threshold_method",
     "model", "valid_px", "cloud_px", "width", "height", "crs", "georeferencing", "sun_elevation",
     "footprint", "preview", "thumbnail", "mask", "stats", "size_bytes", "mtime", "sha256",
@@ -384,6 +385,8 @@ def _catalog_scene(
             error=None,
             satellite=vendor.satellite if vendor is not None else info.tags.get("SATELLITE"),
             sensor=_stats_value(stats, "sensor.sensor"),
+            calibration=_stats_value(stats, "sensor.calibration"),
+            calibration_approximate=_stats_value(stats, "sensor.approximate"),
             acquired=acquired,
             acquired_source=acq_src,
             cloud_pct=None if frac is None else round(100.0 * frac, 4),

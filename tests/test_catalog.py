@@ -188,6 +188,9 @@ def test_vendor_targz_delivery(tmp_path):
     assert row["acquired_source"] == "vendor xml" and row["satellite"] == "GF1"
     assert row["georeferencing"] == "rpc" and isinstance(row["footprint"], str)  # RPC footprint, in lon/lat
     assert row["vendor_cloud_pct"] == 30
+    # the calibration table the scene used: GF-1 WFV1's of its year, 2020
+    assert row["calibration"] == "CRESDA GF1 WFV1 2020 (exact; confirmed)"
+    assert str(row["calibration_approximate"]) == "False"
 
 
 def test_cli_catalog(scenes, tmp_path):
