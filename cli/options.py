@@ -5,12 +5,42 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import math
+
 import click
 
 from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
 from geocloud.errors import ConfigError
 from geocloud.models import DEFAULT_MODEL, MODELS
 from geocloud.sensors import SENSORS
+
+
+class FiniteFloat(click.ParamType):
+    """A float that must be finite (``nan``/``inf`` are refused), optionally > ``above``."""
+
+    name = "float"
+
+    def __init__(self, above: float | None = None) -> None:
+        self.above = above
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float) and math.isfinite(value):
+            v = value
+        else:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number; pass a number such as 0.0001", param, ctx)
+        if self.above is not None and v <= self.above:
+            self.fail(f"{value!r} must be greater than {self.above:g}", param, ctx)
+        return v
+
+
+#: the most torch threads or model threads a run may ask for (a typo such as 100000 must
+#: not reach the thread pool).
+MAX_THREADS = 256
 
 
 def parse_band_numbers(text: str | None) -> tuple[int, ...] | None:
@@ -32,9 +62,10 @@ def scene_options(f: Callable[..., Any]) -> Callable[..., Any]:
                          help="Sensor profile (default: detected from vendor XML, tags or file name)."),
             click.option("--bands", default=None, metavar="B,G,R,N",
                          help="1-based file band numbers of blue,green,red,nir (default: from band descriptions or sensor)."),
-            click.option("--scale", type=float, default=None,
+            click.option("--scale", type=FiniteFloat(above=0.0), default=None,
                          help="Reflectance = DN * SCALE + OFFSET for every band (e.g. 0.0001); overrides the sensor's calibration."),
-            click.option("--offset", type=float, default=0.0, show_default=True, help="See --scale."),
+            click.option("--offset", type=FiniteFloat(), default=0.0, show_default=True,
+                         help="See --scale (used only with --scale)."),
             click.option("--sun-elevation", type=click.FloatRange(0, 90, min_open=True), default=None,
                          help="Sun elevation in degrees, for radiance-calibrated sensors without vendor XML."),
         ]
@@ -65,16 +96,16 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--batch-size", type=click.IntRange(1), default=InferenceConfig.batch_size,
                          help=f"Blocks per model call (default: {InferenceConfig.CPU_BATCH} on CPU, "
                          f"{InferenceConfig.CUDA_BATCH} on CUDA)."),
-            click.option("--threads", type=click.IntRange(1), default=InferenceConfig.threads,
+            click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=InferenceConfig.threads,
                          help="Torch threads on CPU (default: the cores less 2, at least 1)."),
-            click.option("--predictors", type=click.IntRange(1), default=InferenceConfig.predictors,
+            click.option("--predictors", type=click.IntRange(1, MAX_THREADS), default=InferenceConfig.predictors,
                          help="Model calls in flight, each on its own thread (default: 2 on CPU when "
                               "torch has 1 thread, else 1)."),
             click.option("--autocast", type=click.Choice(InferenceConfig.AUTOCAST_MODES), default=InferenceConfig.autocast,
                          show_default=True, help="Mixed precision for the networks (auto: bf16 on CUDA, off on CPU)."),
             click.option("--threshold", type=click.FloatRange(0, 1), default=ThresholdConfig.value,
                          help="Fixed score threshold, overriding the scene's statistical threshold."),
-            click.option("--k", "k", type=float, default=ThresholdConfig.k,
+            click.option("--k", "k", type=FiniteFloat(), default=ThresholdConfig.k,
                          help="k of the statistical threshold mu + k*sigma (default: the model's calibrated k)."),
             click.option("--grow/--no-grow", default=ThresholdConfig.grow, show_default=True,
                          help="Grow cloud edges with the model's calibrated hysteresis (thin cloud at "

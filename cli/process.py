@@ -24,6 +24,11 @@ def parse_products(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if names == ("all",):
         return tuple(PRODUCTS)
+    if "all" in names:
+        raise ConfigError(
+            f"--products {text!r}: 'all' already means every product and cannot be combined with others; "
+            "pass --products all, or a list without it"
+        )
     resolve_products(names)  # raises with the list of choices
     return names
 

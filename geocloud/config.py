@@ -7,6 +7,7 @@ with :func:`dataclasses.replace`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -186,6 +187,8 @@ class ThresholdConfig:
     def validate(self) -> None:
         if self.value is not None and not (0.0 <= self.value <= 1.0):
             raise ConfigError(f"threshold {self.value} is outside 0..1; pass --threshold between 0 and 1")
+        if self.k is not None and not math.isfinite(self.k):
+            raise ConfigError(f"k {self.k} is not a finite number; pass --k with a number such as 3")
 
 
 @dataclass(frozen=True)

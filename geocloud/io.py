@@ -76,6 +76,8 @@ class SceneInfo:
     block_shapes: tuple[tuple[int, int], ...] = field(default=())
     #: GDAL's name of the compression (e.g. "ZSTD", "DEFLATE"), None when uncompressed
     compression: str | None = None
+    #: GDAL colour interpretation of each band ("gray", "red", "alpha", ...).
+    colorinterp: tuple[str, ...] = ()
 
     @property
     def georeferenced(self) -> bool:
@@ -153,6 +155,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
                 nodata_kind=_nodata_kind(ds),
                 block_shapes=tuple(tuple(b) for b in ds.block_shapes),
                 compression=ds.compression.value if ds.compression else None,
+                colorinterp=tuple(ci.name for ci in ds.colorinterp),
             )
             # touch the last block: truncated files fail here, not half-way through a run
             if ds.width and ds.height:

@@ -108,7 +108,7 @@ def scene_radiometry(info: SceneInfo, config: ProcessConfig, *, scale: float | N
         count=info.count, dtype=info.dtype, tags=info.tags, descriptions=info.descriptions,
         band_scales=info.scales, band_offsets=info.offsets, filename=info.path.name,
         sensor=config.sensor, bands=config.bands, scale=scale, offset=offset,
-        sun_elevation=sun_elevation, vendor=vendor,
+        sun_elevation=sun_elevation, vendor=vendor, colorinterp=info.colorinterp,
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ float rasters use NaN as nodata; nodata never enters statistics.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,8 +118,20 @@ def _mask(ctx: WindowContext) -> np.ndarray:
     return ctx.mask[None]
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: JSON readers other than
+    Python's reject ``NaN`` and ``Infinity``, so the stats file never contains them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def _write_stats(ctx: FileContext, paths: list[Path]) -> None:
-    atomic_write_text(paths[0], json.dumps(ctx.stats, indent=2, default=str) + "\n")
+    atomic_write_text(paths[0], json.dumps(strict_json(ctx.stats), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def _write_vector(ctx: FileContext, paths: list[Path]) -> None:

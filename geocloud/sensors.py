@@ -63,6 +63,18 @@ class SensorProfile:
     source: str = ""
     #: regular expressions matched against "SATELLITE SENSOR" tags and the file name.
     patterns: tuple[str, ...] = field(default=())
+    #: other stacks of this sensor, by band count: the canonical name of each file band
+    #: ("" for bands geocloud does not use), e.g. a 13-band Sentinel-2 L1C stack.
+    layouts: tuple[tuple[str, ...], ...] = field(default=())
+    #: band-description aliases that mean something else for this sensor (Sentinel-2's B5
+    #: is red edge, not nir; Landsat's B1 is coastal, not blue; B8 is Landsat's pan band).
+    not_aliases: tuple[str, ...] = field(default=())
+
+    def layout(self, count: int) -> tuple[str, ...] | None:
+        """The file bands of a ``count``-band stack of this sensor, if it has one."""
+        if count == len(self.file_bands):
+            return self.file_bands
+        return next((lay for lay in self.layouts if len(lay) == count), None)
 
 
 SENSORS: dict[str, SensorProfile] = {
@@ -129,6 +141,13 @@ SENSORS: dict[str, SensorProfile] = {
             sun_correct_scale=True,
             source="USGS Collection 2 Level-1 REFLECTANCE_MULT/ADD (2.0e-5, -0.1)",
             patterns=(r"LANDSAT[_ -]?[89]", r"\bOLI\b", r"^L[CO]0[89]_"),
+            layouts=(
+                # OLI bands 1-7 (coastal, blue, green, red, nir, swir1, swir2)
+                ("", "blue", "green", "red", "nir", "", ""),
+                # bands 1-11 (8 is panchromatic, 9 cirrus, 10-11 thermal)
+                ("", "blue", "green", "red", "nir", "", "", "", "", "", ""),
+            ),
+            not_aliases=("b1", "band1", "b8", "b08"),
         ),
         SensorProfile(
             name="sentinel2",
@@ -136,6 +155,15 @@ SENSORS: dict[str, SensorProfile] = {
             scale=1.0e-4,
             source="ESA quantification value 10000",
             patterns=(r"SENTINEL[-_ ]?2", r"^S2[ABC]_"),
+            layouts=(
+                # L1C, all 13 bands: B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12
+                ("", "blue", "green", "red", "", "", "", "nir", "", "", "", "", ""),
+                # L2A, 12 bands (no B10)
+                ("", "blue", "green", "red", "", "", "", "nir", "", "", "", ""),
+                # the 10 m and 20 m bands: B02 B03 B04 B05 B06 B07 B08 B8A B11 B12
+                ("blue", "green", "red", "", "", "", "nir", "", "", ""),
+            ),
+            not_aliases=("b1", "band1", "b5"),
         ),
         SensorProfile(
             name="generic",
@@ -260,14 +288,33 @@ def _acquired_from_tags(tags: Mapping[str, str]) -> datetime | None:
     return None
 
 
-def _band_indexes_from_descriptions(descriptions: tuple[str | None, ...]) -> tuple[int, ...] | None:
+def _band_indexes_from_descriptions(
+    descriptions: tuple[str | None, ...], profile: SensorProfile | None = None
+) -> tuple[int, ...] | None:
+    """File bands of blue, green, red, nir named by the band descriptions, or None.
+
+    Colour names win over band codes (``blue`` over ``B1``), and codes that mean another
+    band for the sensor are skipped (``profile.not_aliases``).  Without a sensor, ``B1``
+    is taken as blue only when no ``B2``/``B02`` is described too (a stack whose B1 is the
+    coastal band, as in Landsat 8 and Sentinel-2), and ``B5`` as nir only without a
+    ``B8``/``B08`` (Sentinel-2's B5 is red edge).
+    """
+    names = [(d or "").strip().lower() for d in descriptions]
+    skip = set(profile.not_aliases) if profile is not None else set()
+    if {"b2", "b02"} & set(names):
+        skip |= {"b1", "band1"}
+    if {"b8", "b08"} & set(names):
+        skip.add("b5")
     found: dict[str, int] = {}
-    for i, desc in enumerate(descriptions, start=1):
-        if not desc:
-            continue
-        name = BAND_ALIASES.get(desc.strip().lower())
-        if name and name not in found:
-            found[name] = i
+    # exact colour names first, then codes
+    for exact in (True, False):
+        for i, name in enumerate(names, start=1):
+            if not name or name in skip:
+                continue
+            canon = BAND_ALIASES.get(name)
+            if canon is None or canon in found or (exact and name != canon and name not in ("near-infrared", "near infrared", "nearinfrared")):
+                continue
+            found[canon] = i
     if all(b in found for b in CANONICAL_BANDS):
         return tuple(found[b] for b in CANONICAL_BANDS)
     return None
@@ -291,6 +338,12 @@ def parse_bands(text: str, count: int) -> tuple[int, ...]:
         raise InputError(
             f"--bands {text!r}: band {bad[0]} does not exist in a {count}-band file; pass numbers 1..{count}"
         )
+    dup = sorted({i for i in idx if idx.count(i) > 1})
+    if dup:
+        raise InputError(
+            f"--bands {text!r} names band {dup[0]} more than once; pass four different bands "
+            "(blue,green,red,nir), e.g. --bands 1,2,3,4"
+        )
     return idx
 
 
@@ -310,6 +363,7 @@ def resolve_radiometry(
     sun_elevation: float | None = None,
     acquired: datetime | None = None,
     vendor: object | None = None,
+    colorinterp: tuple[str, ...] = (),
 ) -> Radiometry:
     """Decide the band order and DN->reflectance conversion of a scene (module docstring).
 
@@ -333,17 +387,34 @@ def resolve_radiometry(
     elif bands is not None:
         indexes = parse_bands(",".join(map(str, bands)), count)
     else:
-        from_desc = _band_indexes_from_descriptions(descriptions)
+        alpha = [i for i, ci in enumerate(colorinterp, start=1) if ci.lower() == "alpha"]
+        from_desc = _band_indexes_from_descriptions(descriptions, profile)
         if from_desc is not None:
             indexes = from_desc
         else:
-            if count < len(CANONICAL_BANDS):
-                hint = "; an RGB image has no near-infrared band" if count == 3 else ""
+            if count - len(alpha) < len(CANONICAL_BANDS):
+                hint = ""
+                if alpha:
+                    hint = f"; band {alpha[0]} is an alpha (transparency) band, a mask: there is no near-infrared band"
+                elif count == 3:
+                    hint = "; an RGB image has no near-infrared band"
                 raise InputError(
-                    f"scene has {count} band{'s' if count > 1 else ''} but geocloud needs 4 "
-                    f"(blue, green, red, nir){hint}: pass a 4-band scene"
+                    f"scene has {count} band{'s' if count > 1 else ''} but geocloud needs 4 spectral bands "
+                    f"(blue, green, red, nir){hint}: pass a 4-band blue,green,red,nir scene"
                 )
-            indexes = tuple(profile.file_bands.index(b) + 1 for b in CANONICAL_BANDS)
+            layout = profile.layout(count)
+            if layout is None:
+                raise InputError(
+                    f"scene has {count} bands and no band names, and sensor {profile.name!r} has no "
+                    f"{count}-band layout: pass --bands B,G,R,N (the file bands of blue, green, red, nir)"
+                )
+            indexes = tuple(layout.index(b) + 1 for b in CANONICAL_BANDS)
+    hit = [i for i in indexes if i <= len(colorinterp) and colorinterp[i - 1].lower() == "alpha"]
+    if hit:
+        raise InputError(
+            f"band {hit[0]} is an alpha (transparency) band, a mask and not a spectral band; "
+            "pass --bands with the file bands of blue, green, red, nir"
+        )
     if count < len(CANONICAL_BANDS) and bands is None:
         raise InputError(
             f"scene has {count} band(s) but geocloud needs 4 (blue, green, red, nir); pass a 4-band scene"
@@ -365,10 +436,16 @@ def resolve_radiometry(
     if when is None:
         when = _acquired_from_tags(tags)
 
+    if scale is None and offset:
+        raise SensorError(
+            f"--offset {offset:g} is used only with --scale: pass both (reflectance = DN * SCALE + OFFSET), "
+            "e.g. --scale 0.0001 --offset -0.1"
+        )
     if scale is not None:
-        if scale <= 0:
+        if not (math.isfinite(scale) and math.isfinite(offset)) or scale <= 0:
             raise SensorError(
-                f"--scale {scale} must be positive, e.g. --scale 0.0001 for reflectance x 10000"
+                f"--scale {scale} --offset {offset} must be finite and the scale positive, "
+                "e.g. --scale 0.0001 for reflectance x 10000"
             )
         n = len(indexes)
         return Radiometry(profile.name, indexes, (scale,) * n, (offset,) * n, "--scale/--offset", sun_el)

@@ -45,6 +45,7 @@ def layout_axis(length: int, size: int, halo: int, feather: int, multiple: int =
         raise ConfigError(f"cannot tile an axis of {length} pixels")
     multiple = max(1, multiple)
     padded = math.ceil(length / multiple) * multiple
+    asked = size
     size = math.ceil(size / multiple) * multiple
     size = min(size, padded)
     if size >= padded:
@@ -52,7 +53,9 @@ def layout_axis(length: int, size: int, halo: int, feather: int, multiple: int =
     step = ((size - 2 * halo - feather) // multiple) * multiple
     if step < multiple:
         raise ConfigError(
-            f"block size {size} leaves no room for a halo of {halo} and a feather of {feather} px; "
+            f"block size {asked}"
+            + (f" (rounded up to {size}, a multiple of the model's stride {multiple})" if size != asked else "")
+            + f" leaves no room for a halo of {halo} and a feather of {feather} px; "
             f"pass --block-size of at least {2 * halo + feather + multiple}"
         )
     n = max(1, math.ceil((padded - size) / step) + 1)

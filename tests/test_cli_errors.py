@@ -112,6 +112,81 @@ def test_wrong_band_count(make_raster, outdir: Path, bands: int) -> None:
     assert files_in(outdir) == []
 
 
+def _stack(path: Path, n: int, descriptions: list[str] | None = None, alpha_band: int | None = None) -> Path:
+    """A small float32 reflectance stack of ``n`` bands; band i (1-based) holds 0.01 * i."""
+    import numpy as np
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.transform import Affine
+
+    data = np.stack([np.full((64, 64), 0.01 * (i + 1), np.float32) for i in range(n)])
+    # an RGBA file: photometric RGB with an extra sample marked alpha (what GDAL writes for RGBA)
+    rgba = {"photometric": "RGB", "alpha": "YES"} if alpha_band is not None else {}
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=n, dtype="float32",
+                       crs="EPSG:32650", transform=Affine(10, 0, 500000, 0, -10, 3000000), **rgba) as ds:  # fmt: skip
+        ds.write(data)
+        for i, d in enumerate(descriptions or [], start=1):
+            ds.set_band_description(i, d)
+    if alpha_band is not None:
+        with rasterio.open(path) as ds:
+            assert ds.colorinterp[alpha_band - 1] == ColorInterp.alpha
+    return path
+
+
+def _bands_used(scene: Path, *extra: str) -> dict[str, int]:
+    import json
+
+    res = run("info", scene, "--json", *extra)
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    return json.loads(res.stdout)["bands_used"]
+
+
+S2_13 = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
+
+
+@pytest.mark.parametrize("described", [False, True])
+def test_sentinel2_stacks_use_b02_b03_b04_b08(tmp_path: Path, described: bool) -> None:
+    """Issue 17 row 1: B01 is not blue and B05 is not nir in a Sentinel-2 stack."""
+    want = {"blue": 2, "green": 3, "red": 4, "nir": 8}
+    scene = _stack(tmp_path / "s2_13.tif", 13, S2_13 if described else None)
+    assert _bands_used(scene, "--sensor", "sentinel2") == want
+    l2a = _stack(tmp_path / "s2_12.tif", 12, None)  # L2A without B10
+    assert _bands_used(l2a, "--sensor", "sentinel2") == want
+    ten = _stack(tmp_path / "s2_10.tif", 10, None)  # B02 B03 B04 B05 B06 B07 B08 B8A B11 B12
+    assert _bands_used(ten, "--sensor", "sentinel2") == {"blue": 1, "green": 2, "red": 3, "nir": 7}
+    if described:  # the band names alone are enough, even without --sensor
+        assert _bands_used(scene) == want
+        zero = _stack(tmp_path / "s2_names.tif", 13, [f"B{b[1:].zfill(2)}" if b[1:].isdigit() else b for b in S2_13])
+        assert _bands_used(zero) == want
+
+
+def test_more_than_four_unnamed_bands_needs_bands(tmp_path: Path, outdir: Path) -> None:
+    """Issue 17 row 2."""
+    scene = _stack(tmp_path / "five.tif", 5)
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"5 bands and no band names", r"--bands B,G,R,N")
+    assert files_in(outdir) == []
+    assert _bands_used(scene, "--bands", "2,3,4,5") == {"blue": 2, "green": 3, "red": 4, "nir": 5}
+
+
+def test_an_alpha_band_is_never_nir(tmp_path: Path, outdir: Path) -> None:
+    """Issue 17 row 3: RGBA is a 3-band image with a mask."""
+    scene = _stack(tmp_path / "rgba.tif", 4, alpha_band=4)
+    res = run("process", scene, "-o", outdir)
+    assert_user_error(res, r"alpha.*no near-infrared band", r"4-band|--bands")
+    assert files_in(outdir) == []
+    res = run("process", scene, "-o", outdir, "--bands", "1,2,3,4")
+    assert_user_error(res, r"band 4 is an alpha", r"--bands")
+
+
+def test_duplicate_bands_are_refused(make_raster, outdir: Path) -> None:
+    """Issue 17 row 4."""
+    scene = make_raster("dup.tif")
+    res = run("process", scene, "-o", outdir, "--bands", "1,1,1,1")
+    assert_user_error(res, r"band 1 more than once", r"four different bands")
+    assert files_in(outdir) == []
+
+
 def test_complex_dtype(make_raster, outdir: Path) -> None:
     scene = make_raster("complex.tif", dtype="complex64")
     res = run("process", scene, "-o", outdir)
@@ -391,4 +466,36 @@ def test_a_vrt_whose_source_is_missing_names_the_missing_file(
         run("process", vrt, "-o", outdir), "src.tif: No such file", "refers to is missing"
     )
     assert "rebuild scene.vrt" in msg
+    assert files_in(outdir) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "problem", "fix"),
+    [
+        (["--k", "nan"], r"'nan' is not a finite number", r"--k|number such as"),
+        (["--k", "inf"], r"'inf' is not a finite number", r"--k|number such as"),
+        (["--scale", "nan"], r"'nan' is not a finite number", r"--scale|0\.0001"),
+        (["--scale", "inf"], r"'inf' is not a finite number", r"--scale|0\.0001"),
+        (["--scale", "0"], r"must be greater than 0", r"--scale"),
+        (["--offset", "0.1"], r"--offset 0\.1 is used only with --scale", r"pass both"),
+        (["--threads", "100000"], r"100000 is not in the range 1<=x<=256", r"--threads"),
+        (["--predictors", "100000"], r"100000 is not in the range", r"--predictors"),
+    ],
+)
+def test_numeric_options_are_checked(make_raster, outdir: Path, args: list[str], problem: str, fix: str) -> None:
+    """Issue 17 rows 8-10: nan, inf, an --offset without --scale and absurd thread counts."""
+    scene = make_raster("num.tif")
+    res = run("process", scene, "-o", outdir, *args)
+    assert_user_error(res, problem, fix)
+    assert files_in(outdir) == []
+
+
+def test_messages_name_what_was_typed(make_raster, outdir: Path) -> None:
+    """Issue 17 row 19."""
+    scene = make_raster("typed.tif")
+    res = run("process", scene, "-o", outdir, "--products", "all,mask")
+    assert_user_error(res, r"--products 'all,mask'.*cannot be combined", r"--products all")
+    res = run("process", scene, "-o", outdir, "--model", "cam", "--block-size", "17")
+    msg = assert_user_error(res, r"block size 17 \(rounded up to 24", r"--block-size of at least")
+    assert "block size 24 leaves" not in msg
     assert files_in(outdir) == []
