@@ -76,6 +76,9 @@ def parse_products(text: str) -> tuple[str, ...]:
     show_default=True,
     help="vector product: Douglas-Peucker tolerance in pixels (0 keeps the pixel edges).",
 )
+@click.option("--no-range-check", "no_range_check", is_flag=True,
+              help="Process a scene even when most of its reflectances are outside -0.05..1.6 "
+              "(by default such a scene is refused: its scaling is probably wrong).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option(
     "--ortho",
@@ -88,7 +91,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
             halo: int | None, feather: int, device: str, batch_size: int | None, threads: int | None, predictors: int | None, autocast: str, threshold: float | None,
             k: float | None, grow: bool, sensor: str | None, bands: str | None, scale: float | None, offset: float,
             sun_elevation: float | None, refine: bool, alpha_max: float, min_area: float, simplify: float,
-            overwrite: bool, ortho: bool,
+            no_range_check: bool, overwrite: bool, ortho: bool,
             quiet: bool, debug: bool) -> None:  # fmt: skip
     """Find the clouds in each SCENE and write its products to OUTDIR.
 
@@ -102,6 +105,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
         output=OutputConfig(products=parse_products(products), overwrite=overwrite),
         decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),
         vector=VectorizeConfig(min_area_m2=min_area, simplify_px=simplify),
+        range_check=not no_range_check,
     )  # fmt: skip
     stems = [Path(s).stem for s in scenes]
     dup = {s for s in stems if stems.count(s) > 1}

@@ -222,6 +222,9 @@ class ProcessConfig:
     decloud: DecloudConfig = field(default_factory=DecloudConfig)
     #: the vector product: minimum area, simplification (geocloud.vectorize).
     vector: VectorizeConfig = field(default_factory=VectorizeConfig)
+    #: refuse a scene whose reflectances are mostly outside the physical range (a wrong
+    #: DN scaling) before processing it (``--no-range-check`` turns it off).
+    range_check: bool = True
 
     def validate(self) -> None:
         self.tiling.validate()

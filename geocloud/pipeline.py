@@ -199,6 +199,48 @@ def _copy_map(name: str, ctx: WindowContext) -> np.ndarray:
     return ctx.maps[name]
 
 
+#: refuse a scene when more than this fraction of its sampled valid reflectances fall
+#: outside REFLECTANCE_RANGE (``--no-range-check`` overrides).
+OUT_OF_RANGE_REFUSE = 0.5
+#: the range check samples this many windows of RANGE_WINDOW px on a regular grid.
+RANGE_SAMPLES, RANGE_WINDOW = 5, 128
+
+
+def check_reflectance_range(info: SceneInfo, radiometry: Radiometry) -> float:
+    """Refuse a scene whose DN scaling is evidently wrong, before anything is written.
+
+    Reads ``RANGE_SAMPLES``² small windows spread over the scene, converts them to
+    reflectance and raises :class:`InputError` when most valid values lie outside
+    :data:`REFLECTANCE_RANGE` (reflectance x 10000 stored as float, percent, a missing
+    ``--scale``).  Returns the fraction outside (0 when nothing valid was sampled).
+    """
+    reader = SceneReader(info, radiometry.indexes, cache_bytes=None)
+    outside = total = 0
+    try:
+        n = RANGE_SAMPLES
+        for i in range(n):
+            for j in range(n):
+                r0 = int((info.height - RANGE_WINDOW) * i / max(n - 1, 1)) if info.height > RANGE_WINDOW else 0
+                c0 = int((info.width - RANGE_WINDOW) * j / max(n - 1, 1)) if info.width > RANGE_WINDOW else 0
+                win = Window(c0, r0, min(RANGE_WINDOW, info.width), min(RANGE_WINDOW, info.height))
+                data, valid = reader.read(win)
+                refl = radiometry.to_reflectance(data)[:, valid]
+                lo, hi = REFLECTANCE_RANGE
+                outside += int(((refl < lo) | (refl > hi) | ~np.isfinite(refl)).sum())
+                total += int(refl.size)
+    finally:
+        reader.close()
+    frac = outside / total if total else 0.0
+    if frac > OUT_OF_RANGE_REFUSE:
+        raise InputError(
+            f"{100 * frac:.0f}% of the valid reflectances of {info.path.name} fall outside "
+            f"{REFLECTANCE_RANGE[0]}..{REFLECTANCE_RANGE[1]} with its scaling ({radiometry.source}): pass "
+            "--scale (e.g. --scale 0.0001 for reflectance x 10000, 0.01 for percent), or "
+            "--no-range-check if the values are right"
+        )
+    return frac
+
+
 def load_model_for(config: ProcessConfig) -> CloudModel:
     """Load ``config.model`` (plus map providers its products need) on its device, once."""
     _, _, maps = plan_products(config.output.products)
@@ -284,6 +326,8 @@ def process_scene(
     outdir = Path(outdir)
     stem = info.path.stem
     radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    if config.range_check:
+        check_reflectance_range(info, radiometry)
     if not info.georeferenced:
         warn(f"{info.path.name} has no CRS, transform or RPCs: outputs keep its pixel grid only")
 

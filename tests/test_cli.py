@@ -118,10 +118,14 @@ def test_process_several_scenes_and_quiet(make_raster, tmp_path):
 
 
 def test_out_of_range_reflectance_warns(make_raster, tmp_path):
-    """The classic "everything is cloud" failure: a wrong scale is named in a warning."""
+    """The classic "everything is cloud" failure: a wrong scale is refused, or, with
+    --no-range-check, named in a warning."""
     scene = make_raster("s.tif", width=64, height=64)
     r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "o"), "--model", "spectral",
                                  "--scale", "0.01"])  # fmt: skip
+    assert r.exit_code == 2 and "--no-range-check" in r.output and not (tmp_path / "o").exists()
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "o"), "--model", "spectral",
+                                 "--scale", "0.01", "--no-range-check"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "DN scaling is probably wrong" in r.output
     stats = json.loads((tmp_path / "o" / "s_stats.json").read_text())
@@ -199,7 +203,7 @@ def test_products_all_writes_every_product(make_raster, tmp_path):
                            "clear_quality.tif", "stats.json", "clouds.geojson", "clouds.gpkg", "preview.png")
     )  # fmt: skip
     r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--products", "all,mask"])
-    assert r.exit_code == 2 and "'all' is unknown" in r.output and "(or all)" in r.output, r.output
+    assert r.exit_code == 2 and "--products 'all,mask'" in r.output and "pass --products all" in r.output, r.output
 
 
 def test_file_products_write_quietly(make_raster, tmp_path):

@@ -499,3 +499,24 @@ def test_messages_name_what_was_typed(make_raster, outdir: Path) -> None:
     msg = assert_user_error(res, r"block size 17 \(rounded up to 24", r"--block-size of at least")
     assert "block size 24 leaves" not in msg
     assert files_in(outdir) == []
+
+
+@pytest.mark.parametrize("factor", [10000.0, 100.0])
+def test_reflectance_scaled_as_float_is_refused(tmp_path: Path, outdir: Path, factor: float) -> None:
+    """Issue 17 row 5: reflectance x 10000 (or percent) stored as float is not reflectance."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import Affine
+
+    scene = tmp_path / f"x{int(factor)}.tif"
+    data = (np.random.default_rng(0).uniform(0.03, 0.4, (4, 96, 96)) * factor).astype(np.float32)
+    with rasterio.open(scene, "w", driver="GTiff", width=96, height=96, count=4, dtype="float32",
+                       crs="EPSG:32650", transform=Affine(10, 0, 500000, 0, -10, 3000000)) as ds:  # fmt: skip
+        ds.write(data)
+    res = run("process", scene, "-o", outdir, "--model", "spectral")
+    assert_user_error(res, r"100% of the valid reflectances .* fall outside", r"--scale.*--no-range-check")
+    assert files_in(outdir) == []
+    ok = run("process", scene, "-o", outdir, "--model", "spectral", "--scale", str(1 / factor), "-q")
+    assert ok.exit_code == 0, ok.output + (ok.stderr or "")
+    forced = run("process", scene, "-o", tmp_path / "forced", "--model", "spectral", "--no-range-check", "-q")
+    assert forced.exit_code == 0, forced.output + (forced.stderr or "")
