@@ -39,6 +39,10 @@ def evaluate(preds: tuple[str, ...], truths: tuple[str, ...], json_path: Path | 
     cloud, shadow is not cloud, 255 (in the prediction or the truth) is ignored.
     """
     setup_logging(quiet, False)
+    if json_path is not None:  # before the work: a path that cannot be written is a user error
+        from geocloud.io import check_writable_dir
+
+        check_writable_dir(json_path.parent if str(json_path.parent) else Path("."), "--json")
     report = evaluate_masks(pair_inputs(preds, truths))
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(report.to_json(), indent=2) + "\n")

@@ -129,6 +129,21 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
     """Check that ``path`` is a readable raster geocloud can process, and describe it."""
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            try:
+                p.resolve(strict=True)
+            except RuntimeError:  # "Symlink loop" (Python < 3.13 raises RuntimeError)
+                raise SceneNotFoundError(
+                    f"scene {str(p)!r} is a symlink loop; point the link at the scene file"
+                ) from None
+            except OSError as exc:
+                if exc.errno == 40:  # ELOOP
+                    raise SceneNotFoundError(
+                        f"scene {str(p)!r} is a symlink loop; point the link at the scene file"
+                    ) from None
+            raise SceneNotFoundError(
+                f"scene {str(p)!r} is a symlink to {os.readlink(p)!r}, which does not exist; check the link"
+            )
         raise SceneNotFoundError(f"scene {str(p)!r} does not exist; check the path")
     if p.is_dir():
         raise NotARasterError(f"scene {str(p)!r} is a directory; pass a GeoTIFF file")

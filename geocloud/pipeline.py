@@ -33,7 +33,7 @@ from rasterio.windows import Window
 
 from ._version import __version__
 from .config import ProcessConfig
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError, OutputError, SensorError
 from .inference import BlockResult, cpu_threads, predict_blocks, resolve_device
 from .io import (
     RasterSink,
@@ -728,7 +728,16 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
     """What ``geocloud info`` prints: the scene, its radiometry and the processing plan."""
     config = config or ProcessConfig()
     info = open_scene(path)
-    radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    missing: str | None = None
+    try:
+        radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    except SensorError as exc:
+        if scale is not None:
+            raise
+        # describe everything else, and say what is missing and which flag to pass: this is
+        # when a user needs `info` (the band order does not depend on the scaling)
+        radiometry = scene_radiometry(info, config, scale=1.0, sun_elevation=sun_elevation)
+        missing = str(exc)
 
     spec = load_model_for(replace(config, inference=replace(config.inference, device="cpu"))).spec
     tiling = plan_tiling(info, config, spec)
@@ -758,10 +767,10 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
         "band_descriptions": list(info.descriptions),
         "sensor": radiometry.sensor,
         "bands_used": dict(zip(("blue", "green", "red", "nir"), radiometry.indexes, strict=True)),
-        "scaling": radiometry.source,
+        "scaling": radiometry.source if missing is None else f"UNKNOWN: {missing}",
         "calibration_table": radiometry.calibration or "none (not radiance-calibrated)",
-        "reflectance_gain": [round(a, 8) for a in radiometry.a],
-        "reflectance_offset": [round(b, 8) for b in radiometry.b],
+        "reflectance_gain": None if missing else [round(a, 8) for a in radiometry.a],
+        "reflectance_offset": None if missing else [round(b, 8) for b in radiometry.b],
         "sun_elevation": radiometry.sun_elevation,
         "plan": plan,
     }

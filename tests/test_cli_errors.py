@@ -520,3 +520,58 @@ def test_reflectance_scaled_as_float_is_refused(tmp_path: Path, outdir: Path, fa
     assert ok.exit_code == 0, ok.output + (ok.stderr or "")
     forced = run("process", scene, "-o", tmp_path / "forced", "--model", "spectral", "--no-range-check", "-q")
     assert forced.exit_code == 0, forced.output + (forced.stderr or "")
+
+
+def test_info_describes_a_scene_of_unknown_scaling(tmp_path: Path) -> None:
+    """Issue 17 row 6: `info` is what a user runs when processing refuses; it must answer."""
+    import json
+
+    import numpy as np
+    import rasterio
+    from rasterio.transform import Affine
+
+    scene = tmp_path / "plain_uint16.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16",
+                       crs="EPSG:32650", transform=Affine(10, 0, 500000, 0, -10, 3000000)) as ds:  # fmt: skip
+        ds.write(np.full((4, 64, 64), 500, np.uint16))
+    res = run("process", scene, "-o", tmp_path / "o")
+    assert_user_error(res, r"unknown DN scaling", r"--scale")
+    res = run("info", scene, "--json")
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    d = json.loads(res.stdout)
+    assert d["bands_used"] == {"blue": 1, "green": 2, "red": 3, "nir": 4} and d["reflectance_gain"] is None
+    assert d["scaling"].startswith("UNKNOWN") and "--scale" in d["scaling"]
+    assert "blocks" in d["plan"]["blocks"]
+
+
+def test_symlink_loop_and_dangling_link(tmp_path: Path, outdir: Path) -> None:
+    """Issue 17 row 18."""
+    loop = tmp_path / "loop.tif"
+    loop.symlink_to(loop)
+    assert_user_error(run("process", loop, "-o", outdir), r"is a symlink loop", r"point the link")
+    dangling = tmp_path / "dangling.tif"
+    dangling.symlink_to(tmp_path / "gone.tif")
+    assert_user_error(run("process", dangling, "-o", outdir), r"symlink to .*gone\.tif.*does not exist", r"check the link")
+    assert files_in(outdir) == []
+
+
+def test_evaluate_json_to_an_unwritable_path(make_raster, tmp_path: Path) -> None:
+    """Issue 17 row 16: a path that cannot be written is a user error, found before the work."""
+    import numpy as np
+    import rasterio
+
+    mask = tmp_path / "m.tif"
+    with rasterio.open(mask, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as ds:
+        ds.write(np.zeros((1, 8, 8), np.uint8))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a file instead
+            target = mask / "report.json"
+        else:
+            target = ro / "report.json"
+        res = run("evaluate", mask, "--truth", mask, "--json", target)
+        assert_user_error(res, r"cannot be created|not writable|not a directory", r"--json")
+    finally:
+        ro.chmod(0o700)
