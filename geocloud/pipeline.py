@@ -51,7 +51,7 @@ from .io import (
 from .models import build_model
 from .models.base import CloudModel, ModelSpec
 from .mosaic import CellMosaic, Strip, StripAccumulator, upsample_cells
-from .products import FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
+from .products import PRODUCTS, FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
 from .runtime import ThreadPool, signals_deferred
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
 from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
@@ -701,10 +701,28 @@ def process_scene(
             fp.write(fctx, tmps)
             partials.extend(zip(tmps, finals, strict=True))
 
-        # ---- everything complete: rename into place
+        # ---- everything complete: rename into place.  With --overwrite the scene's whole
+        # product set is replaced: products of this stem that this run did not write (an
+        # earlier run's, made with other settings) are removed in the same step, so a new
+        # mask never sits beside an old score, stats or polygons
+        stale = (
+            [
+                p
+                for name, paths in output_paths(info.path, outdir, tuple(PRODUCTS)).items()
+                if name not in wanted
+                for p in paths
+                if p.exists()
+            ]
+            if config.output.overwrite
+            else []
+        )
         for tmp, final in partials:
             os.replace(tmp, final)
         partials.clear()
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            log.info("--overwrite: removed %s of an earlier run", ", ".join(p.name for p in stale))
         return SceneResult(info.path, wanted, stats, warnings_out)
     except Exception as exc:
         full = disk_full_error(outdir, exc)  # (GDAL's write errors do not say why)

@@ -274,3 +274,20 @@ def test_bad_bands_is_a_one_line_user_error(make_raster, tmp_path, command):
     r = CliRunner().invoke(cli, [command, str(scene), *extra, "--bands", "1,x,3,4"])
     assert r.exit_code == 2, r.output
     assert "--bands" in r.output and "Traceback" not in r.output
+
+
+def test_overwrite_replaces_the_whole_product_set(make_raster, tmp_path):
+    """Issue 17 row 12: a new mask never sits beside the stats and score of an earlier run."""
+    scene = make_raster("s.tif", width=64, height=64)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--model", "spectral",
+                                 "--products", "mask,score,stats", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    other = out / "other_mask.tif"  # another scene's products are never touched
+    other.write_bytes(b"x")
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--model", "spectral",
+                                 "--products", "mask", "--threshold", "0.9", "--overwrite", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["other_mask.tif", "s_mask.tif"]
+    with rasterio.open(out / "s_mask.tif") as ds:
+        assert ds.tags()["GEOCLOUD_THRESHOLD"] == "0.9"
