@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import errno
+import contextlib
 import os
 import re
 import shutil
@@ -464,6 +465,48 @@ def check_writable_dir(outdir: Path, flag: str = "-o/--outdir") -> None:
         raise OutputError(
             f"output directory {str(outdir)!r} is not writable ({exc.strerror}); pass a writable {flag}"
         ) from None
+
+
+@contextlib.contextmanager
+def scene_lock(outdir: Path, stem: str) -> Iterator[None]:
+    """Hold an advisory lock on ``stem``'s products in ``outdir`` for the block's duration.
+
+    A second run for the same scene and folder fails at once with :class:`OutputError`
+    naming the running process (the lock file ``.STEM.geocloud-lock`` holds its host and
+    pid).  The lock is ``flock`` on that file, so the system releases it when a process
+    dies; the file is removed on exit.  Locks need a local file system (``flock`` on NFS
+    depends on the server).
+    """
+    import fcntl
+
+    check_writable_dir(outdir)
+    path = outdir / f".{stem}.geocloud-lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(
+                f"another geocloud run ({holder}) is writing the products of {stem!r} into {str(outdir)!r}; "
+                "wait for it to finish, or pass another -o"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file another run removed after we opened it
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {_HOST}".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
 
 
 def gdal_reason(exc: BaseException) -> str:

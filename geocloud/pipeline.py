@@ -13,6 +13,7 @@ temporary file and leaves existing outputs untouched.
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
 import queue
 import shutil
@@ -40,6 +41,7 @@ from .io import (
     RasterSpec,
     SceneInfo,
     SceneReader,
+    scene_lock,
     check_writable_dir,
     disk_full_error,
     open_scene,
@@ -310,8 +312,33 @@ def process_scene(
     """Detect the clouds of one scene and write the products ``config.output.products``.
 
     ``model`` may be given to reuse a loaded model across scenes (or to inject a test
-    model); otherwise ``config.model`` is loaded on ``config.inference.device``.
+    model); otherwise ``config.model`` is loaded on ``config.inference.device``.  One run
+    at a time writes a scene's products into a folder (:func:`geocloud.io.scene_lock`).
     """
+    created = not Path(outdir).exists()
+    try:
+        with scene_lock(Path(outdir), Path(path).stem):
+            return _process_scene(path, outdir, config, model=model, progress=progress, scale=scale,
+                                  offset=offset, sun_elevation=sun_elevation)  # fmt: skip
+    except BaseException:
+        if created:  # a refused or failed run leaves no folder it made behind either
+            with contextlib.suppress(OSError):
+                Path(outdir).rmdir()  # only when empty
+        raise
+
+
+def _process_scene(
+    path: str | os.PathLike[str],
+    outdir: str | os.PathLike[str],
+    config: ProcessConfig | None = None,
+    *,
+    model: CloudModel | None = None,
+    progress: ProgressCallback | None = None,
+    scale: float | None = None,
+    offset: float = 0.0,
+    sun_elevation: float | None = None,
+) -> SceneResult:
+    """:func:`process_scene` under its lock."""
     t_start = time.perf_counter()
     config = config or ProcessConfig()
     config.validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -263,7 +264,8 @@ def test_sigterm_leaves_no_partial_files(tmp_path):
     rc = proc.wait(timeout=60)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     assert rc == 128 + signal.SIGTERM, f"exit code {rc}; stderr: {err[-2000:]}"
-    left = sorted(p.name for p in out.iterdir())
+    # (the run made the folder, so it removes it too when it is left empty)
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert left == [], f"left behind: {left}; stderr: {err[-2000:]}"
 
 
@@ -291,3 +293,23 @@ def test_overwrite_replaces_the_whole_product_set(make_raster, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["other_mask.tif", "s_mask.tif"]
     with rasterio.open(out / "s_mask.tif") as ds:
         assert ds.tags()["GEOCLOUD_THRESHOLD"] == "0.9"
+
+
+def test_a_second_run_for_the_same_scene_and_folder_is_refused(make_raster, tmp_path):
+    """Issue 17 row 11: two runs into one -o for one scene; the second names the first."""
+    from geocloud.io import scene_lock
+
+    scene = make_raster("s.tif", width=64, height=64)
+    out = tmp_path / "o"
+    with scene_lock(out, "s"):
+        r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--model", "spectral",
+                                     "--products", "mask", "-q"])  # fmt: skip
+        assert r.exit_code == 2 and f"pid {os.getpid()}" in r.output and "another -o" in r.output, r.output
+        other = make_raster("t.tif", width=64, height=64)  # another scene into the same folder: fine
+        r = CliRunner().invoke(cli, ["process", str(other), "-o", str(out), "--model", "spectral",
+                                     "--products", "mask", "-q"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["t_mask.tif"]  # the lock file is gone
+    r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--model", "spectral",
+                                 "--products", "mask", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
