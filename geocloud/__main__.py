@@ -1,6 +1,6 @@
 """``python -m geocloud`` runs the command line."""
 
-from geocloud.cli.main import main
+from geocloud.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -313,3 +313,23 @@ def test_a_second_run_for_the_same_scene_and_folder_is_refused(make_raster, tmp_
     r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--model", "spectral",
                                  "--products", "mask", "-q"])  # fmt: skip
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_while_the_command_starts_is_one_line(make_raster, tmp_path, sig):
+    """Issue 17 row 15: ^C in the first second (while the command line is imported)."""
+    import signal
+    import time
+
+    scene = make_raster("s.tif", width=64, height=64)
+    proc = subprocess.Popen([sys.executable, "-m", "geocloud", "process", str(scene), "-o", str(tmp_path / "o")],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    time.sleep(0.3)  # the interpreter is up, the command line is still being imported
+    if proc.poll() is not None:
+        pytest.skip("the command started too fast to be interrupted early")
+    proc.send_signal(getattr(signal, sig))
+    rc = proc.wait(timeout=60)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    assert rc == 128 + getattr(signal, sig), err
+    assert "Traceback" not in err and err.strip().startswith("geocloud: interrupted"), err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
