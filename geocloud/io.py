@@ -477,9 +477,12 @@ def scene_lock(outdir: Path, stem: str) -> Iterator[None]:
     dies; the file is removed on exit.  Locks need a local file system (``flock`` on NFS
     depends on the server).
     """
-    import fcntl
-
     check_writable_dir(outdir)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): run unlocked, as before
+        yield
+        return
     path = outdir / f".{stem}.geocloud-lock"
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
