@@ -42,7 +42,6 @@ from .io import (
     SceneInfo,
     SceneReader,
     scene_lock,
-    check_writable_dir,
     disk_full_error,
     open_scene,
     partial_name,
@@ -360,7 +359,7 @@ def _process_scene(
 
     # what will be written, and does any of it exist already?
     wanted: dict[str, list[Path]] = {p.name: p.paths(outdir, stem) for p in products}
-    check_writable_dir(outdir)
+    # (the folder was created and probed by scene_lock, which process_scene holds)
     if not config.output.overwrite:
         for paths in wanted.values():
             for out in paths:
