@@ -11,8 +11,8 @@ What it does:
    process, ``--repeat`` times, and reports the wall time, megapixels per second and the
    child's peak RSS (``os.wait4`` rusage of that one child);
 3. measures the **I/O floor** in a child process too: the time to read the scene window by
-   window with :class:`geocloud.io.SceneReader` (the engine's reader, same 512 blocks) and
-   write equally sized outputs through :class:`geocloud.io.RasterSink` (streamed tiled
+   window with :class:`geocloud.scene.SceneReader` (the engine's reader, same 512 blocks) and
+   write equally sized outputs through :class:`geocloud.cog.RasterSink` (streamed tiled
    GeoTIFF, then the same COG finalisation: compression, predictor, overviews) for every
    raster product asked for, plus the stats JSON.  The floor's outputs hold real data
    derived from the input (so they compress like the engine's), but no model runs.
@@ -57,7 +57,7 @@ def build_scene(size: int, cache_dir: Path, seed: int = 0, compress: str = "ZSTD
     ``layout="striped"`` copies the tiled scene into strips (GDAL's default layout, what
     ``gdal_translate -co COMPRESS=DEFLATE`` writes) with the same compression.
     """
-    from geocloud.io import atomic_output
+    from geocloud.outputs import atomic_output
     from geocloud.synthetic import make_scene
 
     if layout not in ("tiled", "striped"):
@@ -116,7 +116,7 @@ def io_floor(scene: Path, outdir: Path, products: tuple[str, ...], block: int = 
     from rasterio.env import set_gdal_config
 
     from geocloud import pipeline
-    from geocloud.io import open_scene
+    from geocloud.scene import open_scene
 
     if "GDAL_CACHEMAX" not in os.environ:
         sizer = getattr(pipeline, "size_gdal_cache", None)
@@ -132,8 +132,10 @@ def _io_floor(scene: Path, outdir: Path, products: tuple[str, ...], block: int) 
     import numpy as np
     from rasterio.windows import Window
 
+    from geocloud.cog import RasterSink, RasterSpec
     from geocloud.config import OutputConfig
-    from geocloud.io import RasterSink, RasterSpec, SceneReader, atomic_write_text, open_scene
+    from geocloud.outputs import atomic_write_text
+    from geocloud.scene import SceneReader, open_scene
 
     outdir.mkdir(parents=True, exist_ok=True)
     workdir = outdir / ".floor.partial"

@@ -86,7 +86,7 @@ def _counts(mask: np.ndarray, label_path: Path, key: str) -> dict[str, int]:
     import rasterio
 
     from geocloud.evaluate import evaluate_arrays
-    from geocloud.io import without_georef_warning
+    from geocloud.scene import without_georef_warning
 
     with without_georef_warning(), rasterio.open(label_path) as t:
         return evaluate_arrays(mask, t.read(1), name=key)
@@ -97,7 +97,7 @@ def engine_mask(chip: Any, model: Any, cfg: Any, tmp: Path) -> tuple[np.ndarray,
     import rasterio
 
     from geocloud import process_scene
-    from geocloud.io import without_georef_warning
+    from geocloud.scene import without_georef_warning
 
     res = process_scene(chip.scene, tmp / chip.set, cfg, model=model)
     with without_georef_warning(), rasterio.open(res.outputs["mask"][0]) as m:
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_sidecar(path: Path, out: dict[str, Any], argv: list[str]) -> None:
     """Put the cross-validation's figures into a CAM sidecar's ``validation`` (atomically)."""
-    from geocloud.io import atomic_write_text
+    from geocloud.outputs import atomic_write_text
 
     side = json.loads(path.read_text())
     res = out["methods"]

@@ -9,7 +9,7 @@ import click
 
 from geocloud.evaluate import evaluate as evaluate_masks
 from geocloud.evaluate import pair_inputs
-from geocloud.io import atomic_write_text
+from geocloud.outputs import atomic_write_text
 
 from .logs import setup_logging
 
@@ -40,7 +40,7 @@ def evaluate(preds: tuple[str, ...], truths: tuple[str, ...], json_path: Path | 
     """
     setup_logging(quiet, False)
     if json_path is not None:  # before the work: a path that cannot be written is a user error
-        from geocloud.io import check_writable_dir
+        from geocloud.outputs import check_writable_dir
 
         check_writable_dir(json_path.parent if str(json_path.parent) else Path("."), "--json")
     report = evaluate_masks(pair_inputs(preds, truths))

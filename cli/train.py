@@ -89,7 +89,7 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
               lpp_mode: str | None, device: str, baseline: bool, recalibrate_from: Path | None,
               quiet: bool) -> None:  # fmt: skip
     """Train the CAM cloud detector on block labels; writes OUT/cam.safetensors + OUT/cam.json."""
-    from geocloud.io import check_writable_dir
+    from geocloud.outputs import check_writable_dir
     from geocloud.training.cam import run_training
 
     setup_logging(quiet, False)

@@ -58,8 +58,8 @@ def _defaults() -> MattingTrainConfig:
 def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | None, f_steps: int | None,
                   batch_size: int | None, threads: int | None, evaluate: bool, quiet: bool) -> None:  # fmt: skip
     """Train the matting model; writes OUT/matting.safetensors + OUT/matting.json."""
-    from geocloud.io import check_writable_dir
     from geocloud.models.matting import MattingModel
+    from geocloud.outputs import check_writable_dir
     from geocloud.training.matting import save_result
     from geocloud.training.matting import train_matting as run
     from geocloud.training.matting_eval import evaluate_real, evaluate_synthetic

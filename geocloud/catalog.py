@@ -41,7 +41,7 @@ from typing import Any
 
 from .config import OutputConfig, ProcessConfig
 from .errors import ConfigError, GeocloudError
-from .io import atomic_output, remove_stale_partials
+from .outputs import atomic_output, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def catalog_scene(
 
     Runs in a dask worker; everything it needs travels in its arguments.
     """
-    from .io import without_georef_warning
+    from .scene import without_georef_warning
 
     # intermediate files without georeferencing are expected; workers have no CLI filter
     with without_georef_warning():
@@ -333,9 +333,9 @@ def _catalog_scene(
     workdir: Path | None = None
     try:
         row.update(file_fingerprint(path, fingerprint))
-        from .io import open_scene
         from .pipeline import process_scene
         from .preview import PreviewConfig, downsample_rgba, render_preview, write_png, write_preview
+        from .scene import open_scene
         from .vendor import _is_archive, find_vendor_metadata, open_delivery
 
         scene = path
@@ -658,7 +658,7 @@ def build_catalog(
             f"catalogue {cat} has an unknown extension; use one of {', '.join(CATALOG_FORMATS)}"
         )
     cat.parent.mkdir(parents=True, exist_ok=True)
-    from .io import check_writable_dir
+    from .outputs import check_writable_dir
 
     check_writable_dir(cat.parent)
     # what a killed run of this catalogue left (the scenes' own: see process_scene)

@@ -41,3 +41,12 @@ class ModelError(GeocloudError, ValueError):
 
 class ConfigError(GeocloudError, ValueError):
     """An option has a value outside its allowed range."""
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """The first line of what GDAL said: rasterio's "Read failed. See previous exception for
+    details." is replaced by that previous exception (e.g. a VRT's missing source)."""
+    while "See previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc)
+    return text.splitlines()[0] if text else "unreadable"

@@ -117,7 +117,7 @@ def _read_mask(path: Path) -> tuple[np.ndarray, Any]:
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from .io import without_georef_warning
+    from .scene import without_georef_warning
 
     if not path.exists():
         raise SceneNotFoundError(f"mask {str(path)!r} does not exist; check the path")

@@ -19,9 +19,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import ConfigError
-from .io import SceneReader
 from .models.base import CloudModel, Region
 from .runtime import ThreadPool
+from .scene import SceneReader
 from .sensors import Radiometry
 from .tiling import Block
 

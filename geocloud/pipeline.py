@@ -12,8 +12,8 @@ temporary file and leaves existing outputs untouched.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import os
 import queue
 import shutil
@@ -33,27 +33,25 @@ import numpy as np
 from rasterio.windows import Window
 
 from ._version import __version__
+from .cog import RasterSink, RasterSpec, python_pixel_functions
 from .config import ProcessConfig
 from .errors import ConfigError, InputError, OutputError, SensorError
 from .inference import BlockResult, cpu_threads, predict_blocks, resolve_device
-from .io import (
-    RasterSink,
-    RasterSpec,
-    SceneInfo,
-    SceneReader,
-    scene_lock,
-    disk_full_error,
-    open_scene,
-    partial_name,
-    partial_workdir,
-    python_pixel_functions,
-    remove_stale_partials,
-)
 from .models import build_model
 from .models.base import CloudModel, ModelSpec
 from .mosaic import CellMosaic, Strip, StripAccumulator, upsample_cells
-from .products import PRODUCTS, FileContext, FileProduct, RasterProduct, WindowContext, mask_rule, resolve_products
+from .outputs import disk_full_error, partial_name, partial_workdir, remove_stale_partials, scene_lock
+from .products import (
+    PRODUCTS,
+    FileContext,
+    FileProduct,
+    RasterProduct,
+    WindowContext,
+    mask_rule,
+    resolve_products,
+)
 from .runtime import ThreadPool, signals_deferred
+from .scene import SceneInfo, SceneReader, open_scene
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
 from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, fit_threshold
 from .tiling import Swath, Tiling, grow_window, make_swaths, make_tiling, swath_blocks, weight_sums
@@ -130,7 +128,7 @@ def size_gdal_cache(info: SceneInfo, block_size: int, width: int | None = None) 
 def input_cache_bytes(
     info: SceneInfo, bands: int, rows: int, width: int, tile: tuple[int, int] | None
 ) -> int:
-    """Bytes of decoded input tiles the readers share (:class:`geocloud.io.TileCache`):
+    """Bytes of decoded input tiles the readers share (:class:`geocloud.scene.TileCache`):
     the ``rows`` in use at once across a swath ``width``, rounded out to whole tiles (whole
     rows for strips).  The first pass uses two rows of blocks (the row being read and the
     next one, which the read-ahead starts); the second pass one 256-row window's worth."""
@@ -312,7 +310,7 @@ def process_scene(
 
     ``model`` may be given to reuse a loaded model across scenes (or to inject a test
     model); otherwise ``config.model`` is loaded on ``config.inference.device``.  One run
-    at a time writes a scene's products into a folder (:func:`geocloud.io.scene_lock`).
+    at a time writes a scene's products into a folder (:func:`geocloud.outputs.scene_lock`).
     """
     created = not Path(outdir).exists()
     try:

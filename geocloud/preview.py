@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .io import atomic_output
+from .outputs import atomic_output
 
 
 @dataclass(frozen=True)

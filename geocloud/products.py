@@ -26,7 +26,8 @@ import numpy as np
 from rasterio.windows import Window
 
 from .errors import ConfigError
-from .io import SceneInfo, SceneReader, atomic_write_text
+from .outputs import atomic_write_text
+from .scene import SceneInfo, SceneReader
 from .sensors import Radiometry
 from .threshold import NODATA, ThresholdResult, classify_result
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from .outputs import atomic_write_text
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2630;background:#f7f8fa}

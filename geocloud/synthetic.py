@@ -726,7 +726,7 @@ def make_scene(
     """
     import rasterio
 
-    from .io import without_georef_warning
+    from .scene import without_georef_warning
 
     spec = replace(SceneSpec(width=width, height=height), seed=seed, cloud_cover=cloud_cover, **options)
     scene = SyntheticScene(spec)

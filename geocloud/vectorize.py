@@ -43,7 +43,7 @@ import shapely
 from shapely.geometry import Polygon
 
 from .errors import ConfigError, InputError
-from .io import atomic_output
+from .outputs import atomic_output
 
 log = logging.getLogger(__name__)
 

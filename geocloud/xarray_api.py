@@ -10,7 +10,7 @@ How it maps onto the engine:
 * the scene's band order and DN -> reflectance conversion are decided exactly as the CLI
   does (:func:`geocloud.pipeline.scene_radiometry`: vendor XML, tags, --sensor...);
 * pixel validity is GDAL's mask for the selected bands (plus finiteness), as
-  :class:`geocloud.io.SceneReader` decides it, read lazily chunk by chunk;
+  :class:`geocloud.scene.SceneReader` decides it, read lazily chunk by chunk;
 * the model runs on every chunk grown by the model's halo inside the scene
   (``dask.array.overlap`` with no boundary padding: a chunk at the scene edge starts or
   ends there, like the engine's edge blocks, and one at the far edge is padded with
@@ -44,7 +44,7 @@ def open_scene(path: str | os.PathLike[str], chunks: int | dict[str, int] = 1024
     """
     import rioxarray
 
-    from .io import open_scene as _check
+    from .scene import open_scene as _check
 
     info = _check(path)  # the engine's checks and error messages (missing, not a raster...)
     ch = chunks if isinstance(chunks, dict) else {"band": -1, "y": int(chunks), "x": int(chunks)}
@@ -60,8 +60,8 @@ def _valid_block(
 ) -> np.ndarray:
     from rasterio.windows import Window
 
-    from .io import SceneReader
-    from .io import open_scene as _open
+    from .scene import SceneReader
+    from .scene import open_scene as _open
 
     (r0, r1), (c0, c1) = block_info[None]["array-location"]
     with SceneReader(_open(path), indexes) as reader:
@@ -173,8 +173,8 @@ def detect_clouds(
     import dask.array as da
     import xarray as xr
 
-    from .io import open_scene as _open
     from .pipeline import load_model_for, scene_radiometry
+    from .scene import open_scene as _open
 
     cfg = config or ProcessConfig()
     cfg.validate()

@@ -264,7 +264,7 @@ def test_footprint_of_separate_valid_areas_is_a_multipolygon(tmp_path):
 def test_a_rerun_removes_what_a_killed_catalogue_left(scenes, tmp_path, dead_pid):
     """A catalogue client killed outright leaves its catalogue's, HTML page's and
     thumbnails' temporaries; the next run removes those of dead processes."""
-    from geocloud.io import _HOST
+    from geocloud.outputs import _HOST
 
     thumbs = tmp_path / "cat_thumbs"
     thumbs.mkdir()

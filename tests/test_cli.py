@@ -297,7 +297,7 @@ def test_overwrite_replaces_the_whole_product_set(make_raster, tmp_path):
 
 def test_a_second_run_for_the_same_scene_and_folder_is_refused(make_raster, tmp_path):
     """Issue 17 row 11: two runs into one -o for one scene; the second names the first."""
-    from geocloud.io import scene_lock
+    from geocloud.outputs import scene_lock
 
     scene = make_raster("s.tif", width=64, height=64)
     out = tmp_path / "o"

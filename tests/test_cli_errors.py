@@ -381,7 +381,7 @@ def test_a_rerun_removes_what_a_killed_run_left(make_raster, outdir: Path, dead_
     """SIGKILL, the OOM killer or a stopped dask worker leave a run's temporaries behind
     (2.8 GB per 100 Mpx of intermediates); the next run of that scene removes those of dead
     processes on this host, and keeps those of live ones and of other hosts."""
-    from geocloud.io import _HOST
+    from geocloud.outputs import _HOST
 
     scene = make_raster("s.tif", width=80, height=80)
     dead, live = dead_pid, os.getppid()  # (not our own pid: that is the run's own folder)
@@ -413,7 +413,7 @@ def test_a_full_disk_is_a_user_error(make_raster, outdir: Path, monkeypatch, fre
 
     from rasterio.errors import RasterioIOError
 
-    from geocloud.io import RasterSink
+    from geocloud.cog import RasterSink
 
     scene = make_raster("s.tif", width=80, height=80)
 

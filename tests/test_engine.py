@@ -12,10 +12,10 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from geocloud.config import InferenceConfig, OutputConfig, ProcessConfig, ThresholdConfig, TilingConfig
-from geocloud.io import open_scene
 from geocloud.models.base import CloudModel, ModelSpec, Prediction
 from geocloud.pipeline import process_scene
 from geocloud.products import PRODUCTS, RasterLayout, RasterProduct
+from geocloud.scene import open_scene
 
 
 def write_scene(
@@ -337,7 +337,7 @@ def test_weighted_region_skips_the_halo_ring_of_inner_blocks():
 def test_block_reads_count_out_of_range_reflectance_on_valid_pixels_only(tmp_path):
     """The wrong-scaling check samples the block: out-of-range share of valid pixels, nodata left out."""
     from geocloud.inference import _Batch, _read_into
-    from geocloud.io import SceneReader, open_scene
+    from geocloud.scene import SceneReader, open_scene
     from geocloud.sensors import Radiometry
     from geocloud.tiling import make_tiling
 
@@ -375,7 +375,7 @@ def test_model_threads_finishing_out_of_order_give_the_same_result(tmp_path, pre
     """With several model threads, blocks still reach the mosaic in order: every product
     equals the one-thread run's, and each block comes out once, in the tiling's order."""
     from geocloud.inference import predict_blocks
-    from geocloud.io import SceneReader, open_scene
+    from geocloud.scene import SceneReader, open_scene
     from geocloud.sensors import Radiometry
     from geocloud.tiling import make_tiling
 
@@ -433,8 +433,8 @@ def test_cog_assembly_errors_surface_and_leave_no_outputs(tmp_path, monkeypatch,
     """The score COG is assembled on a background thread during the second pass, the mask's
     after it: a failure in either reaches the caller, other outputs are removed, and a
     previous run's outputs are left untouched."""
+    from geocloud.cog import RasterSink
     from geocloud.errors import OutputError
-    from geocloud.io import RasterSink
 
     scene = write_scene(tmp_path / "s.tif", coord_scene(260, 300))
     out = tmp_path / "out"
@@ -455,7 +455,7 @@ def test_cog_assembly_errors_surface_and_leave_no_outputs(tmp_path, monkeypatch,
 
 def test_atomic_output_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     from geocloud.errors import OutputError
-    from geocloud.io import atomic_output
+    from geocloud.outputs import atomic_output
 
     final = tmp_path / "table.gpkg"
     with atomic_output(final, keep_suffix=True) as tmp:

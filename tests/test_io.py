@@ -12,7 +12,7 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from geocloud.io import SceneReader, TileCache, open_scene
+from geocloud.scene import SceneReader, TileCache, open_scene
 
 
 def _scene(make_raster, name="s.tif", *, dtype="uint16", nodata_kind="value", tiled=True):
@@ -210,7 +210,7 @@ def _stream(sink, width: int, height: int) -> None:
 
 
 def _sinks(tmp_path, compute):
-    from geocloud.io import RasterSink, RasterSpec
+    from geocloud.cog import RasterSink, RasterSpec
 
     width, height = 700, 1100
     spec = RasterSpec(width=width, height=height, count=3, dtype="float32", nodata=float("nan"),
@@ -228,7 +228,7 @@ def _sinks(tmp_path, compute):
 def test_a_derived_sink_writes_the_same_cog_without_storing_its_full_resolution(tmp_path) -> None:
     """The full resolution comes from ``compute`` through GDAL's Python pixel function;
     overviews from the strips; the COG equals the one assembled from a stored raster."""
-    from geocloud.io import python_pixel_functions
+    from geocloud.cog import python_pixel_functions
 
     if not python_pixel_functions():
         pytest.skip("this GDAL cannot call Python pixel functions (the pipeline stores every level)")
@@ -251,7 +251,7 @@ def test_a_derived_sink_writes_the_same_cog_without_storing_its_full_resolution(
 
 def test_a_failing_derived_computation_raises_its_own_error_and_leaves_no_file(tmp_path) -> None:
     from geocloud.errors import OutputError
-    from geocloud.io import python_pixel_functions
+    from geocloud.cog import python_pixel_functions
 
     if not python_pixel_functions():
         pytest.skip("this GDAL cannot call Python pixel functions")

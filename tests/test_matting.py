@@ -644,9 +644,9 @@ def test_reflectance_from_cells_is_block_and_swath_size_independent(make_raster,
     ref, clear = out[400, 4096]
     assert np.isfinite(ref).any()
     # one 400 px block covers the scene: r_c equals the model's own on the padded scene
-    from geocloud.io import SceneReader, open_scene
     from geocloud.models.matting import load
     from geocloud.pipeline import scene_radiometry
+    from geocloud.scene import SceneReader, open_scene
 
     info = open_scene(src)
     rad = scene_radiometry(info, ProcessConfig())
@@ -689,13 +689,13 @@ def test_gate_clear_is_the_engines_mask_rule_at_the_default_threshold():
 def test_reflectance_cog_computed_while_assembled_equals_the_stored_one(make_raster, tmp_path, monkeypatch,
                                                                        products) -> None:  # fmt: skip
     """r_c's full resolution is not stored: its COG recomputes alpha x the upsampled colour
-    cells (geocloud.io's derived sinks).  The COG, overviews included, equals the one
+    cells (geocloud.cog's derived sinks).  The COG, overviews included, equals the one
     assembled from a stored raster, and from GDALs without Python pixel functions."""
     import rasterio
 
     from geocloud import pipeline
+    from geocloud.cog import python_pixel_functions
     from geocloud.config import OutputConfig, ProcessConfig, TilingConfig
-    from geocloud.io import python_pixel_functions
     from geocloud.models.matting import WEIGHTS_FILE
 
     if not WEIGHTS_FILE.exists():

@@ -585,7 +585,7 @@ def save_weights(net: CamNet, sidecar: CamSidecar, path: str | Path) -> Path:
 
     from safetensors.torch import save_file
 
-    from ..io import atomic_output, atomic_write_text
+    from ..outputs import atomic_output, atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -364,7 +364,7 @@ def save_weights(
     """Write ``net`` as safetensors plus a JSON sidecar (``meta`` + the spec)."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_output, atomic_write_text
+    from ..outputs import atomic_output, atomic_write_text
 
     weights = Path(weights)
     sidecar = Path(sidecar) if sidecar is not None else weights.with_suffix(".json")

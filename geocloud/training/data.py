@@ -162,7 +162,7 @@ def read_chip(
     """
     import rasterio
 
-    from ..io import without_georef_warning
+    from ..scene import without_georef_warning
 
     if not chip.is_4band and not allow_rgb:
         raise InputError(
