@@ -101,7 +101,7 @@ def engine_mask(chip: Any, model: Any, cfg: Any, tmp: Path) -> tuple[np.ndarray,
 
     res = process_scene(chip.scene, tmp / chip.set, cfg, model=model)
     with without_georef_warning(), rasterio.open(res.outputs["mask"][0]) as m:
-        return m.read(1), float(res.stats["threshold"]["value"])
+        return m.read(1), float(res.stats.threshold.value)
 
 
 def brightness_mask(chip: Any) -> np.ndarray:

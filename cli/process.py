@@ -10,7 +10,8 @@ import click
 from geocloud.config import OutputConfig
 from geocloud.declouding import DecloudConfig
 from geocloud.errors import ConfigError, GeocloudError
-from geocloud.pipeline import load_model_for, process_scene
+from geocloud.pipeline import process_scene
+from geocloud.plan import load_model_for
 from geocloud.products import PRODUCTS, resolve_products
 from geocloud.vectorize import VectorizeConfig
 
@@ -136,10 +137,10 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
         bar.close()
         if not quiet:
             s = result.stats
-            frac = s["cloud_fraction"]
+            frac = s.cloud_fraction or 0.0
             click.echo(
-                f"{Path(scene).name}: cloud {100 * frac:.2f}% of {s['pixels']['valid']} valid px, "
-                f"threshold {s['threshold']['value']:.3f}, {s['throughput_mpx_s']} Mpx/s -> {outdir}",
+                f"{Path(scene).name}: cloud {100 * frac:.2f}% of {s.pixels.valid} valid px, "
+                f"threshold {s.threshold.value:.3f}, {s.throughput_mpx_s} Mpx/s -> {outdir}",
                 err=True,
             )
     if failures:

@@ -5,7 +5,7 @@ The library API::
 
     from geocloud import ProcessConfig, process_scene
     result = process_scene("scene.tif", "out/", ProcessConfig(model="spectral"))
-    result.stats["cloud_fraction"]
+    result.stats.cloud_fraction
 
 Heavy dependencies (torch, dask) are imported only by the parts that need them.
 """

@@ -204,7 +204,7 @@ _MODEL_CACHE: dict[Any, Any] = {}
 
 def _model_for(config: ProcessConfig) -> Any:
     """The loaded model, once per worker process (``process_scene`` reuses it)."""
-    from .pipeline import load_model_for
+    from .plan import load_model_for
 
     key = (config.model, config.inference.device, config.output.products)
     if key not in _MODEL_CACHE:
@@ -259,38 +259,6 @@ def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
     except GeocloudError:
         return None
     return shapely.to_wkt(shapely.set_precision(out, 1e-6), rounding_precision=6)
-
-
-#: opacity range counted as thin cloud when the ``alpha`` product is made: THIN_ALPHA <= alpha < THICK_ALPHA.
-THIN_ALPHA, THICK_ALPHA = 0.1, 0.5
-
-
-def alpha_summary(alpha_path: Path, rows: int = 512) -> tuple[float | None, float | None]:
-    """(mean alpha, thin-cloud fraction) over the valid pixels of an ``_alpha.tif``, read in strips."""
-    import numpy as np
-    import rasterio
-    from rasterio.windows import Window
-
-    total = thin = 0.0
-    n = 0
-    with rasterio.open(alpha_path) as ds:
-        for r0 in range(0, ds.height, rows):
-            a = ds.read(1, window=Window(0, r0, ds.width, min(rows, ds.height - r0))).astype(np.float64)
-            ok = np.isfinite(a)
-            n += int(ok.sum())
-            total += float(a[ok].sum())
-            thin += float(((a >= THIN_ALPHA) & (a < THICK_ALPHA) & ok).sum())
-    return (total / n, thin / n) if n else (None, None)
-
-
-def _stats_value(stats: dict[str, Any], *paths: str) -> Any:
-    for p in paths:
-        cur: Any = stats
-        for part in p.split("."):
-            cur = cur.get(part) if isinstance(cur, dict) else None
-        if cur is not None:
-            return cur
-    return None
 
 
 def catalog_scene(
@@ -373,42 +341,37 @@ def _catalog_scene(
         else:
             write_preview(scene, thumb, mask, PreviewConfig(max_side=thumb_size))
         acquired, acq_src = _acquisition(scene, dict(info.tags), vendor)
-        frac = stats.get("cloud_fraction")
-        thin = _stats_value(stats, "thin_cloud_fraction", "thin_fraction", "pixels.thin_fraction")
-        alpha = _stats_value(stats, "alpha_mean", "mean_alpha", "alpha.mean", "matting.alpha_mean")
-        if (thin is None or alpha is None) and "alpha" in result.outputs:
-            a_mean, a_thin = alpha_summary(result.outputs["alpha"][0])
-            alpha = alpha if alpha is not None else a_mean
-            thin = thin if thin is not None else a_thin
+        # thin cloud and mean alpha as the stats define them (geocloud.stats), when the matte ran
+        frac, thin, alpha = stats.cloud_fraction, stats.thin_cloud_fraction, stats.mean_alpha
         row.update(
             status="ok",
             error=None,
             satellite=vendor.satellite if vendor is not None else info.tags.get("SATELLITE"),
-            sensor=_stats_value(stats, "sensor.sensor"),
-            calibration=_stats_value(stats, "sensor.calibration"),
-            calibration_approximate=_stats_value(stats, "sensor.approximate"),
+            sensor=stats.sensor.get("sensor"),
+            calibration=stats.sensor.get("calibration"),
+            calibration_approximate=stats.sensor.get("approximate"),
             acquired=acquired,
             acquired_source=acq_src,
             cloud_pct=None if frac is None else round(100.0 * frac, 4),
             thin_cloud_pct=None if thin is None else round(100.0 * float(thin), 4),
             mean_alpha=None if alpha is None else round(float(alpha), 4),
             vendor_cloud_pct=vendor.cloud_percent if vendor is not None else None,
-            threshold=_stats_value(stats, "threshold.value"),
-            threshold_method=_stats_value(stats, "threshold.method"),
-            model=_stats_value(stats, "model.name"),
-            valid_px=_stats_value(stats, "pixels.valid"),
-            cloud_px=_stats_value(stats, "pixels.cloud"),
+            threshold=stats.threshold.value,
+            threshold_method=stats.threshold.method,
+            model=stats.model.get("name"),
+            valid_px=stats.pixels.valid,
+            cloud_px=stats.pixels.cloud,
             width=info.width,
             height=info.height,
             crs=info.crs.to_string() if info.crs else None,
             georeferencing=info.georef_kind,
-            sun_elevation=_stats_value(stats, "sensor.sun_elevation"),
+            sun_elevation=stats.sensor.get("sun_elevation"),
             footprint=valid_footprint(mask),
             preview=str(result.outputs["preview"][0]) if "preview" in result.outputs else None,
             thumbnail=str(thumb),
             mask=str(mask),
             stats=str(result.outputs["stats"][0]) if "stats" in result.outputs else None,
-            geocloud_version=stats.get("geocloud_version"),
+            geocloud_version=stats.geocloud_version,
         )
     except GeocloudError as exc:
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -25,12 +25,16 @@ the background is recovered with at most 2x error amplification), *thick* otherw
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .compositing import ALPHA_MAX, invert
 from .errors import ConfigError
 from .tiling import grow_window
+
+if TYPE_CHECKING:
+    from .stats import MattingSummary
 
 
 @dataclass(frozen=True)
@@ -499,23 +503,24 @@ class MattingStats:
         self.sum_cloud += other.sum_cloud
         self.sum_clear += other.sum_clear
 
-    def result(self) -> dict[str, object]:
-        """``{"matting": {...}}``: counts of thin (alpha < ``thin_tau``) and thick cloud
-        pixels, their fractions of the valid pixels, the mean alpha over cloud and over
-        clear pixels, and the share of valid pixels the ``clear`` product recovers."""
+    def summary(self) -> MattingSummary:
+        """Counts of thin (alpha < ``thin_tau``) and thick cloud pixels, their fractions of
+        the valid pixels, the mean alpha over cloud, over clear and over all valid pixels,
+        and the share of valid pixels the ``clear`` product recovers."""
+        from .stats import MattingSummary
+
         thin, thick, clear, cfg = self.thin, self.thick, self.clear, self.cfg
         valid = thin + thick + clear
-        return {
-            "matting": {
-                "thin_tau": cfg.thin_tau,
-                "alpha_max": cfg.alpha_max,
-                "thin_cloud_pixels": thin,
-                "thick_cloud_pixels": thick,
-                "thin_cloud_fraction": thin / valid if valid else None,
-                "thick_cloud_fraction": thick / valid if valid else None,
-                "mean_alpha_cloud": self.sum_cloud / (thin + thick) if thin + thick else None,
-                "mean_alpha_clear": self.sum_clear / clear if clear else None,
-                "clear_recovered_fraction": self.recovered / valid if valid else None,
-                "refined": cfg.refine,
-            }
-        }
+        return MattingSummary(
+            thin_tau=cfg.thin_tau,
+            alpha_max=cfg.alpha_max,
+            thin_cloud_pixels=thin,
+            thick_cloud_pixels=thick,
+            thin_cloud_fraction=thin / valid if valid else None,
+            thick_cloud_fraction=thick / valid if valid else None,
+            mean_alpha_cloud=self.sum_cloud / (thin + thick) if thin + thick else None,
+            mean_alpha_clear=self.sum_clear / clear if clear else None,
+            clear_recovered_fraction=self.recovered / valid if valid else None,
+            refined=cfg.refine,
+            mean_alpha=(self.sum_cloud + self.sum_clear) / valid if valid else None,
+        )

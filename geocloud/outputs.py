@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
@@ -18,8 +19,11 @@ import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import GeocloudError, OutputError
+
+log = logging.getLogger(__name__)
 
 
 def check_writable_dir(outdir: Path, flag: str = "-o/--outdir") -> None:
@@ -206,3 +210,59 @@ def atomic_write_text(final: Path, text: str) -> None:
     with atomic_output(final) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
+
+
+class OutputTransaction:
+    """All the products of one run, written together or not at all.
+
+    On entry: what killed runs of the scene left is swept (:func:`remove_stale_partials`),
+    and the work folder (:func:`partial_workdir`) is made.  Products are written under
+    :meth:`temporary` names; :meth:`commit` renames them all into place and removes the
+    ``stale`` products of an earlier run in the same step.  On exit, whatever was not
+    committed is removed, the work folder too; a write that failed on a full disk is
+    reported as such (:func:`disk_full_error`: GDAL's write errors do not say why).
+    """
+
+    def __init__(self, outdir: Path, stem: str, finals: Iterable[Path]) -> None:
+        self.outdir, self.stem = Path(outdir), stem
+        self.finals = list(finals)
+        self.workdir = partial_workdir(self.outdir, stem)
+        self.partials: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def __enter__(self) -> OutputTransaction:
+        stale = remove_stale_partials(self.outdir, self.stem, self.finals)
+        if stale:
+            log.info("removed %d temporary file(s) of killed runs: %s", len(stale), ", ".join(p.name for p in stale))
+        self.workdir.mkdir(exist_ok=True)
+        return self
+
+    def temporary(self, final: Path, *, keep_suffix: bool = False) -> Path:
+        """The temporary name ``final`` is written under until :meth:`commit`."""
+        tmp = partial_name(final, keep_suffix=keep_suffix)
+        self.partials.append((tmp, final))
+        return tmp
+
+    def commit(self, stale: Iterable[Path] = ()) -> None:
+        """Rename every product into place, then remove ``stale`` files (an earlier run's
+        products of the scene that this run did not write)."""
+        for tmp, final in self.partials:
+            os.replace(tmp, final)
+        self.partials.clear()
+        removed = []
+        for p in stale:
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+        if removed:
+            log.info("--overwrite: removed %s of an earlier run", ", ".join(removed))
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if isinstance(exc, Exception):
+                full = disk_full_error(self.outdir, exc)
+                if full is not None:
+                    raise full from exc
+        finally:
+            for tmp, _ in self.partials:
+                if tmp.exists():
+                    tmp.unlink()
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .outputs import atomic_write_text
 from .scene import SceneInfo, SceneReader
 from .sensors import Radiometry
+from .stats import SceneStats
 from .threshold import NODATA, ThresholdResult, classify_result
 
 
@@ -94,7 +95,8 @@ class FileContext:
     outdir: Path
     #: raster product name -> path of the complete file (under its temporary name)
     rasters: dict[str, Path]
-    stats: dict[str, Any]
+    #: the run's statistics (the stats product is their JSON).
+    stats: SceneStats
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,7 +134,7 @@ def strict_json(value: Any) -> Any:
 
 
 def _write_stats(ctx: FileContext, paths: list[Path]) -> None:
-    atomic_write_text(paths[0], json.dumps(strict_json(ctx.stats), indent=2, default=str, allow_nan=False) + "\n")
+    atomic_write_text(paths[0], json.dumps(strict_json(ctx.stats.to_dict()), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def _write_vector(ctx: FileContext, paths: list[Path]) -> None:

@@ -513,11 +513,11 @@ def write_vector_product(ctx: Any, paths: list[Path]) -> None:
     """
     cfg = ctx.options.get("vector") or VectorizeConfig()
     polys = cloud_polygons(ctx.rasters["mask"], cfg)
-    stats = ctx.stats or {}
+    stats = ctx.stats
     props = {
         "scene": ctx.scene.path.name,
-        "model": (stats.get("model") or {}).get("name"),
-        "threshold": (stats.get("threshold") or {}).get("value"),
+        "model": stats.model.get("name") if stats else None,
+        "threshold": stats.threshold.value if stats else None,
         "min_area_m2": cfg.min_area_m2,
         "simplify_px": cfg.simplify_px,
     }

@@ -8,7 +8,7 @@
 How it maps onto the engine:
 
 * the scene's band order and DN -> reflectance conversion are decided exactly as the CLI
-  does (:func:`geocloud.pipeline.scene_radiometry`: vendor XML, tags, --sensor...);
+  does (:func:`geocloud.plan.scene_radiometry`: vendor XML, tags, --sensor...);
 * pixel validity is GDAL's mask for the selected bands (plus finiteness), as
   :class:`geocloud.scene.SceneReader` decides it, read lazily chunk by chunk;
 * the model runs on every chunk grown by the model's halo inside the scene
@@ -173,7 +173,7 @@ def detect_clouds(
     import dask.array as da
     import xarray as xr
 
-    from .pipeline import load_model_for, scene_radiometry
+    from .plan import load_model_for, scene_radiometry
     from .scene import open_scene as _open
 
     cfg = config or ProcessConfig()

@@ -694,7 +694,7 @@ def test_refinement_head_region_is_the_crop_of_predict(region: tuple[int, int, i
     r0, r1, c0, c1 = region
     part = model.predict_region(x, v, region).maps["score"]
     np.testing.assert_allclose(part, full[:, :, r0:r1, c0:c1], rtol=0, atol=1e-6)
-    assert 0.0 <= full.min() and full.max() <= 1.0
+    assert full.min() >= 0.0 and full.max() <= 1.0
 
 
 def test_refinement_head_round_trips(tmp_path: Path) -> None:

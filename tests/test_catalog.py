@@ -221,22 +221,45 @@ def test_existing_scheduler_address(scenes, tmp_path):
         )
 
 
-def test_alpha_summary(tmp_path):
-    """mean alpha and thin-cloud fraction over valid pixels of an _alpha.tif (when matting runs)."""
-    import numpy as np
-    import rasterio
+def test_catalogue_figures_equal_the_stats_json(scenes, tmp_path):
+    """The catalogue reads the run's typed stats: every column it shares with the stats
+    JSON holds the same figure (one definition of thin cloud: cloud pixels with alpha below
+    thin_tau, over valid pixels; mean alpha over valid pixels)."""
+    scene = next(scenes.glob("GF1_WFV1_*20210603*.tif"))
+    from geocloud import ProcessConfig
+    from geocloud.config import OutputConfig
 
-    from geocloud.catalog import THICK_ALPHA, THIN_ALPHA, alpha_summary
+    cfg = _cfg(process=ProcessConfig(model="spectral", output=OutputConfig(products=("mask", "alpha", "stats"))))
+    res = build_catalog([scene], tmp_path / "c.csv", cfg)
+    assert (res.processed, res.failed) == (1, 0)
+    row = read_catalog(tmp_path / "c.csv").iloc[0]
+    stats = json.loads(Path(row["stats"]).read_text())
+    m = stats["matting"]
+    assert row["thin_cloud_pct"] == pytest.approx(round(100 * m["thin_cloud_fraction"], 4))
+    assert row["mean_alpha"] == pytest.approx(round(m["mean_alpha"], 4))
+    assert 0 < m["mean_alpha"] < 1
+    assert row["cloud_pct"] == pytest.approx(round(100 * stats["cloud_fraction"], 4))
+    assert row["threshold"] == pytest.approx(stats["threshold"]["value"])
+    assert row["threshold_method"] == stats["threshold"]["method"]
+    assert row["model"] == stats["model"]["name"]
+    assert row["valid_px"] == stats["pixels"]["valid"] and row["cloud_px"] == stats["pixels"]["cloud"]
+    assert row["sensor"] == stats["sensor"]["sensor"]
+    assert row["geocloud_version"] == stats["geocloud_version"]
 
-    a = np.array([[0.0, 0.05, THIN_ALPHA, 0.3], [THICK_ALPHA, 0.9, np.nan, np.nan]], np.float32)
-    p = tmp_path / "x_alpha.tif"
-    with rasterio.open(
-        p, "w", driver="GTiff", width=4, height=2, count=1, dtype="float32", nodata=np.nan
-    ) as ds:
-        ds.write(a[None])
-    mean, thin = alpha_summary(p, rows=1)
-    ok = a[np.isfinite(a)]
-    assert mean == pytest.approx(ok.mean()) and thin == pytest.approx(2 / 6)
+
+def test_scene_stats_round_trip(scenes, tmp_path):
+    """The stats JSON is SceneStats.to_dict(); from_dict reads it back unchanged."""
+    from geocloud import ProcessConfig, process_scene
+    from geocloud.config import OutputConfig
+    from geocloud.stats import SceneStats
+
+    scene = next(scenes.glob("GF1_WFV1_*20210601*.tif"))
+    cfg = ProcessConfig(model="spectral", output=OutputConfig(products=("mask", "stats")))
+    r = process_scene(scene, tmp_path / "o", cfg)
+    on_disk = json.loads(r.outputs["stats"][0].read_text())
+    assert on_disk == json.loads(json.dumps(r.stats.to_dict()))
+    assert SceneStats.from_dict(on_disk) == r.stats
+    assert r.stats.thin_cloud_fraction is None and "matting" not in on_disk
 
 
 def test_footprint_of_separate_valid_areas_is_a_multipolygon(tmp_path):

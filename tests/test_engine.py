@@ -130,7 +130,7 @@ def test_identity_model_reproduces_input_exactly(tmp_path, bands_product, block,
     data[:, :5, :] = 0  # a nodata collar
     scene = write_scene(tmp_path / "s.tif", data)
     r = run(scene, tmp_path / "o", IdentityModel(halo=3), block, products=("bands", "stats"), swath=swath)
-    assert (r.stats["swaths"] > 1) == (swath < 100)
+    assert (r.stats.swaths > 1) == (swath < 100)
     with rasterio.open(tmp_path / "o" / "s_bands.tif") as ds, rasterio.open(scene) as src:
         out = ds.read()
         assert ds.crs == src.crs and ds.transform == src.transform
@@ -148,7 +148,7 @@ def test_no_seams_result_independent_of_block_size(tmp_path, model_cls):
         out = tmp_path / f"o{block}-{swath}"
         r = run(scene, out, model_cls(), block, swath=swath)
         with rasterio.open(out / "s_score.tif") as ds:
-            results[(block, swath)] = (ds.read(1), r.stats["threshold"]["value"])
+            results[(block, swath)] = (ds.read(1), r.stats.threshold.value)
     ref, t_ref = results[(1024, 8192)]
     for block, (score, t) in results.items():
         np.testing.assert_allclose(score, ref, atol=2e-6, err_msg=f"block {block} differs")
@@ -175,16 +175,16 @@ def test_nodata_propagates_to_mask_and_score(tmp_path):
     assert (mask[40:60, 10:30] == 255).all() and np.isnan(score[40:60, 10:30]).all()
     assert set(np.unique(mask[data[0] > 0])) <= {0, 1}
     assert np.isfinite(score[data[0] > 0]).all()
-    assert r.stats["pixels"]["nodata"] == 400
-    assert r.stats["pixels"]["valid"] == 120 * 90 - 400
+    assert r.stats.pixels.nodata == 400
+    assert r.stats.pixels.valid == 120 * 90 - 400
 
 
 def test_threshold_override_and_recording(tmp_path):
     data = coord_scene(100, 100)
     scene = write_scene(tmp_path / "s.tif", data, nodata=None)
     r = run(scene, tmp_path / "o", BoxModel(), 64, threshold=ThresholdConfig(value=0.42))
-    assert r.stats["threshold"]["value"] == pytest.approx(0.42)
-    assert r.stats["threshold"]["method"].startswith("user")
+    assert r.stats.threshold.value == pytest.approx(0.42)
+    assert r.stats.threshold.method.startswith("user")
     with rasterio.open(r.outputs["mask"][0]) as m, rasterio.open(r.outputs["score"][0]) as s:
         assert m.tags()["GEOCLOUD_THRESHOLD"] == "0.42"
         assert m.tags()["GEOCLOUD_MODEL"] == "box"
@@ -236,7 +236,7 @@ def test_outputs_are_cogs_with_overviews(tmp_path):
     scene = write_scene(tmp_path / "s.tif", data, nodata=None)
     r = run(scene, tmp_path / "o", BoxModel(), 512)
     r2 = run(scene, tmp_path / "o2", BoxModel(), 512, swath=600)
-    assert r2.stats["swaths"] == 2
+    assert r2.stats.swaths == 2
     for name in ("mask", "score"):
         with rasterio.open(r.outputs[name][0]) as ds, rasterio.open(r2.outputs[name][0]) as ds2:
             assert ds.profile["tiled"] and ds.profile["compress"].lower() == "zstd"
@@ -274,7 +274,7 @@ def test_striped_inputs_are_read_in_wide_swaths_with_the_same_outputs(tmp_path):
         with rasterio.open(r.outputs["score"][0]) as ds, rasterio.open(r.outputs["mask"][0]) as dm:
             levels = [(ds.read(1, out_shape=(600 // 2**k, 1100 // 2**k)), dm.read(1, out_shape=(600 // 2**k, 1100 // 2**k)))
                       for k in range(3)]  # fmt: skip
-        return r.stats["swaths"], levels
+        return r.stats.swaths, levels
 
     ref_swaths, ref = go(tiled, "tiled", 12288)
     assert ref_swaths > 2  # tiled: swath_width
@@ -384,11 +384,11 @@ def test_model_threads_finishing_out_of_order_give_the_same_result(tmp_path, pre
     many = run(
         scene, tmp_path / "many", _JitteryBoxModel(1), 64, inference=InferenceConfig(predictors=predictors)
     )
-    assert many.stats["inference"]["predictors"] == predictors
+    assert many.stats.inference.predictors == predictors
     for name in ("s_mask.tif", "s_score.tif"):
         with rasterio.open(tmp_path / "one" / name) as a, rasterio.open(tmp_path / "many" / name) as b:
             np.testing.assert_array_equal(a.read(), b.read())
-    assert one.stats["cloud_fraction"] == many.stats["cloud_fraction"]
+    assert one.stats.cloud_fraction == many.stats.cloud_fraction
 
     tiling = make_tiling(260, 300, block_size=64, halo=4, feather=0)
     rad = Radiometry("generic", (1, 2, 3, 4), (1.0,) * 4, (0.0,) * 4, "test")
@@ -411,7 +411,7 @@ class _BadShapeModel(CloudModel):
 def test_errors_on_worker_threads_surface_and_leave_no_outputs(tmp_path, monkeypatch):
     """An error in the mosaic thread (pass 1) or a second-pass worker propagates to the
     caller, and the output folder is left as it was (no partial or hidden files)."""
-    import geocloud.pipeline as pipeline
+    import geocloud.passes as passes
 
     scene = write_scene(tmp_path / "s.tif", coord_scene(260, 300))
     out = tmp_path / "out"
@@ -422,7 +422,7 @@ def test_errors_on_worker_threads_surface_and_leave_no_outputs(tmp_path, monkeyp
     def boom(maps, threshold, around=None):
         raise RuntimeError("second pass failed")
 
-    monkeypatch.setattr(pipeline, "mask_rule", boom)
+    monkeypatch.setattr(passes, "mask_rule", boom)
     with pytest.raises(RuntimeError, match="second pass failed"):
         run(scene, out, BoxModel(), 128)
     assert not out.exists()  # as it was: the run made the folder and removed it

@@ -10,7 +10,7 @@ import rasterio
 from rasterio.windows import Window
 from test_engine import BoxModel, coord_scene, run, write_scene
 
-from geocloud import pipeline
+from geocloud import passes
 from geocloud.config import ThresholdConfig
 from geocloud.models.base import ModelSpec
 from geocloud.threshold import CLEAR, CLOUD, NODATA, ScoreStats, classify, fit_threshold
@@ -96,10 +96,10 @@ def test_engine_mask_grows_edges_independent_of_pass2_windows(tmp_path, monkeypa
     expected = classify(score, 0.6, 0.48, 10)
     np.testing.assert_array_equal(mask, expected)
     assert (mask == CLOUD).sum() > (score >= 0.6).sum()  # it did grow something
-    assert ref.stats["threshold"]["grow_radius"] == 10
-    monkeypatch.setattr(pipeline, "PASS2_ROWS", 7)
+    assert ref.stats.threshold.grow_radius == 10
+    monkeypatch.setattr(passes, "PASS2_ROWS", 7)
     cut = run(scene, tmp_path / "cut", GrowBoxModel(), 64, threshold=thr, swath=64)
-    assert cut.stats["swaths"] > 1
+    assert cut.stats.swaths > 1
     with rasterio.open(cut.outputs["mask"][0]) as m:
         np.testing.assert_array_equal(m.read(1), expected)
     off = run(scene, tmp_path / "off", GrowBoxModel(), 512, threshold=ThresholdConfig(value=0.6, grow=False))

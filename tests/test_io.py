@@ -169,7 +169,7 @@ def test_malloc_is_tuned_unless_the_user_chose(monkeypatch) -> None:
 
 
 def test_input_cache_holds_two_rows_of_blocks_within_its_bound(make_raster) -> None:
-    from geocloud.pipeline import INPUT_CACHE_MB, input_cache_bytes
+    from geocloud.plan import INPUT_CACHE_MB, input_cache_bytes
 
     info = open_scene(_scene(make_raster))  # 150 px wide, uint16
     # tiled: (2 blocks + a tile) rows x (swath + a tile) columns x bands x 2 bytes
@@ -250,8 +250,8 @@ def test_a_derived_sink_writes_the_same_cog_without_storing_its_full_resolution(
 
 
 def test_a_failing_derived_computation_raises_its_own_error_and_leaves_no_file(tmp_path) -> None:
-    from geocloud.errors import OutputError
     from geocloud.cog import python_pixel_functions
+    from geocloud.errors import OutputError
 
     if not python_pixel_functions():
         pytest.skip("this GDAL cannot call Python pixel functions")

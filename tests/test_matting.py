@@ -563,6 +563,7 @@ def test_refined_products_have_no_window_or_swath_seams(make_raster, tmp_path, m
     products hardly depend on how the scene is cut into windows and swaths."""
     import rasterio
 
+    import geocloud.passes as passes
     import geocloud.pipeline as pipeline
     from geocloud.config import DecloudConfig, OutputConfig, ProcessConfig, TilingConfig
     from geocloud.models.matting import WEIGHTS_FILE
@@ -572,7 +573,7 @@ def test_refined_products_have_no_window_or_swath_seams(make_raster, tmp_path, m
     src = make_raster("seam.tif", width=256, height=224, dtype="uint16", cloud_cover=0.5)
     out = {}
     for rows, swath in ((256, 4096), (32, 64)):
-        monkeypatch.setattr(pipeline, "PASS2_ROWS", rows)
+        monkeypatch.setattr(passes, "PASS2_ROWS", rows)
         cfg = ProcessConfig(
             tiling=TilingConfig(swath_width=swath),
             decloud=DecloudConfig(refine=True),
@@ -645,7 +646,7 @@ def test_reflectance_from_cells_is_block_and_swath_size_independent(make_raster,
     assert np.isfinite(ref).any()
     # one 400 px block covers the scene: r_c equals the model's own on the padded scene
     from geocloud.models.matting import load
-    from geocloud.pipeline import scene_radiometry
+    from geocloud.plan import scene_radiometry
     from geocloud.scene import SceneReader, open_scene
 
     info = open_scene(src)
@@ -693,7 +694,7 @@ def test_reflectance_cog_computed_while_assembled_equals_the_stored_one(make_ras
     assembled from a stored raster, and from GDALs without Python pixel functions."""
     import rasterio
 
-    from geocloud import pipeline
+    from geocloud import passes, pipeline
     from geocloud.cog import python_pixel_functions
     from geocloud.config import OutputConfig, ProcessConfig, TilingConfig
     from geocloud.models.matting import WEIGHTS_FILE
@@ -707,7 +708,7 @@ def test_reflectance_cog_computed_while_assembled_equals_the_stored_one(make_ras
     out = {}
     for name, derive, pixel_functions in (("stored", False, True), ("derived", True, True),
                                           ("no_python", True, False)):  # fmt: skip
-        monkeypatch.setattr(pipeline, "python_pixel_functions", lambda v=pixel_functions: v)
+        monkeypatch.setattr(passes, "python_pixel_functions", lambda v=pixel_functions: v)
         cfg = ProcessConfig(tiling=tiling, output=OutputConfig(products=products, derive_in_cog=derive))
         r = pipeline.process_scene(src, tmp_path / name, cfg)
         with rasterio.open(r.outputs["reflectance"][0]) as f:
@@ -758,7 +759,7 @@ def test_autocast_bf16_gives_nearly_the_float32_products(make_raster, tmp_path) 
         cfg = ProcessConfig(inference=InferenceConfig(autocast=mode),
                             output=OutputConfig(products=("mask", "score", "alpha", "stats")))  # fmt: skip
         r = process_scene(src, tmp_path / mode, cfg)
-        assert r.stats["inference"]["autocast"] == (None if mode == "off" else "bf16")
+        assert r.stats.inference.autocast == (None if mode == "off" else "bf16")
         with rasterio.open(r.outputs["mask"][0]) as m, rasterio.open(r.outputs["score"][0]) as s, \
                 rasterio.open(r.outputs["alpha"][0]) as a:  # fmt: skip
             assert s.dtypes[0] == a.dtypes[0] == "float32"

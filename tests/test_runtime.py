@@ -97,10 +97,10 @@ def test_plain_executor_loses_that_thread(handlers, monkeypatch):
 def test_a_worker_closed_as_a_signal_comes_finishes_its_jobs_first(handlers):
     """The run closes its output files once the writer worker is closed: the close must
     not return (by the signal's exception) while a write is still running."""
-    from geocloud.pipeline import _Worker
+    from geocloud.passes import Worker
 
     started, sent, done = threading.Event(), threading.Event(), threading.Event()
-    w = _Worker("test")
+    w = Worker("test")
 
     def job():
         started.set()

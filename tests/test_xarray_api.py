@@ -62,7 +62,7 @@ def _cli(scene, outdir, cfg, model=None):
                         output=OutputConfig(products=("mask", "score", "stats"), overwrite=True))  # fmt: skip
     r = process_scene(scene, outdir, cfg, model=model)
     with rasterio.open(r.outputs["mask"][0]) as m, rasterio.open(r.outputs["score"][0]) as s:
-        return m.read(1), s.read(1), r.stats, m.transform, m.crs
+        return m.read(1), s.read(1), r.stats.to_dict(), m.transform, m.crs
 
 
 def test_spectral_equals_cli(scene, tmp_path):
