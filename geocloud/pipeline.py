@@ -115,8 +115,10 @@ def _process_scene(
         log.warning(msg)
         warnings_out.append(msg)
 
-    plan, model = plan_scene(path, outdir, config or ProcessConfig(), model=model, scale=scale, offset=offset,
-                             sun_elevation=sun_elevation, warn=warn)  # fmt: skip
+    plan, loaded = plan_scene(path, outdir, config or ProcessConfig(), model=model, scale=scale, offset=offset,
+                              sun_elevation=sun_elevation, warn=warn)  # fmt: skip
+    assert loaded is not None  # (only a description plans without a model)
+    model = loaded
     timings: dict[str, float] = {}
     finals = [f for paths in plan.wanted.values() for f in paths]
     with OutputTransaction(plan.outdir, plan.stem, finals) as tx, ExitStack() as stack:

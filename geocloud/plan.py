@@ -24,7 +24,7 @@ from .cog import RasterSink
 from .config import ProcessConfig
 from .errors import ConfigError, InputError, OutputError, SensorError
 from .inference import resolve_device
-from .models import build_model
+from .models import build_model, read_spec
 from .models.base import CloudModel, ModelSpec
 from .products import PRODUCTS, FileProduct, RasterProduct, resolve_products
 from .scene import SceneInfo, SceneReader, open_scene
@@ -302,13 +302,14 @@ def plan_scene(
     sun_elevation: float | None = None,
     warn: Callable[[str], None] = log.warning,
     describe: bool = False,
-) -> tuple[ScenePlan, CloudModel]:
+) -> tuple[ScenePlan, CloudModel | None]:
     """Check the scene, the options and the outputs, load the model, and plan the run.
 
     With ``describe`` (``geocloud info``): nothing is refused for existing outputs or the
-    reflectance range, the model runs on the CPU, and an unknown scaling is recorded in
+    reflectance range, the model is not loaded (its spec is read from the weight sidecars,
+    :func:`geocloud.models.read_spec`: no torch), and an unknown scaling is recorded in
     :attr:`ScenePlan.radiometry_missing` instead of raised.  Returns the plan and the model
-    (``model`` itself when given).
+    (``model`` itself when given; None when describing).
     """
     config.validate()
     resolve_products(config.output.products)  # an unknown product is refused first
@@ -337,9 +338,13 @@ def plan_scene(
     if describe:
         config = replace(config, inference=replace(config.inference, device="cpu"))
     device = resolve_device(config.inference.device)
-    if model is None:
+    if model is not None:
+        spec = model.spec
+    elif describe:  # the spec from the weight sidecars: neither torch nor the weights are loaded
+        spec = read_spec(config.model, frozenset(needed_maps))
+    else:
         model = build_model(config.model, device, needed_maps)
-    spec = model.spec
+        spec = model.spec
     needed_maps = _check_model(spec, needed_maps)
     tiling = plan_tiling(info, config, spec)
     plan = ScenePlan(

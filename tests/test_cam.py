@@ -262,16 +262,23 @@ def test_weights_load_safely(tmp_path: Path) -> None:
     net = _net(64)
     side = CamSidecar(config=net.config)
     # a plain state dict saved with torch.save loads with weights_only=True
+    import hashlib
+
+    def record_sha() -> None:  # the sidecar records the file's hash, checked on load
+        side.training["weights_sha256"] = hashlib.sha256((tmp_path / "cam.pt").read_bytes()).hexdigest()
+        (tmp_path / "cam.json").write_text(json.dumps(side.to_json()))
+
     torch.save(net.state_dict(), tmp_path / "cam.pt")
-    (tmp_path / "cam.json").write_text(json.dumps(side.to_json()))
+    record_sha()
     load_weights(tmp_path / "cam.pt")
 
-    # a pickle that would run code is refused
+    # a pickle that would run code is refused, even with a sidecar that vouches for it
     class Evil:
         def __reduce__(self):  # type: ignore[no-untyped-def]
             return (print, ("pwned",))
 
     torch.save({"x": Evil()}, tmp_path / "cam.pt")
+    record_sha()
     with pytest.raises(ModelError, match="cannot be loaded"):
         load_weights(tmp_path / "cam.pt")
     with pytest.raises(ModelError, match="geocloud train cam"):

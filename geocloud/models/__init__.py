@@ -57,7 +57,33 @@ def build_model(name: str, device: str, needs: set[str]) -> CloudModel:
     return CombinedModel(primary, helpers) if helpers else primary
 
 
+def read_spec(name: str, needs: set[str] | frozenset[str] = frozenset({"score"})) -> ModelSpec:
+    """The spec :func:`build_model` would give, read from the weight sidecars without
+    loading torch or the weights (``geocloud info``)."""
+    from .weights import SHIPPED, WeightsMeta, combine_specs, spec_from_sidecar
+
+    def one(model: str) -> ModelSpec:
+        if model not in MODELS:
+            load_model(model)  # the unknown-model error
+        if model in SHIPPED:
+            return spec_from_sidecar(WeightsMeta.read(model))
+        return load_model(model).spec  # a model without weights is cheap to build
+
+    primary = one(name)
+    helpers: list[ModelSpec] = []
+    for map_name in sorted(set(needs) - set(primary.outputs)):
+        provider = MAP_PROVIDERS.get(map_name)
+        if provider is None:
+            raise ModelError(
+                f"no model provides the {map_name!r} map that the chosen products need; choose other --products"
+            )
+        if provider not in [h.name for h in helpers]:
+            helpers.append(one(provider))
+    return combine_specs(primary, helpers) if helpers else primary
+
+
 __all__ = [
+    "read_spec",
     "CANONICAL_BANDS",
     "CloudModel",
     "CombinedModel",

@@ -143,43 +143,11 @@ class CombinedModel(CloudModel):
     """
 
     def __init__(self, primary: CloudModel, helpers: list[CloudModel]):
-        import math
-        from dataclasses import replace
+        from .weights import combine_specs
 
         self.primary = primary
         self.helpers = helpers
-        outputs = dict(primary.spec.outputs)
-        for h in helpers:
-            outputs.update({k: v for k, v in h.spec.outputs.items() if k not in outputs})
-        multiple = primary.spec.block_multiple
-        for h in helpers:
-            multiple = math.lcm(multiple, h.spec.block_multiple)
-        cells = dict(primary.spec.cells)
-        derived = list(primary.spec.derived)
-        derived_from = dict(primary.spec.derived_from)
-        for h in helpers:
-            cells.update({k: v for k, v in h.spec.cells.items() if k not in cells})
-            new = [d for d in h.spec.derived if d not in derived and d not in primary.spec.outputs]
-            derived += new
-            derived_from.update({d: h.spec.derived_from[d] for d in new if d in h.spec.derived_from})
-        sizes = {m.spec.cell_size for m in [primary, *helpers] if m.spec.cells}
-        if len(sizes) > 1:
-            from ..errors import ModelError
-
-            raise ModelError(
-                f"models with cell maps at different cell sizes {sorted(sizes)} cannot be combined"
-            )
-        self.spec = replace(
-            primary.spec,
-            name="+".join([primary.spec.name] + [h.spec.name for h in helpers]),
-            halo=max([primary.spec.halo] + [h.spec.halo for h in helpers]),
-            block_multiple=multiple,
-            outputs=outputs,
-            cells=cells,
-            cell_size=sizes.pop() if sizes else primary.spec.cell_size,
-            derived=tuple(derived),
-            derived_from=derived_from,
-        )
+        self.spec = combine_specs(primary.spec, [h.spec for h in helpers])
 
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
         return self._merge(self.primary.predict(x, valid), [h.predict(x, valid) for h in self.helpers])

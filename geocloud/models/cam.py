@@ -608,10 +608,13 @@ def load_weights(path: str | Path | None = None) -> tuple[CamNet, CamSidecar]:
             f"CAM weights {str(path)!r} (or its sidecar {side.name}) are missing; "
             "train them with `geocloud train cam --data DIR --out DIR` or reinstall geocloud"
         )
+    from .weights import WeightsMeta
+
     try:
         sidecar = CamSidecar.from_json(json.loads(side.read_text()))
     except (KeyError, ValueError, TypeError) as e:
         raise ModelError(f"sidecar {str(side)!r} is malformed ({e}); re-export the weights") from e
+    WeightsMeta.read("cam", path).verify()  # the weights are the ones the sidecar describes
     net = CamNet(sidecar.config)
     try:
         if path.suffix == ".safetensors":

@@ -31,6 +31,7 @@ within ``(NET_RADIUS + 2) * POOL`` = :data:`HALO` pixels.  No per-block normalis
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -373,6 +374,7 @@ def save_weights(
     # both through temporary names: an interrupted save never leaves a half-written file
     with atomic_output(weights, keep_suffix=True, what="weights ") as tmp:
         save_file(state, str(tmp))
+        sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
     spec = matting_spec()
     doc = {
         "spec": {
@@ -393,6 +395,7 @@ def save_weights(
             ),
         },
         **meta,
+        "weights_sha256": sha,
     }
     atomic_write_text(sidecar, json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
@@ -401,6 +404,8 @@ def load_net(
     weights: Path = WEIGHTS_FILE, sidecar: Path | None = None, device: str = "cpu"
 ) -> tuple[MattingNet, dict[str, Any]]:
     """Load F and its sidecar metadata (safetensors: no pickle)."""
+    from .weights import WeightsMeta
+
     weights = Path(weights)
     sidecar = Path(sidecar) if sidecar is not None else weights.with_suffix(".json")
     if not weights.exists() or not sidecar.exists():
@@ -410,6 +415,8 @@ def load_net(
         )
     from safetensors.torch import load_file
 
+    if sidecar == weights.with_suffix(".json"):
+        WeightsMeta.read("matting", weights).verify()  # the weights are the ones the sidecar describes
     meta = json.loads(sidecar.read_text())
     bands = meta.get("spec", {}).get("bands", list(CANONICAL_BANDS))
     if tuple(bands) != CANONICAL_BANDS or meta.get("pool", POOL) != POOL:
