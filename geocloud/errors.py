@@ -41,3 +41,7 @@ class ModelError(GeocloudError, ValueError):
 
 class ConfigError(GeocloudError, ValueError):
     """An option has a value outside its allowed range."""
+
+
+class ArchiveError(GeocloudError, ValueError):
+    """A delivery archive is unsafe (path traversal, links, too large) or unreadable."""

@@ -29,6 +29,8 @@ from datetime import datetime
 
 import numpy as np
 
+from .calibration import earth_sun_distance as earth_sun_distance  # re-exported
+from .calibration import toa_coefficients as toa_coefficients  # re-exported
 from .errors import InputError, SensorError
 from .models.base import CANONICAL_BANDS
 
@@ -234,27 +236,6 @@ def get_sensor(name: str) -> SensorProfile:
         raise SensorError(
             f"sensor {name!r} is unknown; pass --sensor with one of: {', '.join(SENSORS)}"
         ) from None
-
-
-def earth_sun_distance(when: datetime | None) -> float:
-    """Earth-Sun distance in AU (1.0 when the date is unknown)."""
-    if when is None:
-        return 1.0
-    doy = when.timetuple().tm_yday
-    return 1.0 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
-
-
-def toa_coefficients(
-    gains: tuple[float, ...], biases: tuple[float, ...], esun: tuple[float, ...],
-    sun_elevation: float, when: datetime | None,
-) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
-    """Per-band (a, b) with ``rho = a * DN + b`` for a radiance-calibrated sensor:
-    ``rho = pi * d^2 * (gain * DN + bias) / (ESUN * sin(sun_elevation))``."""
-    d = earth_sun_distance(when)
-    k = [math.pi * d * d / (e * math.sin(math.radians(sun_elevation))) for e in esun]
-    a = tuple(g * kk for g, kk in zip(gains, k, strict=True))
-    b = tuple(bi * kk for bi, kk in zip(biases, k, strict=True))
-    return a, b
 
 
 def detect_sensor(tags: Mapping[str, str], filename: str) -> str | None:
