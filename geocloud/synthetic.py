@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .compositing import compose
+from .profiles import synthetic_tiff
 
 
 def _profile_calibration() -> dict[str, Any]:
@@ -642,22 +643,8 @@ class SyntheticScene:
             "height": sp.height,
             "count": sp.bands,
             "dtype": sp.dtype,
-            "tiled": True,
-            "blockxsize": sp.blocksize,
-            "blockysize": sp.blocksize,
-            "interleave": "pixel",
-            "photometric": "MINISBLACK",
-            "BIGTIFF": "IF_SAFER",
+            **synthetic_tiff(sp.dtype, sp.blocksize, sp.compress, sp.compress_level),
         }
-        if sp.compress:
-            prof["compress"] = sp.compress
-            prof["predictor"] = 3 if sp.dtype == "float32" else 2
-            if sp.compress_level is not None:
-                key = {"DEFLATE": "zlevel", "ZSTD": "zstd_level", "LZMA": "lzma_preset"}.get(
-                    sp.compress.upper()
-                )
-                if key:
-                    prof[key] = sp.compress_level
         if sp.georef == "crs":
             prof["crs"] = sp.crs
             prof["transform"] = self.transform()

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError, NotARasterError
+from ..profiles import ortho_cog, ortho_tiff
 from .metadata import RASTER_SUFFIXES
 from .rpc import find_rpb, read_rpb
 
@@ -90,11 +91,7 @@ def orthorectify(
             "crs": dst_crs,
             "transform": transform,
             "nodata": src.nodata if src.nodata is not None else 0,
-            "tiled": True,
-            "blockxsize": 512,
-            "blockysize": 512,
-            "compress": "ZSTD",
-            "BIGTIFF": "IF_SAFER",
+            **ortho_tiff(),
         }
         tmp = dst_path.with_name(dst_path.name + ".partial")
         try:
@@ -133,8 +130,7 @@ def orthorectify(
             tmp_cog = dst_path.with_name(dst_path.name + ".cog.partial")
             ovr = "NEAREST" if resampling == "nearest" else "AVERAGE"
             try:
-                rio_copy(tmp, tmp_cog, driver="COG", COMPRESS="ZSTD", BLOCKSIZE=512, OVERVIEW_RESAMPLING=ovr,
-                         BIGTIFF="IF_SAFER")  # fmt: skip
+                rio_copy(tmp, tmp_cog, driver="COG", **ortho_cog(ovr))
             finally:
                 tmp.unlink(missing_ok=True)
             tmp = tmp_cog
