@@ -242,14 +242,14 @@ def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
     from rasterio.enums import Resampling
 
     from .preview import preview_shape
-    from .vectorize import _shapes, pixels_to_wgs84
+    from .vectorize import mask_polygons, pixels_to_wgs84
 
     with rasterio.open(mask_path) as ds:
         h, w = preview_shape(ds.height, ds.width, max_side)
         m = ds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         crs, transform, rpcs = ds.crs, ds.transform, ds.rpcs
         sy, sx = ds.height / h, ds.width / w
-    polys = _shapes(m != 255, 0)
+    polys = mask_polygons(m != 255, 0)
     if len(polys) == 0:
         return None
     geom = shapely.union_all(polys).simplify(1.5, preserve_topology=True)
@@ -304,11 +304,11 @@ def _catalog_scene(
         from .pipeline import process_scene
         from .preview import PreviewConfig, downsample_rgba, render_preview, write_png, write_preview
         from .scene import open_scene
-        from .vendor import _is_archive, find_vendor_metadata, open_delivery
+        from .vendor import find_vendor_metadata, is_archive, open_delivery
 
         scene = path
         vendor = None
-        if _is_archive(path):
+        if is_archive(path):
             workdir = Path(tempfile.mkdtemp(prefix="geocloud-cat-"))
             delivery = open_delivery(path, workdir)
             scene, vendor = delivery.raster, delivery.metadata

@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 from .errors import GeocloudError, OutputError
 from .outputs import partial_name
+from .profiles import output_cog, work_tiff
 from .scene import SceneInfo, without_georef_warning
 
 
@@ -102,9 +103,7 @@ class _Level:
         self.pending: dict[int, tuple[int, np.ndarray, int]] = {}
         profile: dict[str, Any] = {
             "driver": "GTiff", "width": width, "height": height, "count": spec.count,
-            "dtype": spec.dtype, "nodata": spec.nodata, "tiled": True, "blockxsize": 512,
-            "blockysize": WORK_TILE_ROWS, "compress": "NONE", "interleave": "band", "BIGTIFF": "IF_SAFER",
-            "SPARSE_OK": "TRUE",
+            "dtype": spec.dtype, "nodata": spec.nodata, **work_tiff(WORK_TILE_ROWS),
         }  # fmt: skip
         self.ds: Any = None
         if store:
@@ -381,14 +380,7 @@ class RasterSink:
         vrt = self.tmp.with_suffix(".vrt")
         vrt.write_text(self._vrt(tags))
         out_tmp = dest if dest is not None else partial_name(self.final)
-        opts: dict[str, Any] = {
-            "COMPRESS": self.compress, "BLOCKSIZE": self.blocksize, "BIGTIFF": "IF_SAFER",
-            "OVERVIEWS": "FORCE_USE_EXISTING", "NUM_THREADS": "ALL_CPUS",
-        }  # fmt: skip
-        if self.compress == "ZSTD":
-            opts["LEVEL"] = 1
-        if self.compress in ("ZSTD", "DEFLATE", "LZW") and self.spec.dtype != "float32":
-            opts["PREDICTOR"] = "YES"
+        opts = output_cog(self.compress, self.blocksize, self.spec.dtype)
         key = self._key
         try:
             with ExitStack() as stack:

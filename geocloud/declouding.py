@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .calibration import reflectance_to_dn as dn_from_reflectance
 from .compositing import ALPHA_MAX, invert
 from .errors import ConfigError
 from .tiling import grow_window
@@ -120,11 +121,7 @@ def reflectance_to_dn(
     DN towards the valid range, so it is never read as nodata.
     """
     dt = np.dtype(dtype)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    av = np.asarray(a, np.float64).reshape(shape)
-    bv = np.asarray(b, np.float64).reshape(shape)
-    x = np.asarray(x, np.float32)
-    dn = (x - bv.astype(np.float32)) / av.astype(np.float32)  # float32: exact for DN < 2**24
+    dn = dn_from_reflectance(np.asarray(x, np.float32), a, b)  # float32: exact for DN < 2**24
     bad = ~np.isfinite(dn)
     if np.issubdtype(dt, np.floating):
         out = dn.astype(dt)

@@ -43,6 +43,10 @@ class ConfigError(GeocloudError, ValueError):
     """An option has a value outside its allowed range."""
 
 
+class ArchiveError(GeocloudError, ValueError):
+    """A delivery archive is unsafe (path traversal, links, too large) or unreadable."""
+
+
 def gdal_reason(exc: BaseException) -> str:
     """The first line of what GDAL said: rasterio's "Read failed. See previous exception for
     details." is replaced by that previous exception (e.g. a VRT's missing source)."""

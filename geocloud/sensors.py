@@ -23,12 +23,16 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 
 import numpy as np
 
+from .calibration import Calibration, dn_to_reflectance, reflectance_to_dn
+from .calibration import earth_sun_distance as earth_sun_distance  # re-exported
+from .calibration import toa_coefficients as toa_coefficients  # re-exported
 from .errors import InputError, SensorError
 from .models.base import CANONICAL_BANDS
 
@@ -53,11 +57,8 @@ class SensorProfile:
     #: DN -> reflectance directly: rho = DN * scale + offset (Landsat C2, Sentinel-2).
     scale: float | None = None
     offset: float = 0.0
-    #: DN -> radiance: L = gain * DN + bias (W m-2 sr-1 um-1), one per canonical band.
-    gains: tuple[float, ...] | None = None
-    biases: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
-    #: exo-atmospheric solar irradiance per canonical band (W m-2 um-1).
-    esun: tuple[float, ...] | None = None
+    #: DN -> radiance (``L = gain * DN + offset``) and ESUN of a radiance-calibrated sensor.
+    calibration: Calibration | None = None
     #: whether reflectance should be divided by sin(sun elevation) (Landsat's 'scale' gives rho*sin).
     sun_correct_scale: bool = False
     source: str = ""
@@ -70,11 +71,39 @@ class SensorProfile:
     #: is red edge, not nir; Landsat's B1 is coastal, not blue; B8 is Landsat's pan band).
     not_aliases: tuple[str, ...] = field(default=())
 
+    @property
+    def gains(self) -> tuple[float, ...] | None:
+        """DN -> radiance gains per canonical band (W m-2 sr-1 um-1 per DN), if calibrated."""
+        return None if self.calibration is None else self.calibration.gains
+
+    @property
+    def biases(self) -> tuple[float, ...]:
+        """DN -> radiance offsets per canonical band (zeros without a calibration)."""
+        return (0.0, 0.0, 0.0, 0.0) if self.calibration is None else self.calibration.offsets
+
+    @property
+    def esun(self) -> tuple[float, ...] | None:
+        """Exo-atmospheric solar irradiance per canonical band (W m-2 um-1), if calibrated."""
+        return None if self.calibration is None else self.calibration.esun
+
+    def __post_init__(self) -> None:
+        # the profile's default table carries the profile's source
+        if self.calibration is not None and not self.calibration.source:
+            object.__setattr__(self, "calibration", replace(self.calibration, source=self.source))
+
     def layout(self, count: int) -> tuple[str, ...] | None:
         """The file bands of a ``count``-band stack of this sensor, if it has one."""
         if count == len(self.file_bands):
             return self.file_bands
         return next((lay for lay in self.layouts if len(lay) == count), None)
+
+
+def _profile_table(
+    satellite: str, sensor: str, epoch: int, gains: tuple[float, ...], esun: tuple[float, ...]
+) -> Calibration:
+    """A sensor profile's default table (zero offsets; its source is the profile's)."""
+    return Calibration(satellite, sensor, epoch, gains, (0.0, 0.0, 0.0, 0.0), esun, source="",
+                       status="profile", use="profile")  # fmt: skip
 
 
 SENSORS: dict[str, SensorProfile] = {
@@ -83,8 +112,9 @@ SENSORS: dict[str, SensorProfile] = {
         SensorProfile(
             name="gf1_wfv",
             description="GaoFen-1 Wide Field View (WFV1-4), 16 m, 4 bands",
-            gains=(0.1709, 0.1398, 0.1195, 0.1338),
-            esun=(1968.6, 1849.2, 1570.2, 1078.2),
+            calibration=_profile_table(
+                "GF1", "WFV", 2013, (0.1709, 0.1398, 0.1195, 0.1338), (1968.6, 1849.2, 1570.2, 1078.2)
+            ),
             source="CRESDA absolute calibration, GF-1 WFV1 (approximate, 2013 release); "
             "per-camera/year tables come from the vendor XML reader when present",
             patterns=(r"GF-?1\w*[ _]*WFV", r"^GF1_WFV"),
@@ -92,16 +122,18 @@ SENSORS: dict[str, SensorProfile] = {
         SensorProfile(
             name="gf1_pms",
             description="GaoFen-1 Panchromatic/Multispectral Sensor MSS (PMS1/2), 8 m, 4 bands",
-            gains=(0.2082, 0.1672, 0.1748, 0.1883),
-            esun=(1945.5, 1854.2, 1542.9, 1080.8),
+            calibration=_profile_table(
+                "GF1", "PMS", 2013, (0.2082, 0.1672, 0.1748, 0.1883), (1945.5, 1854.2, 1542.9, 1080.8)
+            ),
             source="CRESDA absolute calibration, GF-1 PMS1 MSS (approximate, 2013 release)",
             patterns=(r"GF-?1\w*[ _]*PMS", r"^GF1_PMS"),
         ),
         SensorProfile(
             name="gf2_pms",
             description="GaoFen-2 Panchromatic/Multispectral Sensor MSS (PMS1/2), 4 m, 4 bands",
-            gains=(0.1378, 0.1778, 0.1700, 0.1858),
-            esun=(1941.76, 1853.73, 1541.79, 1086.47),
+            calibration=_profile_table(
+                "GF2", "PMS", 2020, (0.1378, 0.1778, 0.1700, 0.1858), (1941.76, 1853.73, 1541.79, 1086.47)
+            ),
             source="CRESDA absolute calibration, GF-2 PMS1 2020 (approximate for other cameras and years); "
             "per-camera/year tables come from the vendor XML reader when present",
             patterns=(r"GF-?2\w*[ _]*PMS", r"^GF2_PMS"),
@@ -110,8 +142,9 @@ SENSORS: dict[str, SensorProfile] = {
             name="gf6_wfv",
             description="GaoFen-6 Wide Field View, 16 m, 8 bands (1-4: blue, green, red, nir)",
             file_bands=("blue", "green", "red", "nir", "rededge1", "rededge2", "purple", "yellow"),
-            gains=(0.0675, 0.0552, 0.0513, 0.0314),
-            esun=(1952.16, 1847.43, 1554.76, 1074.06),
+            calibration=_profile_table(
+                "GF6", "WFV", 2020, (0.0675, 0.0552, 0.0513, 0.0314), (1952.16, 1847.43, 1554.76, 1074.06)
+            ),
             source="CRESDA absolute calibration, GF-6 WFV 2020 (approximate for other years); "
             "per-year tables come from the vendor XML reader when present",
             patterns=(r"GF-?6\w*[ _]*WFV", r"^GF6_WFV"),
@@ -119,8 +152,9 @@ SENSORS: dict[str, SensorProfile] = {
         SensorProfile(
             name="gf6_pms",
             description="GaoFen-6 Panchromatic/Multispectral Sensor MSS, 8 m, 4 bands",
-            gains=(0.0820, 0.0645, 0.0489, 0.0286),
-            esun=(1945.50, 1832.38, 1558.18, 1090.77),
+            calibration=_profile_table(
+                "GF6", "PMS", 2020, (0.0820, 0.0645, 0.0489, 0.0286), (1945.50, 1832.38, 1558.18, 1090.77)
+            ),
             source="CRESDA absolute calibration, GF-6 PMS 2020 (approximate for other years); "
             "per-year tables come from the vendor XML reader when present",
             patterns=(r"GF-?6\w*[ _]*PMS", r"^GF6_PMS"),
@@ -128,8 +162,9 @@ SENSORS: dict[str, SensorProfile] = {
         SensorProfile(
             name="zy3_mux",
             description="ZiYuan-3 multispectral camera (MUX), 5.8 m, 4 bands",
-            gains=(0.2240, 0.2290, 0.1840, 0.2010),
-            esun=(1958.0, 1822.0, 1559.0, 1085.0),
+            calibration=_profile_table(
+                "ZY3", "MUX", 2012, (0.2240, 0.2290, 0.1840, 0.2010), (1958.0, 1822.0, 1559.0, 1085.0)
+            ),
             source="CRESDA absolute calibration, ZY-3 MUX (approximate, 2012 release)",
             patterns=(r"ZY-?3\w*[ _]*MUX", r"^ZY3_MUX"),
         ),
@@ -201,18 +236,11 @@ class Radiometry:
 
     def to_reflectance(self, dn: np.ndarray) -> np.ndarray:
         """Convert (C, ...) DN of the selected bands to float32 reflectance."""
-        a = np.asarray(self.a, dtype=np.float32).reshape((-1,) + (1,) * (dn.ndim - 1))
-        b = np.asarray(self.b, dtype=np.float32).reshape((-1,) + (1,) * (dn.ndim - 1))
-        out = dn.astype(np.float32, copy=True)
-        out *= a
-        out += b
-        return out
+        return dn_to_reflectance(dn, self.a, self.b)
 
     def to_dn(self, reflectance: np.ndarray) -> np.ndarray:
         """The inverse of :meth:`to_reflectance` (float32; the caller rounds and casts)."""
-        a = np.asarray(self.a, dtype=np.float32).reshape((-1,) + (1,) * (reflectance.ndim - 1))
-        b = np.asarray(self.b, dtype=np.float32).reshape((-1,) + (1,) * (reflectance.ndim - 1))
-        return (reflectance - b) / a
+        return reflectance_to_dn(reflectance, self.a, self.b)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -234,27 +262,6 @@ def get_sensor(name: str) -> SensorProfile:
         raise SensorError(
             f"sensor {name!r} is unknown; pass --sensor with one of: {', '.join(SENSORS)}"
         ) from None
-
-
-def earth_sun_distance(when: datetime | None) -> float:
-    """Earth-Sun distance in AU (1.0 when the date is unknown)."""
-    if when is None:
-        return 1.0
-    doy = when.timetuple().tm_yday
-    return 1.0 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
-
-
-def toa_coefficients(
-    gains: tuple[float, ...], biases: tuple[float, ...], esun: tuple[float, ...],
-    sun_elevation: float, when: datetime | None,
-) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
-    """Per-band (a, b) with ``rho = a * DN + b`` for a radiance-calibrated sensor:
-    ``rho = pi * d^2 * (gain * DN + bias) / (ESUN * sin(sun_elevation))``."""
-    d = earth_sun_distance(when)
-    k = [math.pi * d * d / (e * math.sin(math.radians(sun_elevation))) for e in esun]
-    a = tuple(g * kk for g, kk in zip(gains, k, strict=True))
-    b = tuple(bi * kk for bi, kk in zip(biases, k, strict=True))
-    return a, b
 
 
 def detect_sensor(tags: Mapping[str, str], filename: str) -> str | None:
@@ -312,7 +319,13 @@ def _band_indexes_from_descriptions(
             if not name or name in skip:
                 continue
             canon = BAND_ALIASES.get(name)
-            if canon is None or canon in found or (exact and name != canon and name not in ("near-infrared", "near infrared", "nearinfrared")):
+            if (
+                canon is None
+                or canon in found
+                or (
+                    exact and name != canon and name not in ("near-infrared", "near infrared", "nearinfrared")
+                )
+            ):
                 continue
             found[canon] = i
     if all(b in found for b in CANONICAL_BANDS):
@@ -347,48 +360,82 @@ def parse_bands(text: str, count: int) -> tuple[int, ...]:
     return idx
 
 
-def resolve_radiometry(
-    *,
-    count: int,
-    dtype: str,
-    tags: Mapping[str, str],
-    descriptions: tuple[str | None, ...],
-    band_scales: tuple[float, ...],
-    band_offsets: tuple[float, ...],
-    filename: str,
-    sensor: str | None = None,
-    bands: str | tuple[int, ...] | None = None,
-    scale: float | None = None,
-    offset: float = 0.0,
-    sun_elevation: float | None = None,
-    acquired: datetime | None = None,
-    vendor: object | None = None,
-    colorinterp: tuple[str, ...] = (),
-) -> Radiometry:
-    """Decide the band order and DN->reflectance conversion of a scene (module docstring).
+class VendorRadiometry(Protocol):
+    """What :func:`resolve_radiometry` reads from vendor metadata
+    (:class:`geocloud.vendor.VendorMetadata` is one)."""
 
-    ``vendor`` is optional vendor metadata with attributes ``profile``, ``sun_elevation``,
-    ``acquired`` and optionally ``gains``/``biases``/``esun`` (per canonical band).
-    """
-    # --- which sensor
-    source_sensor = "--sensor"
-    if sensor is None and vendor is not None and getattr(vendor, "profile", None):
-        sensor, source_sensor = vendor.profile, "vendor metadata"  # type: ignore[attr-defined]
-    if sensor is None:
-        sensor = detect_sensor(tags, filename)
-        source_sensor = "file tags/name"
-    if sensor is None:
-        sensor, source_sensor = "generic", "default"
-    profile = get_sensor(sensor)
+    @property
+    def profile(self) -> str | None: ...
 
-    # --- which bands
-    if isinstance(bands, str):
-        indexes = parse_bands(bands, count)
-    elif bands is not None:
-        indexes = parse_bands(",".join(map(str, bands)), count)
+    @property
+    def sun_elevation(self) -> float | None: ...
+
+    @property
+    def acquired(self) -> datetime | None: ...
+
+    @property
+    def calibration(self) -> Calibration | None: ...
+
+
+@dataclass(frozen=True)
+class SceneFacts:
+    """What is known of a scene when its DN scaling is decided: the file, the user's flags
+    and the vendor metadata (the arguments of :func:`resolve_radiometry`)."""
+
+    count: int
+    dtype: str
+    tags: Mapping[str, str]
+    descriptions: tuple[str | None, ...]
+    band_scales: tuple[float, ...]
+    band_offsets: tuple[float, ...]
+    filename: str
+    sensor: str | None = None
+    bands: str | tuple[int, ...] | None = None
+    scale: float | None = None
+    offset: float = 0.0
+    sun_elevation: float | None = None
+    acquired: datetime | None = None
+    vendor: VendorRadiometry | None = None
+    colorinterp: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScalingInput:
+    """A scene whose sensor and bands are decided, as the scaling rules see it."""
+
+    facts: SceneFacts
+    profile: SensorProfile
+    #: where the sensor came from ("--sensor", "vendor metadata", "file tags/name", "default").
+    sensor_source: str
+    indexes: tuple[int, ...]
+    sun_elevation: float | None
+    acquired: datetime | None
+
+
+def choose_sensor(facts: SceneFacts) -> tuple[SensorProfile, str]:
+    """The sensor profile of a scene and where it came from: ``--sensor``, else the vendor
+    metadata's profile, else the file's tags or name, else ``generic``."""
+    if facts.sensor is not None:
+        return get_sensor(facts.sensor), "--sensor"
+    if facts.vendor is not None and facts.vendor.profile:
+        return get_sensor(facts.vendor.profile), "vendor metadata"
+    detected = detect_sensor(facts.tags, facts.filename)
+    if detected is not None:
+        return get_sensor(detected), "file tags/name"
+    return get_sensor("generic"), "default"
+
+
+def choose_bands(facts: SceneFacts, profile: SensorProfile) -> tuple[int, ...]:
+    """The 1-based file bands of blue, green, red, nir: ``--bands``, else the band
+    descriptions, else the sensor's layout for the band count."""
+    count, colorinterp = facts.count, facts.colorinterp
+    if isinstance(facts.bands, str):
+        indexes = parse_bands(facts.bands, count)
+    elif facts.bands is not None:
+        indexes = parse_bands(",".join(map(str, facts.bands)), count)
     else:
         alpha = [i for i, ci in enumerate(colorinterp, start=1) if ci.lower() == "alpha"]
-        from_desc = _band_indexes_from_descriptions(descriptions, profile)
+        from_desc = _band_indexes_from_descriptions(facts.descriptions, profile)
         if from_desc is not None:
             indexes = from_desc
         else:
@@ -415,83 +462,176 @@ def resolve_radiometry(
             f"band {hit[0]} is an alpha (transparency) band, a mask and not a spectral band; "
             "pass --bands with the file bands of blue, green, red, nir"
         )
-    if count < len(CANONICAL_BANDS) and bands is None:
+    if count < len(CANONICAL_BANDS) and facts.bands is None:
         raise InputError(
             f"scene has {count} band(s) but geocloud needs 4 (blue, green, red, nir); pass a 4-band scene"
         )
+    return indexes
 
-    # --- which scaling
-    sel_scales = tuple(band_scales[i - 1] for i in indexes)
-    sel_offsets = tuple(band_offsets[i - 1] for i in indexes)
-    sun_el = sun_elevation
-    if sun_el is None and vendor is not None:
-        sun_el = getattr(vendor, "sun_elevation", None)
+
+def scene_sun_elevation(facts: SceneFacts) -> float | None:
+    """``--sun-elevation``, else the vendor metadata's, else a SUN_ELEVATION-like tag."""
+    sun_el = facts.sun_elevation
+    if sun_el is None and facts.vendor is not None:
+        sun_el = facts.vendor.sun_elevation
     if sun_el is None:
         for key in ("SUN_ELEVATION", "SUNELEVATION", "SUN_ELEV"):
-            for k, v in tags.items():
+            for k, v in facts.tags.items():
                 if k.upper() == key:
                     with contextlib.suppress(ValueError):
                         sun_el = float(v)
-    when = acquired or (getattr(vendor, "acquired", None) if vendor is not None else None)
-    if when is None:
-        when = _acquired_from_tags(tags)
+    return sun_el
 
+
+def scene_acquired(facts: SceneFacts) -> datetime | None:
+    """The acquisition time: the argument, else the vendor metadata's, else the tags'."""
+    when = facts.acquired or (facts.vendor.acquired if facts.vendor is not None else None)
+    if when is None:
+        when = _acquired_from_tags(facts.tags)
+    return when
+
+
+def user_scale_rule(s: ScalingInput) -> Radiometry | None:
+    """``--scale``/``--offset``: the same linear map for every band."""
+    scale, offset = s.facts.scale, s.facts.offset
     if scale is None and offset:
         raise SensorError(
             f"--offset {offset:g} is used only with --scale: pass both (reflectance = DN * SCALE + OFFSET), "
             "e.g. --scale 0.0001 --offset -0.1"
         )
-    if scale is not None:
-        if not (math.isfinite(scale) and math.isfinite(offset)) or scale <= 0:
-            raise SensorError(
-                f"--scale {scale} --offset {offset} must be finite and the scale positive, "
-                "e.g. --scale 0.0001 for reflectance x 10000"
-            )
-        n = len(indexes)
-        return Radiometry(profile.name, indexes, (scale,) * n, (offset,) * n, "--scale/--offset", sun_el)
-    if any(s != 1.0 for s in sel_scales) or any(o != 0.0 for o in sel_offsets):
-        return Radiometry(profile.name, indexes, sel_scales, sel_offsets, "GDAL band scale/offset", sun_el)
-    if dtype.startswith("float"):
-        n = len(indexes)
-        return Radiometry(
-            profile.name, indexes, (1.0,) * n, (0.0,) * n, "float input taken as reflectance", sun_el
+    if scale is None:
+        return None
+    if not (math.isfinite(scale) and math.isfinite(offset)) or scale <= 0:
+        raise SensorError(
+            f"--scale {scale} --offset {offset} must be finite and the scale positive, "
+            "e.g. --scale 0.0001 for reflectance x 10000"
         )
+    n = len(s.indexes)
+    return Radiometry(
+        s.profile.name, s.indexes, (scale,) * n, (offset,) * n, "--scale/--offset", s.sun_elevation
+    )
 
-    gains = getattr(vendor, "gains", None) if vendor is not None else None
-    esun = getattr(vendor, "esun", None) if vendor is not None else None
-    biases = getattr(vendor, "biases", None) if vendor is not None else None
-    gains = gains or profile.gains
-    esun = esun or profile.esun
-    biases = biases or profile.biases
-    if gains is not None and esun is not None:
-        if sun_el is None:
-            log.warning(
-                "sun elevation unknown for %s: assuming %.0f degrees; pass --sun-elevation DEG "
-                "or keep the vendor XML beside the scene for exact TOA reflectance",
-                profile.name,
-                DEFAULT_SUN_ELEVATION,
-            )
-            sun_el = DEFAULT_SUN_ELEVATION
-        if not 0 < sun_el <= 90:
-            raise SensorError(f"sun elevation {sun_el} is outside (0, 90] degrees; pass --sun-elevation DEG")
-        a, b = toa_coefficients(gains, biases, esun, sun_el, when)
-        table = getattr(vendor, "calibration", None) if vendor is not None else None
-        if table is not None:
-            src = f"{profile.name} calibration (vendor XML: {table.describe()}), from {source_sensor}"
-            return Radiometry(profile.name, indexes, a, b, src, sun_el, table.describe(), table.approximate)
-        src = f"{profile.name} calibration ({'vendor XML' if vendor is not None else profile.source}), from {source_sensor}"
-        return Radiometry(profile.name, indexes, a, b, src, sun_el, f"{profile.name} profile (approximate)", True)
-    if profile.scale is not None:
-        div = 1.0
-        if profile.sun_correct_scale and sun_el is not None:
-            div = math.sin(math.radians(sun_el))
-        n = len(indexes)
+
+def gdal_scale_rule(s: ScalingInput) -> Radiometry | None:
+    """The GDAL band scale/offset of the selected bands, when any is other than 1/0."""
+    sel_scales = tuple(s.facts.band_scales[i - 1] for i in s.indexes)
+    sel_offsets = tuple(s.facts.band_offsets[i - 1] for i in s.indexes)
+    if any(v != 1.0 for v in sel_scales) or any(o != 0.0 for o in sel_offsets):
         return Radiometry(
-            profile.name, indexes, (profile.scale / div,) * n, (profile.offset / div,) * n,
-            f"{profile.name}: {profile.source}, from {source_sensor}", sun_el,
-        )  # fmt: skip
+            s.profile.name, s.indexes, sel_scales, sel_offsets, "GDAL band scale/offset", s.sun_elevation
+        )
+    return None
+
+
+def float_reflectance_rule(s: ScalingInput) -> Radiometry | None:
+    """A floating-point scene is reflectance already."""
+    if not s.facts.dtype.startswith("float"):
+        return None
+    n = len(s.indexes)
+    return Radiometry(
+        s.profile.name, s.indexes, (1.0,) * n, (0.0,) * n, "float input taken as reflectance", s.sun_elevation
+    )
+
+
+def radiance_calibration_rule(s: ScalingInput) -> Radiometry | None:
+    """A radiance calibration (the vendor table, else the sensor profile's) with the sun
+    elevation (assumed :data:`DEFAULT_SUN_ELEVATION` when unknown) and Earth-Sun distance."""
+    profile, vendor = s.profile, s.facts.vendor
+    table = vendor.calibration if vendor is not None else None
+    cal = table if table is not None else profile.calibration
+    if cal is None:
+        return None
+    sun_el = s.sun_elevation
+    if sun_el is None:
+        log.warning(
+            "sun elevation unknown for %s: assuming %.0f degrees; pass --sun-elevation DEG "
+            "or keep the vendor XML beside the scene for exact TOA reflectance",
+            profile.name,
+            DEFAULT_SUN_ELEVATION,
+        )
+        sun_el = DEFAULT_SUN_ELEVATION
+    if not 0 < sun_el <= 90:
+        raise SensorError(f"sun elevation {sun_el} is outside (0, 90] degrees; pass --sun-elevation DEG")
+    a, b = cal.toa_coefficients(sun_el, s.acquired)
+    if table is not None:
+        src = f"{profile.name} calibration (vendor XML: {table.describe()}), from {s.sensor_source}"
+        return Radiometry(profile.name, s.indexes, a, b, src, sun_el, table.describe(), table.approximate)
+    src = f"{profile.name} calibration ({'vendor XML' if vendor is not None else profile.source}), from {s.sensor_source}"
+    return Radiometry(
+        profile.name, s.indexes, a, b, src, sun_el, f"{profile.name} profile (approximate)", True
+    )
+
+
+def profile_scale_rule(s: ScalingInput) -> Radiometry | None:
+    """The sensor's published reflectance scale (Landsat, Sentinel-2), divided by
+    sin(sun elevation) where the sensor's scale gives ``rho * sin``."""
+    profile = s.profile
+    if profile.scale is None:
+        return None
+    div = 1.0
+    if profile.sun_correct_scale and s.sun_elevation is not None:
+        div = math.sin(math.radians(s.sun_elevation))
+    n = len(s.indexes)
+    return Radiometry(
+        profile.name, s.indexes, (profile.scale / div,) * n, (profile.offset / div,) * n,
+        f"{profile.name}: {profile.source}, from {s.sensor_source}", s.sun_elevation,
+    )  # fmt: skip
+
+
+#: The scaling rules of :func:`resolve_radiometry`, in order: the first that returns a
+#: :class:`Radiometry` decides; a rule may raise :class:`SensorError` on a bad value.
+SCALING_RULES: tuple[Callable[[ScalingInput], Radiometry | None], ...] = (
+    user_scale_rule,
+    gdal_scale_rule,
+    float_reflectance_rule,
+    radiance_calibration_rule,
+    profile_scale_rule,
+)
+
+
+def radiometry_from_facts(facts: SceneFacts) -> Radiometry:
+    """Decide the sensor, the bands, then the first of :data:`SCALING_RULES` that applies."""
+    profile, sensor_source = choose_sensor(facts)
+    indexes = choose_bands(facts, profile)
+    scaling = ScalingInput(
+        facts, profile, sensor_source, indexes, scene_sun_elevation(facts), scene_acquired(facts)
+    )
+    for rule in SCALING_RULES:
+        rad = rule(scaling)
+        if rad is not None:
+            return rad
     raise SensorError(
-        f"integer ({dtype}) scene with unknown DN scaling; pass --sensor "
+        f"integer ({facts.dtype}) scene with unknown DN scaling; pass --sensor "
         f"({', '.join(n for n in SENSORS if n != 'generic')}) or --scale FACTOR "
         "(e.g. --scale 0.0001 for reflectance x 10000)"
     )
+
+
+def resolve_radiometry(
+    *,
+    count: int,
+    dtype: str,
+    tags: Mapping[str, str],
+    descriptions: tuple[str | None, ...],
+    band_scales: tuple[float, ...],
+    band_offsets: tuple[float, ...],
+    filename: str,
+    sensor: str | None = None,
+    bands: str | tuple[int, ...] | None = None,
+    scale: float | None = None,
+    offset: float = 0.0,
+    sun_elevation: float | None = None,
+    acquired: datetime | None = None,
+    vendor: VendorRadiometry | None = None,
+    colorinterp: tuple[str, ...] = (),
+) -> Radiometry:
+    """Decide the band order and DN->reflectance conversion of a scene (module docstring):
+    :func:`radiometry_from_facts` of the :class:`SceneFacts` these arguments make."""
+    return radiometry_from_facts(
+        SceneFacts(
+            count=count, dtype=dtype, tags=tags, descriptions=descriptions, band_scales=band_scales,
+            band_offsets=band_offsets, filename=filename, sensor=sensor, bands=bands, scale=scale,
+            offset=offset, sun_elevation=sun_elevation, acquired=acquired, vendor=vendor,
+            colorinterp=colorinterp,
+        )
+    )  # fmt: skip

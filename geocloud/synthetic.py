@@ -35,31 +35,35 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .calibration import BANDS, Calibration, toa_factors
+from .calibration import dn_to_reflectance as dn_to_reflectance_linear
 from .compositing import compose
+from .profiles import synthetic_tiff
 
 
-def _profile_calibration() -> dict[str, Any]:
+def _profile_calibration() -> Calibration:
     from .sensors import get_sensor
 
     prof = get_sensor("gf1_wfv")
-    return {
-        "satellite": "GF1",
-        "sensor": "WFV1",
-        "bands": ("blue", "green", "red", "nir"),
-        "gain": tuple(prof.gains or ()),
-        "offset": tuple(prof.biases),
-        "esun": tuple(prof.esun or ()),
-        "source": f"geocloud.sensors gf1_wfv profile: {prof.source}",
-        "dn_max": 4095,
-    }
+    assert prof.calibration is not None
+    return replace(
+        prof.calibration,
+        satellite="GF1",
+        sensor="WFV1",
+        source=f"geocloud.sensors gf1_wfv profile: {prof.source}",
+        dn_max=DN_MAX,
+    )
 
+
+#: Largest DN of the synthetic sensor (uint16 storage of 12-bit data).
+DN_MAX = 4095
 
 #: Radiometry assumed for GF-1 WFV1 (DN -> TOA radiance -> TOA reflectance), taken from the
 #: ``gf1_wfv`` profile of :mod:`geocloud.sensors` so that synthetic scenes round-trip:
@@ -69,7 +73,7 @@ def _profile_calibration() -> dict[str, Any]:
 #: cloud ~1500-3000 DN; DN are stored in uint16 and saturate at ``dn_max``.  A scene
 #: written with ``vendor_xml=True`` is encoded with the calibration table
 #: :mod:`geocloud.vendor` picks for that XML instead (see :func:`scene_calibration`).
-GF1_WFV_CALIBRATION: dict[str, Any] = _profile_calibration()
+GF1_WFV_CALIBRATION: Calibration = _profile_calibration()
 
 #: TOA reflectance (blue, green, red, nir) of the land covers, path radiance included.
 SURFACE_SPECTRA: dict[str, tuple[float, float, float, float]] = {
@@ -110,44 +114,56 @@ def parse_time(text: str) -> _dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=_dt.UTC)
 
 
-def _radiometric_factors(sun_elevation: float, when: str, calibration: dict[str, Any]) -> np.ndarray:
-    """Per-band k with ``rho = k * L``."""
-    d = earth_sun_distance(when)
-    cos_sza = math.sin(math.radians(sun_elevation))
-    esun = np.asarray(calibration["esun"], dtype=np.float64)
-    return math.pi * d * d / (esun * cos_sza)
+def as_calibration(calibration: Calibration | Mapping[str, Any]) -> Calibration:
+    """A :class:`~geocloud.calibration.Calibration`, or one made from a mapping with the keys
+    ``gain``, ``offset``, ``esun`` and optionally ``satellite``, ``sensor``, ``source``,
+    ``dn_max``."""
+    if isinstance(calibration, Calibration):
+        return calibration
+    c = calibration
+    return Calibration(
+        satellite=str(c.get("satellite", "GF1")),
+        sensor=str(c.get("sensor", "WFV1")),
+        epoch=c.get("epoch"),
+        gains=tuple(c["gain"]),
+        offsets=tuple(c["offset"]),
+        esun=tuple(c["esun"]),
+        source=str(c.get("source", "")),
+        dn_max=c.get("dn_max", DN_MAX),
+    )
 
 
 def dn_to_reflectance(
     dn: np.ndarray,
     sun_elevation: float,
     acquisition_time: str,
-    calibration: dict[str, Any] = GF1_WFV_CALIBRATION,
+    calibration: Calibration | Mapping[str, Any] = GF1_WFV_CALIBRATION,
 ) -> np.ndarray:
-    """DN (C, ...) -> TOA reflectance (C, ...) float32, with the assumed calibration."""
-    k = _radiometric_factors(sun_elevation, acquisition_time, calibration)
-    gain = np.asarray(calibration["gain"], dtype=np.float64)
-    offset = np.asarray(calibration["offset"], dtype=np.float64)
-    shape = (-1,) + (1,) * (np.ndim(dn) - 1)
-    rad = np.asarray(dn, dtype=np.float64) * gain.reshape(shape) + offset.reshape(shape)
-    return (rad * k.reshape(shape)).astype(np.float32)
+    """DN (C, ...) -> TOA reflectance (C, ...) float32, with the assumed calibration
+    (the engine's conversion, :func:`geocloud.calibration.dn_to_reflectance`)."""
+    cal = as_calibration(calibration)
+    a, b = cal.toa_coefficients(sun_elevation, parse_time(acquisition_time))
+    return dn_to_reflectance_linear(np.asarray(dn), a, b)
 
 
 def reflectance_to_dn(
     rho: np.ndarray,
     sun_elevation: float,
     acquisition_time: str,
-    calibration: dict[str, Any] = GF1_WFV_CALIBRATION,
+    calibration: Calibration | Mapping[str, Any] = GF1_WFV_CALIBRATION,
 ) -> np.ndarray:
-    """TOA reflectance (C, ...) -> DN (C, ...) uint16, rounded, clipped to 1..dn_max."""
-    k = _radiometric_factors(sun_elevation, acquisition_time, calibration)
-    gain = np.asarray(calibration["gain"], dtype=np.float64)
-    offset = np.asarray(calibration["offset"], dtype=np.float64)
+    """TOA reflectance (C, ...) -> DN (C, ...) uint16, rounded, clipped to 1..dn_max: the
+    sensor's quantisation, ``DN = rho / (k * gain) - offset / gain`` in float32 with
+    ``k`` from :func:`geocloud.calibration.toa_factors`."""
+    cal = as_calibration(calibration)
+    k = np.asarray(toa_factors(cal.esun, sun_elevation, parse_time(acquisition_time)), dtype=np.float64)
+    gain = np.asarray(cal.gains, dtype=np.float64)
+    offset = np.asarray(cal.offsets, dtype=np.float64)
     shape = (-1,) + (1,) * (np.ndim(rho) - 1)
     scale = (1.0 / (k * gain)).astype(np.float32).reshape(shape)
     off = (offset / gain).astype(np.float32).reshape(shape)
     dn = np.asarray(rho, dtype=np.float32) * scale - off
-    return np.clip(np.rint(dn), 1, calibration["dn_max"]).astype(np.uint16)
+    return np.clip(np.rint(dn), 1, cal.dn_max if cal.dn_max is not None else DN_MAX).astype(np.uint16)
 
 
 # --------------------------------------------------------------------------- noise
@@ -340,8 +356,9 @@ class SceneSpec:
     compress: str | None = "ZSTD"
     #: ZLEVEL (DEFLATE) / ZSTD_LEVEL; None: GDAL's default.
     compress_level: int | None = None
-    #: DN calibration of uint16 scenes; None: :func:`scene_calibration` decides.
-    calibration: dict[str, Any] | None = None
+    #: DN calibration of uint16 scenes (a :class:`~geocloud.calibration.Calibration` or a
+    #: mapping for :func:`as_calibration`); None: :func:`scene_calibration` decides.
+    calibration: Calibration | Mapping[str, Any] | None = None
 
     def validate(self) -> None:
         if self.width < 1 or self.height < 1:
@@ -367,29 +384,29 @@ class SceneSpec:
 
     @property
     def band_names(self) -> tuple[str, ...]:
-        names = tuple(GF1_WFV_CALIBRATION["bands"])
+        names = BANDS
         return tuple(names[i] if i < 4 else f"band{i + 1}" for i in range(self.bands))
 
 
-def scene_calibration(spec: SceneSpec) -> dict[str, Any]:
+def scene_calibration(spec: SceneSpec) -> Calibration:
     """The DN calibration a uint16 scene is encoded with: ``spec.calibration`` if given,
     else the table :mod:`geocloud.vendor` reads for the XML when ``vendor_xml`` is on,
     else :data:`GF1_WFV_CALIBRATION` (the ``gf1_wfv`` sensor profile)."""
     if spec.calibration is not None:
-        return dict(spec.calibration)
+        return as_calibration(spec.calibration)
     if spec.vendor_xml:
         from .vendor import lookup_calibration
 
         cal = lookup_calibration("GF1", "WFV1", parse_time(spec.acquisition_time).year)
         if cal is not None:
-            return dict(
+            return replace(
                 GF1_WFV_CALIBRATION,
-                gain=tuple(cal.gains),
-                offset=tuple(cal.offsets),
+                gains=tuple(cal.gains),
+                offsets=tuple(cal.offsets),
                 esun=tuple(cal.esun),
                 source=f"geocloud.vendor table GF1/WFV1 epoch {cal.epoch}",
             )
-    return dict(GF1_WFV_CALIBRATION)
+    return GF1_WFV_CALIBRATION
 
 
 class SyntheticScene:
@@ -547,10 +564,13 @@ class SyntheticScene:
         bands = [reflectance[min(i, 3)] for i in range(sp.bands)]
         refl = np.stack(bands)
         if sp.dtype == "uint16":
-            cal = dict(self.calibration)
-            n = sp.bands
-            for key in ("gain", "offset", "esun"):
-                cal[key] = tuple(cal[key][min(i, 3)] for i in range(n))
+            c, n = self.calibration, sp.bands
+            cal = replace(
+                c,
+                gains=tuple(c.gains[min(i, 3)] for i in range(n)),
+                offsets=tuple(c.offsets[min(i, 3)] for i in range(n)),
+                esun=tuple(c.esun[min(i, 3)] for i in range(n)),
+            )
             data = reflectance_to_dn(refl, sp.sun_elevation, sp.acquisition_time, cal)
         elif sp.dtype == "float32":
             data = refl.astype(np.float32)
@@ -625,8 +645,8 @@ class SyntheticScene:
         if sp.sensor_tags:
             tags.update(
                 {
-                    "SATELLITE": str(self.calibration.get("satellite", "GF1")),
-                    "SENSOR": str(self.calibration.get("sensor", "WFV1")),
+                    "SATELLITE": self.calibration.satellite,
+                    "SENSOR": self.calibration.sensor,
                     "SUN_ELEVATION": f"{sp.sun_elevation:.4f}",
                     "SUN_AZIMUTH": f"{sp.sun_azimuth:.4f}",
                     "ACQUISITION_TIME": sp.acquisition_time,
@@ -642,22 +662,8 @@ class SyntheticScene:
             "height": sp.height,
             "count": sp.bands,
             "dtype": sp.dtype,
-            "tiled": True,
-            "blockxsize": sp.blocksize,
-            "blockysize": sp.blocksize,
-            "interleave": "pixel",
-            "photometric": "MINISBLACK",
-            "BIGTIFF": "IF_SAFER",
+            **synthetic_tiff(sp.dtype, sp.blocksize, sp.compress, sp.compress_level),
         }
-        if sp.compress:
-            prof["compress"] = sp.compress
-            prof["predictor"] = 3 if sp.dtype == "float32" else 2
-            if sp.compress_level is not None:
-                key = {"DEFLATE": "zlevel", "ZSTD": "zstd_level", "LZMA": "lzma_preset"}.get(
-                    sp.compress.upper()
-                )
-                if key:
-                    prof[key] = sp.compress_level
         if sp.georef == "crs":
             prof["crs"] = sp.crs
             prof["transform"] = self.transform()
@@ -672,8 +678,8 @@ class SyntheticScene:
         # GF deliveries state times in Beijing time (UTC+8), as geocloud.vendor expects
         t = (parse_time(sp.acquisition_time) + _dt.timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")
         fields = {
-            "SatelliteID": self.calibration.get("satellite", "GF1"),
-            "SensorID": self.calibration.get("sensor", "WFV1"),
+            "SatelliteID": self.calibration.satellite,
+            "SensorID": self.calibration.sensor,
             "ReceiveTime": t,
             "ProductLevel": "LEVEL2A" if sp.georef == "crs" else "LEVEL1A",
             "ProductFormat": "GEOTIFF",
@@ -778,6 +784,7 @@ def make_scene(
 
 
 __all__ = [
+    "DN_MAX",
     "DTYPES",
     "GEOREF_KINDS",
     "GF1_WFV_CALIBRATION",
@@ -788,6 +795,7 @@ __all__ = [
     "FractalNoise",
     "SceneSpec",
     "SyntheticScene",
+    "as_calibration",
     "dn_to_reflectance",
     "earth_sun_distance",
     "make_scene",

@@ -107,7 +107,7 @@ _POLYGON = int(shapely.GeometryType.POLYGON)
 _COLLECTIONS = (int(shapely.GeometryType.MULTIPOLYGON), int(shapely.GeometryType.GEOMETRYCOLLECTION))
 
 
-def _shapes(binary: np.ndarray, row0: int) -> np.ndarray:
+def mask_polygons(binary: np.ndarray, row0: int) -> np.ndarray:
     """Polygons (pixel coordinates: x = col, y = row) of the True pixels of a strip, as an
     array.  They are built :data:`BATCH` at a time from the rings GDAL's polygonize gives:
     building them one by one (``shapely.geometry.shape``) took 70 µs each, a minute for the
@@ -179,7 +179,7 @@ def polygons_from_strips(strips: Iterable[tuple[int, np.ndarray]], height: int) 
     open_polys = np.empty(0, dtype=object)
     for row0, strip in strips:
         row1 = row0 + strip.shape[0]
-        polys = _shapes(strip, row0)
+        polys = mask_polygons(strip, row0)
         on_top = shapely.bounds(polys)[:, 1] <= row0 if row0 > 0 else np.zeros(len(polys), dtype=bool)
         top, rest = polys[on_top], polys[~on_top]
         if len(open_polys) and len(top):
