@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             classes[nodata] = 255
             _write(args.classes / row["set"] / f"{row['id']}.tif", classes)
         n += 1
-    print(f"{n} ukis-csmask masks in {args.out}" + (f" and {args.classes}" if args.classes else ""), file=sys.stderr)
+    print(
+        f"{n} ukis-csmask masks in {args.out}" + (f" and {args.classes}" if args.classes else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -123,7 +123,8 @@ class ShadowConfig:
     def halo(self, shift: ShadowShift | None) -> int:
         """px of context each side of a window :func:`shadow_mask` needs to equal the whole-array result."""
         reach = 0.0 if shift is None else shift.distance * self.sweep[1]
-        return int(math.ceil(reach)) + 1 + self.dilate + self.reference_radius + 2 * self.open_radius + 1
+        return (int(math.ceil(reach)) + 1 + self.dilate + 2 * self.reference_radius
+                + 2 * self.open_radius + 1)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,13 @@ def shift_from_sun(sun_azimuth: float, distance: float) -> tuple[float, float]:
 # --------------------------------------------------------------------------- darkness
 
 
+def _local_mean(x: np.ndarray, ok: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean of ``x`` over the ``ok`` pixels of each ``size`` square window, fraction of ``ok`` there)."""
+    num = uniform_filter(np.where(ok, x, np.float32(0)).astype(np.float32, copy=False), size, mode="nearest")
+    den = uniform_filter(ok.astype(np.float32), size, mode="nearest")
+    return num / np.maximum(den, _EPS), den
+
+
 def darkness(
     refl: np.ndarray, valid: np.ndarray, cloud: np.ndarray | None = None, config: ShadowConfig | None = None
 ) -> np.ndarray:
@@ -172,18 +180,19 @@ def darkness(
 
     ``refl`` is float32 (4, H, W) reflectance (blue, green, red, nir).  The reference is
     the mean NIR of the valid, not-cloud pixels in a ``2 * reference_radius + 1`` square
-    window (a box filter: local, so the map is the same on any window with that halo).
-    Invalid and cloud pixels get 0.  The map is not masked for water: use
-    :func:`potential_shadow` for the pixels that may be shadow.
+    window, taken twice: the second time without the pixels the first found dark (so a
+    large shadow does not lower its own reference).  Box filters are local, so the map is
+    the same on any window with that halo.  Invalid and cloud pixels get 0.  The map is
+    not masked for water: :func:`potential_shadow` gives the pixels that may be shadow.
     """
     cfg = config or ShadowConfig()
     nir = refl[3]
     ok = valid if cloud is None else (valid & ~cloud)
-    w = ok.astype(np.float32)
     size = 2 * cfg.reference_radius + 1
-    num = uniform_filter(np.where(ok, nir, np.float32(0)).astype(np.float32, copy=False), size, mode="nearest")
-    den = uniform_filter(w, size, mode="nearest")
-    ref = num / np.maximum(den, _EPS)
+    ref, den = _local_mean(nir, ok, size)
+    lit = ok & (nir >= (1.0 - cfg.dark_drop) * ref)
+    ref2, den2 = _local_mean(nir, lit, size)
+    ref = np.where(den2 > 1e-3, ref2, ref)
     d = 1.0 - nir / np.maximum(ref, _EPS)
     d = np.clip(d, 0.0, 1.0).astype(np.float32, copy=False)
     d[~ok | (den < 1e-3)] = 0.0
