@@ -154,3 +154,15 @@ def test_scaled_config_and_shift() -> None:
     assert cfg.reference_radius == 10
     s = ShadowShift(dy=-3.0, dx=2.0, score=0.1).scaled(4.0)
     assert (s.dy, s.dx) == (-12.0, 8.0)
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_square_morphology_matches_scipy(r: int) -> None:
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    from geocloud.shadow import _square
+
+    m = np.random.default_rng(r).random((37, 23)) > 0.6
+    size = 2 * r + 1
+    np.testing.assert_array_equal(_square(m, r, dilate=True), maximum_filter(m, size=size, mode="nearest"))
+    np.testing.assert_array_equal(_square(m, r, dilate=False), minimum_filter(m, size=size, mode="nearest"))
