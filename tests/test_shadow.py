@@ -166,3 +166,18 @@ def test_square_morphology_matches_scipy(r: int) -> None:
     size = 2 * r + 1
     np.testing.assert_array_equal(_square(m, r, dilate=True), maximum_filter(m, size=size, mode="nearest"))
     np.testing.assert_array_equal(_square(m, r, dilate=False), minimum_filter(m, size=size, mode="nearest"))
+
+
+def test_shift_from_decimated_view() -> None:
+    refl, cloud, valid, _ = scene()
+    f = 2
+    h, w = cloud.shape
+    rd = refl.reshape(4, h // f, f, w // f, f).mean(axis=(2, 4))
+    cd = cloud.reshape(h // f, f, w // f, f).mean(axis=(1, 3)) >= 0.5
+    vd = valid.reshape(h // f, f, w // f, f).all(axis=(1, 3))
+    cfg = CFG.scaled(1 / f)
+    s = estimate_shift(cd, potential_shadow(rd, vd, cd, cfg).astype(np.float32), vd, config=cfg)
+    assert s is not None
+    s = s.scaled(f)
+    ty, tx = shift_from_sun(SUN_AZIMUTH, DISTANCE)
+    assert math.hypot(s.dy - ty, s.dx - tx) <= 2.5, (s, ty, tx)
