@@ -1,0 +1,307 @@
+"""Cloud-shadow accuracy of :mod:`geocloud.shadow` on the labelled chips of ../shared/data.
+
+    python benchmarks/eval_shadow.py --data ../shared/data --cv runs/cv_stem2 \\
+        [--ukis runs/ukis_shadow] [--cache runs/shadow_cache] [--json runs/shadow.json] [--png DIR]
+
+Every 4-band chip with usable labels (``good`` or ``coarse``) is read as the engine reads
+it (:func:`geocloud.training.data.read_chip`: integer chips times the catalog's scale,
+float chips as they are).  The shadow method runs on each chip at full resolution with no
+sun angles (the chips carry no metadata, so the azimuth is searched too), from two cloud
+inputs:
+
+``label cloud``
+    the label's cloud (codes 1 thick and 2 thin): isolates the shadow method;
+``geocloud cloud``
+    geocloud's own cloud mask (``mask == 1``) from :func:`geocloud.process_scene` with the
+    cross-validation fold weights ``CV/fold*/cam.safetensors`` of the fold that held the
+    chip out (each fold's ``heldout.json``), as ``benchmarks/eval_cam.py`` runs them.
+
+Side by side, with ``--ukis DIR``: ukis-csmask's shadow class (class 2 of
+``benchmarks/ukis_masks.py --classes DIR``), pooled without the ``ukis_samples`` chips
+(that peer's own test chips).
+
+Shadow precision, recall and F1 are over the chips whose label has shadow (code 3),
+pooled and per chip; a shadow call on any labelled non-shadow pixel (clear or cloud) is a
+false positive, label 255 is ignored.  The clear-land false-positive rate is the shadow
+called on label-clear pixels (code 0) over all the chips' clear pixels, with the worst
+chips.  ``--png DIR`` writes, per shadow chip, false-colour imagery | label | each method
+(white cloud, red shadow; green true positive, red false positive, blue missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GOALS = {"clear_fp": 0.02}
+
+
+def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f}
+
+
+def counts(pred: np.ndarray, label: np.ndarray) -> dict[str, int]:
+    lab = label != 255
+    truth = label == 3
+    clear = label == 0
+    return {
+        "tp": int((pred & truth).sum()),
+        "fp": int((pred & lab & ~truth).sum()),
+        "fn": int((~pred & truth).sum()),
+        "clear_fp": int((pred & clear).sum()),
+        "clear": int(clear.sum()),
+    }
+
+
+def fold_weights(cv: Path) -> dict[str, Path]:
+    """chip key -> the weights of the fold that held it out."""
+    out = {}
+    for d in sorted(cv.glob("fold*")):
+        for key in json.loads((d / "heldout.json").read_text())["chips"]:
+            out[key] = d / "cam.safetensors"
+    return out
+
+
+def geocloud_cloud(chip: Any, weights: Path, cache: Path | None) -> np.ndarray:
+    """geocloud's cloud mask (bool) of ``chip`` with ``weights``, through process_scene (cached)."""
+    path = None if cache is None else cache / chip.set / f"{chip.id}.npy"
+    if path is not None and path.is_file():
+        return np.load(path)
+    import rasterio
+
+    from geocloud import OutputConfig, ProcessConfig, process_scene
+    from geocloud.io import without_georef_warning
+    from geocloud.models.cam import load as load_cam
+
+    cfg = ProcessConfig(model="cam", output=OutputConfig(products=("mask",), overwrite=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        res = process_scene(chip.scene, Path(tmp), cfg, model=load_cam("cpu", weights))
+        with without_georef_warning(), rasterio.open(res.outputs["mask"][0]) as m:
+            cloud = m.read(1) == 1
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, cloud)
+    return cloud
+
+
+def run_method(refl: np.ndarray, cloud: np.ndarray, valid: np.ndarray, cfg: Any) -> tuple[np.ndarray, Any]:
+    from geocloud.shadow import estimate_shift, potential_shadow, shadow_mask
+
+    ev = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
+    shift = estimate_shift(cloud, ev, valid, config=cfg)
+    return shadow_mask(refl, cloud, valid, shift, cfg), shift
+
+
+def picture(
+    path: Path, refl: np.ndarray, label: np.ndarray, panels: list[tuple[np.ndarray, np.ndarray]]
+) -> None:
+    from PIL import Image
+
+    fc = np.stack([refl[3], refl[2], refl[1]], -1)
+    fc = np.clip(fc / max(float(np.percentile(fc, 98)), 1e-3) * 255, 0, 255).astype(np.uint8)
+    lab = np.full(label.shape + (3,), 60, np.uint8)
+    lab[label == 1] = lab[label == 2] = 255
+    lab[label == 3] = (220, 0, 0)
+    tiles = [fc, lab]
+    truth = label == 3
+    for cloud, pred in panels:
+        im = np.full(label.shape + (3,), 60, np.uint8)
+        im[cloud] = 200
+        im[pred & truth] = (0, 200, 0)
+        im[pred & ~truth & (label != 255)] = (230, 0, 0)
+        im[~pred & truth] = (40, 80, 255)
+        tiles.append(im)
+    img = np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1)
+    if img.shape[0] < 400:
+        img = np.kron(img, np.ones((2, 2, 1), np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument(
+        "--cv", type=Path, default=None, help="cross-validation folds (fold*/cam.safetensors, heldout.json)"
+    )
+    ap.add_argument("--ukis", type=Path, default=None, help="masks of benchmarks/ukis_masks.py --classes")
+    ap.add_argument("--cache", type=Path, default=None, help="keep geocloud's cloud masks here")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=JSON", help="override a ShadowConfig field"
+    )
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--png", type=Path, default=None, help="write a picture per shadow chip here")
+    args = ap.parse_args(argv)
+    if not (args.data / "catalog.csv").exists():
+        print(f"no catalog.csv in {args.data}; pass --data with the shared data folder", file=sys.stderr)
+        return 2
+    import dataclasses
+
+    from geocloud.shadow import ShadowConfig
+    from geocloud.training.data import load_catalog, read_chip
+
+    logging.getLogger("geocloud").setLevel(logging.ERROR)
+    overrides = {}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        val = json.loads(v)
+        overrides[k] = tuple(val) if isinstance(val, list) else val
+    cfg = dataclasses.replace(ShadowConfig(), **overrides)
+    chips = [c for c in load_catalog(args.data, four_band_only=True) if c.labels_usable]
+    weights = fold_weights(args.cv) if args.cv is not None else {}
+    methods = ["label cloud", "geocloud cloud"] if weights else ["label cloud"]
+    if args.ukis is not None:
+        methods.append("ukis-csmask")
+    res: dict[str, dict[str, dict[str, int]]] = {m: {} for m in methods}
+    shifts: dict[str, dict[str, Any]] = {m: {} for m in methods if m != "ukis-csmask"}
+    has_shadow: list[str] = []
+    seconds = {"estimate_shift": 0.0, "shadow_mask": 0.0, "mpx": 0.0}
+    for chip in chips:
+        refl, label = read_chip(chip)
+        valid = label != 255  # usable chips: 255 is nodata only
+        if (label == 3).any():
+            has_shadow.append(chip.key)
+        clouds = {"label cloud": (label == 1) | (label == 2)}
+        if "geocloud cloud" in methods:
+            clouds["geocloud cloud"] = geocloud_cloud(chip, weights[chip.key], args.cache) & valid
+        panels = []
+        for name, cloud in clouds.items():
+            from geocloud.shadow import estimate_shift, potential_shadow, shadow_mask
+
+            t0 = time.perf_counter()
+            ev = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
+            shift = estimate_shift(cloud, ev, valid, config=cfg)
+            t1 = time.perf_counter()
+            pred = shadow_mask(refl, cloud, valid, shift, cfg)
+            t2 = time.perf_counter()
+            seconds["estimate_shift"] += t1 - t0
+            seconds["shadow_mask"] += t2 - t1
+            seconds["mpx"] += label.size / 1e6
+            res[name][chip.key] = counts(pred, label)
+            shifts[name][chip.key] = None if shift is None else {
+                "dy": round(shift.dy, 1), "dx": round(shift.dx, 1), "score": round(shift.score, 4)}  # fmt: skip
+            panels.append((cloud, pred))
+        if args.ukis is not None:
+            import rasterio
+
+            from geocloud.io import without_georef_warning
+
+            with without_georef_warning(), rasterio.open(args.ukis / chip.set / f"{chip.id}.tif") as m:
+                u = m.read(1)
+            res["ukis-csmask"][chip.key] = counts(u == 2, label)
+            panels.append((u == 1, u == 2))
+        worst = max(
+            r[chip.key]["clear_fp"] / max(r[chip.key]["clear"], 1)
+            for m, r in res.items()
+            if m != "ukis-csmask"
+        )
+        if args.png is not None and (chip.key in has_shadow or worst > GOALS["clear_fp"]):
+            picture(args.png / f"{chip.set}_{chip.id}.png", refl, label, panels)
+
+    out = summarise(res, chips, has_shadow)
+    out.update(
+        {
+            "config": dataclasses.asdict(cfg),
+            "shifts": shifts,
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        }
+    )
+    report(out, methods)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    return 0
+
+
+def summarise(
+    res: dict[str, dict[str, dict[str, int]]], chips: list[Any], has_shadow: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"shadow_chips": has_shadow, "methods": {}}
+    for name, per in res.items():
+        groups = {}
+        for g, keys in (
+            ("shadow chips", has_shadow),
+            (
+                "shadow chips without ukis_samples",
+                [k for k in has_shadow if not k.startswith("ukis_samples/")],
+            ),
+        ):
+            tp, fp, fn = (sum(per[k][x] for k in keys) for x in ("tp", "fp", "fn"))
+            groups[g] = {"tp": tp, "fp": fp, "fn": fn, **prf(tp, fp, fn)}
+        clear_keys = {
+            "all chips": [c.key for c in chips],
+            "all chips without ukis_samples": [c.key for c in chips if c.set != "ukis_samples"],
+            "shadow chips": list(has_shadow),
+            "shadow chips without ukis_samples": [k for k in has_shadow if not k.startswith("ukis_samples/")],
+        }
+        clear = {g: sum(per[k]["clear_fp"] for k in keys) / max(sum(per[k]["clear"] for k in keys), 1)
+                 for g, keys in clear_keys.items()}  # fmt: skip
+        chip_rows = {}
+        for c in chips:
+            m = per[c.key]
+            chip_rows[c.key] = {
+                **m,
+                **prf(m["tp"], m["fp"], m["fn"]),
+                "clear_fp_rate": m["clear_fp"] / max(m["clear"], 1),
+            }
+        out["methods"][name] = {"groups": groups, "clear_fp": clear, "chips": chip_rows}
+    return out
+
+
+def report(out: dict[str, Any], methods: list[str]) -> None:
+    res = out["methods"]
+    n = len(out["shadow_chips"])
+    print(
+        f"cloud shadow on {n} chips with labelled shadow; clear-land false positives on all usable 4-band chips\n"
+    )
+    print("| method | shadow P | R | F1 | F1 without ukis_samples | clear FP %: all chips | without ukis_samples "
+          "| shadow chips | shadow chips without ukis_samples |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for m in methods:
+        g = res[m]["groups"]["shadow chips"]
+        g2 = res[m]["groups"]["shadow chips without ukis_samples"]
+        c = res[m]["clear_fp"]
+        print(f"| {m} | {g['precision']:.3f} | {g['recall']:.3f} | {g['f1']:.3f} | {g2['f1']:.3f} | "
+              f"{100 * c['all chips']:.2f} | {100 * c['all chips without ukis_samples']:.2f} | "
+              f"{100 * c['shadow chips']:.2f} | {100 * c['shadow chips without ukis_samples']:.2f} |")  # fmt: skip
+    print("\nper shadow chip: P / R / F1 (shift dy, dx px)")
+    print("| chip | " + " | ".join(methods) + " |")
+    print("|---|" + "---|" * len(methods))
+    for k in out["shadow_chips"]:
+        cells = []
+        for m in methods:
+            r = res[m]["chips"][k]
+            s = out["shifts"].get(m, {}).get(k)
+            sh = (
+                ""
+                if m not in out["shifts"]
+                else (" (none)" if s is None else f" ({s['dy']:+.0f}, {s['dx']:+.0f})")
+            )
+            cells.append(f"{r['precision']:.2f} / {r['recall']:.2f} / {r['f1']:.2f}{sh}")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print("\nworst chips for clear-land false positives (% of the chip's clear pixels)")
+    for m in methods:
+        rows = sorted(res[m]["chips"].items(), key=lambda kv: kv[1]["clear_fp_rate"], reverse=True)[:6]
+        print(f"  {m}: " + ", ".join(f"{k.split('/')[-1]} {100 * r['clear_fp_rate']:.1f}" for k, r in rows))
+    s = out["seconds"]
+    if s["mpx"]:
+        print(f"\ntime per Mpx (this machine, one thread): estimate_shift {s['estimate_shift'] / s['mpx']:.3f} s "
+              f"(with darkness), shadow_mask {s['shadow_mask'] / s['mpx']:.3f} s")  # fmt: skip
+    print(
+        f"\ngoal: clear-land FP <= {100 * GOALS['clear_fp']:.0f} %; shadow F1 >= ukis-csmask's without ukis_samples"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
