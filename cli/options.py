@@ -73,6 +73,21 @@ def scene_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def shadow_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--no-shadow, --sun-azimuth."""
+    for opt in reversed(
+        [
+            click.option("--no-shadow", "no_shadow", is_flag=True,
+                         help="Leave cloud shadow out of the mask (0 clear, 1 cloud, 255 nodata, as format 1)."),
+            click.option("--sun-azimuth", type=click.FloatRange(0, 360, max_open=True), default=None,
+                         help="Sun azimuth in degrees clockwise from north, for the cloud-shadow direction "
+                         "(default: vendor XML, else searched from the image)."),
+        ]
+    ):  # fmt: skip
+        f = opt(f)
+    return f
+
+
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--model, --block-size, --halo, --feather, --device, --batch-size, --threads, --predictors, --autocast."""
     for opt in reversed(

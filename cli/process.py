@@ -16,7 +16,7 @@ from geocloud.products import PRODUCTS, resolve_products
 from geocloud.vectorize import VectorizeConfig
 
 from .logs import setup_logging
-from .options import model_options, process_config, scene_options
+from .options import model_options, process_config, scene_options, shadow_options
 from .progress import ProgressBar
 
 
@@ -51,6 +51,7 @@ def parse_products(text: str) -> tuple[str, ...]:
 )
 @model_options
 @scene_options
+@shadow_options
 @click.option(
     "--refine",
     is_flag=True,
@@ -91,13 +92,13 @@ def parse_products(text: str) -> tuple[str, ...]:
 def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, block_size: int,
             halo: int | None, feather: int, device: str, batch_size: int | None, threads: int | None, predictors: int | None, autocast: str, threshold: float | None,
             k: float | None, grow: bool, sensor: str | None, bands: str | None, scale: float | None, offset: float,
-            sun_elevation: float | None, refine: bool, alpha_max: float, min_area: float, simplify: float,
+            sun_elevation: float | None, no_shadow: bool, sun_azimuth: float | None, refine: bool, alpha_max: float, min_area: float, simplify: float,
             no_range_check: bool, overwrite: bool, ortho: bool,
             quiet: bool, debug: bool) -> None:  # fmt: skip
     """Find the clouds in each SCENE and write its products to OUTDIR.
 
     Outputs are named from each scene's file stem: <stem>_mask.tif (0 clear, 1 cloud,
-    255 nodata), <stem>_score.tif, <stem>_stats.json, ... as Cloud-Optimised GeoTIFFs.
+    2 cloud shadow, 255 nodata), <stem>_score.tif, <stem>_stats.json, ... as Cloud-Optimised GeoTIFFs.
     """
     setup_logging(quiet, debug)
     config = process_config(
@@ -107,6 +108,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
         decloud=DecloudConfig(alpha_max=alpha_max, refine=refine),
         vector=VectorizeConfig(min_area_m2=min_area, simplify_px=simplify),
         range_check=not no_range_check,
+        shadow=not no_shadow,
     )  # fmt: skip
     stems = [Path(s).stem for s in scenes]
     dup = {s for s in stems if stems.count(s) > 1}
@@ -122,7 +124,8 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
             if loaded is None:
                 loaded = load_model_for(config)
             result = process_scene(scene, outdir, config, model=loaded, progress=bar.update,
-                                   scale=scale, offset=offset, sun_elevation=sun_elevation)  # fmt: skip
+                                   scale=scale, offset=offset, sun_elevation=sun_elevation,
+                                   sun_azimuth=sun_azimuth)  # fmt: skip
             if ortho:
                 from geocloud.vendor import orthorectify_outputs
 

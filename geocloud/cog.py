@@ -47,6 +47,10 @@ class RasterSpec:
     descriptions: tuple[str, ...] = ()
     #: overview resampling: "nearest" for classes, "average" for continuous values.
     resampling: str = "average"
+    #: band 1's colour table (value -> RGBA; other values transparent black), and tags
+    #: written on this raster besides those :meth:`RasterSink.finalize` is given.
+    colormap: tuple[tuple[int, tuple[int, int, int, int]], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -55,11 +59,13 @@ class RasterSpec:
 
     @classmethod
     def like(cls, info: SceneInfo, *, count: int, dtype: str, nodata: float | int | None,
-             descriptions: tuple[str, ...] = (), resampling: str = "average") -> RasterSpec:  # fmt: skip
+             descriptions: tuple[str, ...] = (), resampling: str = "average",
+             colormap: tuple[tuple[int, tuple[int, int, int, int]], ...] = (),
+             tags: tuple[tuple[str, str], ...] = ()) -> RasterSpec:  # fmt: skip
         return cls(
             width=info.width, height=info.height, count=count, dtype=dtype, nodata=nodata,
             crs=info.crs, transform=info.transform, rpcs=info.rpcs,
-            descriptions=descriptions, resampling=resampling,
+            descriptions=descriptions, resampling=resampling, colormap=colormap, tags=tags,
         )  # fmt: skip
 
 
@@ -331,7 +337,8 @@ class RasterSink:
             parts.append(
                 f"<GeoTransform>{', '.join(repr(v) for v in spec.transform.to_gdal())}</GeoTransform>"
             )
-        md = "".join(f'<MDI key="{escape(k)}">{escape(str(v))}</MDI>' for k, v in tags.items())
+        all_tags = {**tags, **dict(spec.tags)}
+        md = "".join(f'<MDI key="{escape(k)}">{escape(str(v))}</MDI>' for k, v in all_tags.items())
         parts.append(f"<Metadata>{md}</Metadata>")
         if spec.rpcs is not None:
             rpc = "".join(f'<MDI key="{k}">{escape(str(v))}</MDI>' for k, v in spec.rpcs.to_gdal().items())
@@ -360,9 +367,16 @@ class RasterSink:
                     f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(self.tmp))}</SourceFilename>'
                     f"<SourceBand>{b}</SourceBand></SimpleSource>"
                 )
+            colours = ""
+            if b == 1 and spec.colormap:
+                table = dict(spec.colormap)
+                entries = "".join(
+                    '<Entry c1="{}" c2="{}" c3="{}" c4="{}"/>'.format(*table.get(v, (0, 0, 0, 0))) for v in range(256)
+                )
+                colours = f"<ColorInterp>Palette</ColorInterp><ColorTable>{entries}</ColorTable>"
             parts.append(
                 f'<VRTRasterBand dataType="{gdal_type}" band="{b}"{kind}><Description>{escape(desc)}</Description>'
-                f"{nodata}{source}{ovr}</VRTRasterBand>"
+                f"{colours}{nodata}{source}{ovr}</VRTRasterBand>"
             )
         parts.append("</VRTDataset>")
         return "".join(parts)

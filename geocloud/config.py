@@ -225,6 +225,8 @@ class ProcessConfig:
     #: refuse a scene whose reflectances are mostly outside the physical range (a wrong
     #: DN scaling) before processing it (``--no-range-check`` turns it off).
     range_check: bool = True
+    #: mark cloud shadow (class 2) in the mask (``--no-shadow``: the 0/1/255 mask).
+    shadow: bool = True
 
     def validate(self) -> None:
         self.tiling.validate()

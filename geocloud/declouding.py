@@ -138,6 +138,10 @@ def reflectance_to_dn(
     return out
 
 
+#: the quality code of a clear-product pixel in cloud shadow (1..100 is the confidence).
+QUALITY_SHADOW = 200
+
+
 def clear_quality(alpha: np.ndarray, valid: np.ndarray, alpha_max: float = ALPHA_MAX) -> np.ndarray:
     """uint8 confidence of the clear product: 0 nodata, else 1..100 = 100 * (1 - alpha/alpha_max)."""
     a = np.asarray(alpha, np.float32)
@@ -444,7 +448,7 @@ def compute_clear(ctx: object) -> np.ndarray:
         ok = valid & (alpha <= cfg.alpha_max)  # NaN -> False
     out = clear_dn(dn, alpha, r_c, ok, rad.a, rad.b, info.dtype, clear_product_nodata(info))
     if cfg.gate_with_mask:
-        gate = valid & (ctx.mask == 0)  # type: ignore[attr-defined]
+        gate = valid & ((ctx.mask == 0) | (ctx.mask == 2))  # type: ignore[attr-defined]  # clear or shadow
         np.copyto(out, dn.astype(out.dtype, copy=False), where=gate[None])
     return out
 
@@ -458,9 +462,12 @@ def compute_quality(ctx: object) -> np.ndarray:
     if cfg.refine:
         _, alpha, _, valid, cfg = _window_matte(ctx)
     alpha = np.where(valid, alpha, 0.0)
+    mask = ctx.mask  # type: ignore[attr-defined]
     if cfg.gate_with_mask:
-        alpha = np.where(ctx.mask == 0, 0.0, alpha)  # type: ignore[attr-defined]
-    return clear_quality(alpha, valid, cfg.alpha_max)[None]
+        alpha = np.where((mask == 0) | (mask == 2), 0.0, alpha)
+    q = clear_quality(alpha, valid, cfg.alpha_max)
+    q[(mask == 2) & (q > 0)] = QUALITY_SHADOW  # ground in cloud shadow: darker than it is
+    return q[None]
 
 
 class MattingStats:
@@ -481,7 +488,7 @@ class MattingStats:
         n_cloud, n_thin = int(np.count_nonzero(cloud)), int(np.count_nonzero(t_thin))
         self.thin += n_thin
         self.thick += n_cloud - n_thin
-        cl = ok & (mask == 0)
+        cl = ok & ((mask == 0) | (mask == 2))  # cloud shadow is cloud-free
         self.clear += int(np.count_nonzero(cl))
         zero = np.float32(0.0)
         self.sum_cloud += float(np.where(cloud, alpha, zero).sum(axis=-1).sum(dtype=np.float64))

@@ -40,7 +40,9 @@ from .products import RasterProduct, WindowContext, mask_rule
 from .runtime import ThreadPool, signals_deferred
 from .scene import SceneReader
 from .sensors import REFLECTANCE_RANGE
-from .threshold import CLEAR, CLOUD, NODATA, ScoreStats, ThresholdResult
+from .shadow import ShadowConfig, ShadowShift, estimate_shift, potential_shadow, shadow_mask
+from .stats import ShadowSummary
+from .threshold import CLEAR, CLOUD, NODATA, SHADOW, ScoreStats, ThresholdResult, classify_result
 from .tiling import Swath, grow_window, swath_blocks, weight_sums
 
 log = logging.getLogger(__name__)
@@ -216,6 +218,109 @@ class InferencePass:
             self._handle(strip, sw)
 
 
+#: the shadow stage's decimated view is at most this many px on its long side.
+SHADOW_VIEW_PX = 2048
+#: rows of the scene read at a time to build that view.
+SHADOW_VIEW_ROWS = 512
+
+
+class ShadowStage:
+    """Cloud shadow (:mod:`geocloud.shadow`) between the threshold and the second pass.
+
+    :meth:`estimate` finds the scene's shadow displacement on a decimated view of the
+    reflectance and the cloud mask (at most ``SHADOW_VIEW_PX`` on a side: bounded memory
+    on any scene), along the sun azimuth when it is known; :meth:`apply` then marks the
+    shadow class on each second-pass window, from the window and a halo as long as the
+    shadows can reach (so the class does not depend on the window layout).
+    """
+
+    def __init__(self, plan: ScenePlan, reader: SceneReader, score: RasterSink, threshold: ThresholdResult,
+                 config: ShadowConfig | None = None) -> None:  # fmt: skip
+        self.plan, self.reader, self.score, self.threshold = plan, reader, score, threshold
+        self.config = config or ShadowConfig()
+        info = plan.info
+        self.factor = max(1, -(-max(info.height, info.width) // SHADOW_VIEW_PX))
+        self.shift: ShadowShift | None = None
+        self.halo = 0
+
+    def _cloud(self, score: np.ndarray) -> np.ndarray:
+        return classify_result(score, self.threshold) == CLOUD
+
+    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(reflectance (4, h, w), cloud, valid) of the scene, each ``factor`` x ``factor``
+        block of pixels averaged (cloud and valid: the majority)."""
+        info, f, rad = self.plan.info, self.factor, self.plan.radiometry
+        h, w = -(-info.height // f), -(-info.width // f)
+        refl = np.zeros((4, h, w), np.float32)
+        cloud = np.zeros((h, w), bool)
+        valid = np.zeros((h, w), bool)
+        rows = max(f, SHADOW_VIEW_ROWS // f * f)
+        for r0 in range(0, info.height, rows):
+            win = Window(0, r0, info.width, min(rows, info.height - r0))
+            dn, ok = self.reader.read(win)
+            x = rad.to_reflectance(dn)
+            cl = self._cloud(self.score.read(win)[0]) & ok
+            nh, nw = -(-int(win.height) // f), w
+            ph, pw = nh * f - int(win.height), nw * f - info.width
+            pad = ((0, ph), (0, pw))
+            okf = np.pad(ok, pad).reshape(nh, f, nw, f).astype(np.float32)
+            n = okf.sum(axis=(1, 3))
+            xs = np.pad(np.where(ok, x, 0), ((0, 0), *pad)).reshape(4, nh, f, nw, f).sum(axis=(2, 4))
+            k = r0 // f
+            refl[:, k : k + nh] = xs / np.maximum(n, 1)
+            valid[k : k + nh] = n >= (f * f) / 2
+            cloud[k : k + nh] = np.pad(cl, pad).reshape(nh, f, nw, f).sum(axis=(1, 3)) * 2 > n
+        return refl, cloud & valid, valid
+
+    def estimate(self) -> ShadowShift | None:
+        """The scene's shadow displacement (px, full resolution), or None when no shadow is
+        detectable; sets the halo :meth:`apply` reads around each window."""
+        plan, f = self.plan, self.factor
+        refl, cloud, valid = self.view()
+        cfg = self.config.scaled(1.0 / f) if f > 1 else self.config
+        dark = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
+        px = plan.pixel_size_m
+        shift = estimate_shift(cloud, dark, valid, sun_azimuth=plan.sun_azimuth,
+                               sun_elevation=plan.radiometry.sun_elevation,
+                               pixel_size=px * f if px else None, config=cfg)  # fmt: skip
+        self.shift = shift.scaled(f) if shift is not None and f > 1 else shift
+        self.halo = self.config.halo(self.shift) if self.shift is not None else 0
+        return self.shift
+
+    def apply(self, window: Window, mask: np.ndarray) -> None:
+        """Mark the shadow class on the clear pixels of ``mask`` (the window's mask)."""
+        if self.shift is None:
+            return
+        info = self.plan.info
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        e0, e1 = max(0, r0 - self.halo), min(info.height, r1 + self.halo)
+        f0, f1 = max(0, c0 - self.halo), min(info.width, c1 + self.halo)
+        ext = Window(f0, e0, f1 - f0, e1 - e0)
+        score = self.score.read(ext)[0]
+        cloud = self._cloud(score)
+        if not cloud.any():
+            return
+        dn, valid = self.reader.read(ext)
+        refl = self.plan.radiometry.to_reflectance(dn)
+        shadow = shadow_mask(refl, cloud, valid & np.isfinite(score), self.shift, self.config)
+        core = shadow[r0 - e0 : r1 - e0, c0 - f0 : c1 - f0]
+        mask[core & (mask == CLEAR)] = SHADOW
+
+    def summary(self) -> ShadowSummary:
+        s = self.shift
+        return ShadowSummary(
+            detected=s is not None,
+            dy=None if s is None else round(s.dy, 2),
+            dx=None if s is None else round(s.dx, 2),
+            distance_px=None if s is None else round(s.distance, 2),
+            shadow_azimuth=None if s is None else round(s.shadow_azimuth, 1),
+            from_sun=bool(s.from_sun) if s is not None else self.plan.sun_azimuth is not None,
+            score=None if s is None else round(s.score, 4),
+            view_factor=self.factor,
+        )
+
+
 class _StoredMaps(dict[str, np.ndarray]):
     """The stored maps of one window, each read from its sink when first looked up."""
 
@@ -234,7 +339,8 @@ def _copy_map(name: str, ctx: WindowContext) -> np.ndarray:
 
 
 class ClassifyPass:
-    """Pass 2: the mask, its statistics and every window product, window by window.
+    """Pass 2: the mask (with the shadow class when a :class:`ShadowStage` is given), its
+    statistics and every window product, window by window.
 
     ``sinks`` receives a sink per second-pass product (by product name).  After
     :meth:`run`: ``counts`` (pixels per mask class) and ``matting`` (the thin/thick split,
@@ -242,8 +348,9 @@ class ClassifyPass:
     """
 
     def __init__(self, plan: ScenePlan, model: CloudModel, reader: SceneReader, first: InferencePass,
-                 threshold: ThresholdResult, workdir: Path) -> None:  # fmt: skip
+                 threshold: ThresholdResult, workdir: Path, shadow: ShadowStage | None = None) -> None:  # fmt: skip
         self.plan, self.model, self.reader, self.threshold = plan, model, reader, threshold
+        self.shadow = shadow
         self.map_sinks, self.cell_maps = first.map_sinks, first.cell_maps
         info, spec, out = plan.info, plan.spec, plan.config.output
         derive_in_cog = bool(plan.derived) and out.derive_in_cog and python_pixel_functions()
@@ -256,7 +363,8 @@ class ClassifyPass:
         for p, _ in products:
             lay = p.layout(info, spec.outputs)
             rspec = RasterSpec.like(info, count=lay.count, dtype=lay.dtype, nodata=lay.nodata,
-                                    descriptions=lay.descriptions, resampling=lay.resampling)  # fmt: skip
+                                    descriptions=lay.descriptions, resampling=lay.resampling,
+                                    colormap=lay.colormap, tags=lay.tags)  # fmt: skip
             # a derived map's full resolution is not stored: its COG computes it again from
             # the stored maps and the cells (the pass-2 strips still build its overviews)
             compute = partial(self.derive_window, p.from_map) if p.from_map in plan.derived and derive_in_cog else None
@@ -312,8 +420,10 @@ class ClassifyPass:
         maps = self.read_maps(window, have)
         valid = np.isfinite(maps["score"][0])
         mask = mask_rule(maps, threshold, around)
+        if self.shadow is not None:
+            self.shadow.apply(window, mask)
         hist = np.zeros(256, np.int64)  # masks hold only these classes
-        for cls in (CLEAR, CLOUD, NODATA):
+        for cls in (CLEAR, CLOUD, SHADOW, NODATA):
             hist[cls] = np.count_nonzero(mask == cls)
         part = None
         if self.matting is not None:

@@ -36,7 +36,7 @@ from .errors import InputError
 from .inference import cpu_threads
 from .models.base import CloudModel
 from .outputs import OutputTransaction, scene_lock
-from .passes import ClassifyPass, CogAssembly, InferencePass, ProgressCallback
+from .passes import ClassifyPass, CogAssembly, InferencePass, ProgressCallback, ShadowStage
 from .plan import (
     ScenePlan,
     gdal_cache,
@@ -50,7 +50,7 @@ from .products import FileContext
 from .scene import SceneReader
 from .sensors import REFLECTANCE_RANGE
 from .stats import InferenceSettings, PixelCounts, SceneSize, SceneStats, TilingSummary
-from .threshold import CLEAR, CLOUD, NODATA, ThresholdResult, fit_threshold
+from .threshold import CLEAR, CLOUD, NODATA, SHADOW, ThresholdResult, fit_threshold
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def process_scene(
     scale: float | None = None,
     offset: float = 0.0,
     sun_elevation: float | None = None,
+    sun_azimuth: float | None = None,
 ) -> SceneResult:
     """Detect the clouds of one scene and write the products ``config.output.products``.
 
@@ -88,7 +89,7 @@ def process_scene(
     try:
         with scene_lock(Path(outdir), Path(path).stem):
             return _process_scene(path, outdir, config, model=model, progress=progress, scale=scale,
-                                  offset=offset, sun_elevation=sun_elevation)  # fmt: skip
+                                  offset=offset, sun_elevation=sun_elevation, sun_azimuth=sun_azimuth)  # fmt: skip
     except BaseException:
         if created:  # a refused or failed run leaves no folder it made behind either
             with contextlib.suppress(OSError):
@@ -106,6 +107,7 @@ def _process_scene(
     scale: float | None = None,
     offset: float = 0.0,
     sun_elevation: float | None = None,
+    sun_azimuth: float | None = None,
 ) -> SceneResult:
     """:func:`process_scene` under its lock: the plan, then its stages."""
     t_start = time.perf_counter()
@@ -116,7 +118,7 @@ def _process_scene(
         warnings_out.append(msg)
 
     plan, loaded = plan_scene(path, outdir, config or ProcessConfig(), model=model, scale=scale, offset=offset,
-                              sun_elevation=sun_elevation, warn=warn)  # fmt: skip
+                              sun_elevation=sun_elevation, sun_azimuth=sun_azimuth, warn=warn)  # fmt: skip
     assert loaded is not None  # (only a description plans without a model)
     model = loaded
     timings: dict[str, float] = {}
@@ -138,8 +140,14 @@ def _process_scene(
 
         # the first pass's products become COGs on a background thread while the second
         # pass reads their intermediate files (each side with its own GDAL handle)
+        shadow = None
+        if plan.config.shadow:
+            t0 = time.perf_counter()
+            shadow = ShadowStage(plan, reader, first.map_sinks["score"], threshold)
+            shadow.estimate()
+            timings["shadow_estimate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        second = ClassifyPass(plan, model, reader, first, threshold, tx.workdir)
+        second = ClassifyPass(plan, model, reader, first, threshold, tx.workdir, shadow)
         for s in second.sinks.values():
             stack.callback(s.close)
         # (registered after the sinks: on failure the pools are waited for before the
@@ -156,7 +164,7 @@ def _process_scene(
             s.discard()
         timings["write_cogs"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
-        stats = scene_stats(plan, model, threshold, first, second, timings, warnings_out)
+        stats = scene_stats(plan, model, threshold, first, second, timings, warnings_out, shadow)
 
         # file products, each to temporary paths, from the complete rasters
         fctx = FileContext(plan.info, plan.stem, plan.outdir, rasters, stats,
@@ -191,10 +199,11 @@ def _check_first_pass(plan: ScenePlan, first: InferencePass, warn: Any) -> None:
 
 
 def scene_stats(plan: ScenePlan, model: CloudModel, threshold: ThresholdResult, first: InferencePass,
-                second: ClassifyPass, timings: dict[str, float], warnings: list[str]) -> SceneStats:  # fmt: skip
+                second: ClassifyPass, timings: dict[str, float], warnings: list[str],
+                shadow: ShadowStage | None = None) -> SceneStats:  # fmt: skip
     """The run's :class:`~geocloud.stats.SceneStats` (the stats product is its JSON)."""
     info, counts, cfg = plan.info, second.counts, plan.config.inference
-    valid_n = int(counts[CLEAR] + counts[CLOUD])
+    valid_n = int(counts[CLEAR] + counts[CLOUD] + counts[SHADOW])
     total = timings["total"]
     return SceneStats(
         scene=str(info.path),
@@ -214,7 +223,7 @@ def scene_stats(plan: ScenePlan, model: CloudModel, threshold: ThresholdResult, 
         georeferencing=info.georef_kind,
         crs=info.crs.to_string() if info.crs else None,
         pixels=PixelCounts(total=info.pixels, valid=valid_n, nodata=int(counts[NODATA]),
-                           cloud=int(counts[CLOUD]), clear=int(counts[CLEAR])),  # fmt: skip
+                           cloud=int(counts[CLOUD]), clear=int(counts[CLEAR]), shadow=int(counts[SHADOW])),  # fmt: skip
         cloud_fraction=float(counts[CLOUD] / valid_n) if valid_n else None,
         threshold=threshold,
         block_prob_mean=float(np.mean(first.block_probs)) if first.block_probs else None,
@@ -226,6 +235,9 @@ def scene_stats(plan: ScenePlan, model: CloudModel, threshold: ThresholdResult, 
         warnings=warnings,
         outputs={name: [p.name for p in paths] for name, paths in plan.wanted.items()},
         matting=second.matting.summary() if second.matting is not None else None,
+        shadow_fraction=float(counts[SHADOW] / valid_n) if valid_n and shadow is not None else None,
+        usable_fraction=float(counts[CLEAR] / valid_n) if valid_n else None,
+        shadow=shadow.summary() if shadow is not None else None,
     )
 
 

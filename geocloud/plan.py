@@ -43,6 +43,10 @@ GDAL_CACHE_MB = (96, 512)
 #: more for two rows of blocks; past this, rows are decoded again as before).
 INPUT_CACHE_MB = 256
 
+#: version of the output format, in every raster's tags (2: mask classes 0 clear, 1 cloud,
+#: 2 cloud shadow, 255 nodata, with a colour table; 1: 0/1/255 without one).
+OUTPUT_FORMAT = 2
+
 #: refuse a scene when more than this fraction of its sampled valid reflectances fall
 #: outside REFLECTANCE_RANGE (``--no-range-check`` overrides).
 OUT_OF_RANGE_REFUSE = 0.5
@@ -78,6 +82,22 @@ class ScenePlan:
     amp: str | None
     #: when the scaling is unknown (``geocloud info`` only): why, and the flag to pass.
     radiometry_missing: str | None = None
+    #: the sun azimuth (degrees clockwise from north) for the shadow stage: --sun-azimuth,
+    #: else the vendor metadata's; None: searched from the image.
+    sun_azimuth: float | None = None
+
+    @property
+    def pixel_size_m(self) -> float | None:
+        """Ground pixel size in metres (a projected CRS in metres), else None."""
+        crs = self.info.crs
+        if crs is None or not crs.is_projected:
+            return None
+        try:
+            if crs.linear_units_factor[1] != 1.0:
+                return None
+        except Exception:  # noqa: BLE001 - a CRS pyproj cannot describe: no pixel size
+            return None
+        return abs(float(self.info.transform.a))
 
     @property
     def stem(self) -> str:
@@ -114,6 +134,9 @@ class ScenePlan:
             "GEOCLOUD_THRESHOLD_METHOD": threshold.method,
             "GEOCLOUD_SENSOR": self.radiometry.sensor,
             "GEOCLOUD_SCENE": self.info.path.name,
+            # 2: the mask has the cloud-shadow class (2) and a colour table
+            "GEOCLOUD_OUTPUT_FORMAT": str(OUTPUT_FORMAT),
+            "GEOCLOUD_SHADOW": "on" if self.config.shadow else "off (--no-shadow)",
         }
         if self.radiometry.calibration:  # which DN -> radiance table, and whether it is approximate
             tags["GEOCLOUD_CALIBRATION"] = self.radiometry.calibration
@@ -300,6 +323,7 @@ def plan_scene(
     scale: float | None = None,
     offset: float = 0.0,
     sun_elevation: float | None = None,
+    sun_azimuth: float | None = None,
     warn: Callable[[str], None] = log.warning,
     describe: bool = False,
 ) -> tuple[ScenePlan, CloudModel | None]:
@@ -366,8 +390,16 @@ def plan_scene(
         predictors=config.inference.resolved_predictors(device),
         amp=config.inference.resolved_autocast(device),
         radiometry_missing=missing,
+        sun_azimuth=sun_azimuth if sun_azimuth is not None else _vendor_sun_azimuth(info),
     )
     return plan, model
+
+
+def _vendor_sun_azimuth(info: SceneInfo) -> float | None:
+    from .vendor import find_vendor_metadata
+
+    vendor = find_vendor_metadata(info.path)
+    return None if vendor is None else vendor.sun_azimuth
 
 
 __all__ = [

@@ -43,6 +43,10 @@ class PreviewConfig:
     outline: tuple[int, int, int] = (255, 235, 0)
     #: mask values drawn as cloud.
     classes: tuple[int, ...] = (1,)
+    #: mask values drawn as cloud shadow, and their tint (dark blue).
+    shadow_classes: tuple[int, ...] = (2,)
+    shadow_tint: tuple[int, int, int] = (0, 40, 255)
+    shadow_opacity: float = 0.45
 
     def validate(self) -> None:
         if self.max_side < 8:
@@ -160,9 +164,13 @@ def outline(cloud: np.ndarray) -> np.ndarray:
     return c & ~inner
 
 
-def overlay(rgb: np.ndarray, valid: np.ndarray, cloud: np.ndarray | None, cfg: PreviewConfig) -> np.ndarray:
-    """RGBA quicklook: tint and outline the clouds; nodata transparent."""
+def overlay(rgb: np.ndarray, valid: np.ndarray, cloud: np.ndarray | None, cfg: PreviewConfig,
+            shadow: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """RGBA quicklook: tint and outline the clouds, tint their shadows; nodata transparent."""
     img = rgb.astype(np.float32)
+    if shadow is not None and shadow.any():
+        a = cfg.shadow_opacity
+        img[shadow] = (1 - a) * img[shadow] + a * np.array(cfg.shadow_tint, np.float32)
     if cloud is not None:
         a = cfg.tint_opacity
         tint = np.array(cfg.tint, np.float32)
@@ -225,7 +233,7 @@ def render_preview(
         if ds.nodata is not None and np.isnan(ds.nodata):
             valid &= np.isfinite(bands).all(axis=0)
         shape_full = (ds.height, ds.width)
-    cloud = None
+    cloud = shadow = None
     if mask_path is not None:
         with rasterio.open(mask_path) as ms:
             if (ms.height, ms.width) != shape_full:
@@ -235,10 +243,11 @@ def render_preview(
                 )
             m = ms.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         cloud = np.isin(m, cfg.classes)
+        shadow = np.isin(m, cfg.shadow_classes)
         valid &= m != 255
     # Stretch on the clear ground when there is enough of it (see :func:`stretch`).
     basis = valid & ~cloud if cloud is not None and (valid & ~cloud).sum() > 0.02 * valid.sum() else valid
-    return overlay(stretch(bands, valid, cfg, basis), valid, cloud, cfg)
+    return overlay(stretch(bands, valid, cfg, basis), valid, cloud, cfg, shadow)
 
 
 def write_preview(

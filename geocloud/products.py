@@ -30,7 +30,7 @@ from .outputs import atomic_write_text
 from .scene import SceneInfo, SceneReader
 from .sensors import Radiometry
 from .stats import SceneStats
-from .threshold import NODATA, ThresholdResult, classify_result
+from .threshold import CLEAR, CLOUD, MASK_CLASSES, NODATA, SHADOW, ThresholdResult, classify_result
 
 
 @dataclass
@@ -67,6 +67,22 @@ class RasterLayout:
     nodata: float | int | None
     descriptions: tuple[str, ...] = ()
     resampling: str = "average"
+    #: a colour table for band 1 (value -> RGBA) and tags of this product alone.
+    colormap: tuple[tuple[int, tuple[int, int, int, int]], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+#: the mask's colours in GIS viewers: clear transparent grey, cloud white, shadow dark blue.
+MASK_COLOURS = {CLEAR: (0, 0, 0, 0), CLOUD: (255, 255, 255, 255), SHADOW: (20, 40, 160, 255),
+                NODATA: (0, 0, 0, 0)}  # fmt: skip
+
+
+def _mask_layout(info: SceneInfo, outs: dict[str, int]) -> RasterLayout:
+    return RasterLayout(
+        1, "uint8", NODATA, ("cloud mask",), "nearest",
+        colormap=tuple(sorted(MASK_COLOURS.items())),
+        tags=(("GEOCLOUD_MASK_CLASSES", ",".join(f"{k}={v}" for k, v in sorted(MASK_CLASSES.items()))),),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -183,9 +199,9 @@ PRODUCTS: dict[str, Product] = {
         RasterProduct(
             name="mask",
             suffix="_mask.tif",
-            description="uint8 cloud mask: 0 clear, 1 cloud, 255 nodata",
+            description="uint8 cloud mask: 0 clear, 1 cloud, 2 cloud shadow (not with --no-shadow), 255 nodata",
             needs=("score",),
-            layout=lambda info, outs: RasterLayout(1, "uint8", NODATA, ("cloud mask",), "nearest"),
+            layout=_mask_layout,
             compute=_mask,
         ),
         RasterProduct(
@@ -232,7 +248,8 @@ PRODUCTS: dict[str, Product] = {
         RasterProduct(
             name="quality",
             suffix="_clear_quality.tif",
-            description="uint8 confidence of the clear product: 100 (1 - alpha/alpha_max), 0 nodata",
+            description="uint8 confidence of the clear product: 100 (1 - alpha/alpha_max), 200 ground in "
+            "cloud shadow, 0 nodata",
             needs=("alpha",),
             layout=lambda info, outs: RasterLayout(1, "uint8", 0, ("clear quality (percent)",), "nearest"),
             compute=lambda ctx: _decloud().compute_quality(ctx),

@@ -27,6 +27,8 @@ class PixelCounts:
     nodata: int
     cloud: int
     clear: int
+    #: cloud-shadow pixels (counted apart from clear).
+    shadow: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,25 @@ class MattingSummary:
     refined: bool
     #: mean alpha over all valid pixels.
     mean_alpha: float | None = None
+
+
+@dataclass(frozen=True)
+class ShadowSummary:
+    """The scene's cloud-shadow displacement (:mod:`geocloud.shadow`), when the stage ran."""
+
+    #: whether a displacement that explains the dark pixels next to the clouds was found.
+    detected: bool
+    #: the displacement from a cloud pixel to its shadow, px (rows, columns).
+    dy: float | None
+    dx: float | None
+    distance_px: float | None
+    #: direction from cloud to shadow, degrees clockwise from north.
+    shadow_azimuth: float | None
+    #: whether the direction came from the sun azimuth (metadata or --sun-azimuth).
+    from_sun: bool
+    score: float | None
+    #: the decimation of the view the displacement was found on.
+    view_factor: int
 
 
 @dataclass(frozen=True)
@@ -105,6 +126,11 @@ class SceneStats:
     #: product name -> file names written.
     outputs: dict[str, list[str]] = field(default_factory=dict)
     matting: MattingSummary | None = None
+    #: cloud-shadow pixels over valid pixels (None when the shadow stage did not run).
+    shadow_fraction: float | None = None
+    #: valid pixels that are neither cloud nor cloud shadow, over valid pixels.
+    usable_fraction: float | None = None
+    shadow: ShadowSummary | None = None
 
     @property
     def thin_cloud_fraction(self) -> float | None:
@@ -119,8 +145,9 @@ class SceneStats:
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout of the stats product (``matting`` only when the matte ran)."""
         out = asdict(self)
-        if self.matting is None:
-            del out["matting"]
+        for key in ("matting", "shadow"):
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod
@@ -133,6 +160,7 @@ class SceneStats:
             "threshold": ThresholdResult,
             "tiling": TilingSummary,
             "matting": MattingSummary,
+            "shadow": ShadowSummary,
         }
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
@@ -147,4 +175,4 @@ class SceneStats:
         return cls(**kwargs)
 
 
-__all__ = ["InferenceSettings", "MattingSummary", "PixelCounts", "SceneSize", "SceneStats", "TilingSummary"]
+__all__ = ["InferenceSettings", "MattingSummary", "ShadowSummary", "PixelCounts", "SceneSize", "SceneStats", "TilingSummary"]

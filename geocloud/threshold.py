@@ -195,6 +195,10 @@ def fit_threshold(stats: ScoreStats, spec: ModelSpec, cfg: ThresholdConfig) -> T
 
 #: mask codes, written down once
 CLEAR, CLOUD, NODATA = 0, 1, 255
+#: cloud shadow (:mod:`geocloud.shadow`): set on clear pixels by the engine's shadow stage.
+SHADOW = 2
+#: the mask's classes by code, as the mask COG's colour table and tags name them.
+MASK_CLASSES = {CLEAR: "clear", CLOUD: "cloud", SHADOW: "cloud shadow", NODATA: "nodata"}
 
 
 def classify(score: np.ndarray, threshold: float, low: float | None = None, radius: int = 0) -> np.ndarray:

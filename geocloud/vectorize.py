@@ -33,7 +33,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -224,9 +224,24 @@ class CloudPolygons:
     rpcs: Any  # rasterio RPC or None (L1A masks: RPCs only)
     transform: Any  # Affine pixel -> native
     pixel_geometries: list[Polygon]
+    #: each polygon's class ("cloud", "cloud shadow"); empty means all "cloud".
+    classes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.geometries)
+
+    def class_names(self) -> list[str]:
+        return self.classes if len(self.classes) == len(self.geometries) else ["cloud"] * len(self.geometries)
+
+    def plus(self, other: CloudPolygons, name: str) -> CloudPolygons:
+        """These polygons followed by ``other``'s, whose class is ``name``."""
+        return replace(
+            self,
+            geometries=[*self.geometries, *other.geometries],
+            areas_m2=[*self.areas_m2, *other.areas_m2],
+            pixel_geometries=[*self.pixel_geometries, *other.pixel_geometries],
+            classes=[*self.class_names(), *([name] * len(other))],
+        )
 
 
 @_gc_paused()
@@ -394,6 +409,7 @@ def write_geojson(
     path = Path(path)
     wgs = np.array(to_wgs84(polys), dtype=object)
     ids = np.arange(len(wgs))
+    names = polys.class_names()
     if len(wgs):
         # snap to the output precision, then orient (RFC 7946).  Rounding each coordinate
         # keeps nearly every polygon valid; GEOS's precision reduction, 8x slower, mends
@@ -422,7 +438,7 @@ def write_geojson(
             ]
             feats = [
                 {"type": "Feature", "id": i + 1,
-                 "properties": {"id": i + 1, "class": "cloud", "area_m2": round(polys.areas_m2[i], 2)},
+                 "properties": {"id": i + 1, "class": names[i], "area_m2": round(polys.areas_m2[i], 2)},
                  "geometry": {"type": kind, "coordinates": xy}}
                 for i, kind, xy in zip(ids[start : start + BATCH].tolist(), kinds,
                                        _geojson_coordinates(part, precision), strict=True)
@@ -461,7 +477,7 @@ def write_gpkg(polys: CloudPolygons, path: str | os.PathLike[str], layer: str = 
             else np.array([], dtype=object),
             field_data=[
                 ids,
-                np.array(["cloud"] * len(multi), dtype=object),
+                np.array(polys.class_names(), dtype=object),
                 np.array(polys.areas_m2, dtype=np.float64),
             ],
             fields=["id", "class", "area_m2"],
@@ -513,6 +529,10 @@ def write_vector_product(ctx: Any, paths: list[Path]) -> None:
     """
     cfg = ctx.options.get("vector") or VectorizeConfig()
     polys = cloud_polygons(ctx.rasters["mask"], cfg)
+    if ctx.stats is not None and ctx.stats.pixels.shadow:  # the shadow class, as its own features
+        from .threshold import SHADOW
+
+        polys = polys.plus(cloud_polygons(ctx.rasters["mask"], replace(cfg, classes=(SHADOW,))), "cloud shadow")
     stats = ctx.stats
     props = {
         "scene": ctx.scene.path.name,

@@ -323,7 +323,7 @@ def test_default_model_runs_in_process(make_raster, tmp_path: Path) -> None:  # 
 
     with rasterio.open(next(out.glob("*_mask.tif"))) as src:
         m = src.read(1)
-    assert m.shape == (80, 96) and set(np.unique(m)) <= {0, 1, 255}
+    assert m.shape == (80, 96) and set(np.unique(m)) <= {0, 1, 2, 255}
 
 
 # --------------------------------------------------------------------------- evaluate

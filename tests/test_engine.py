@@ -112,8 +112,10 @@ def bands_product(monkeypatch):
 
 
 def run(scene, out, model, block, products=("mask", "score", "stats"), swath=8192, **cfg):
-    # the test scenes encode their pixel coordinates, far outside any reflectance range
+    # the test scenes encode their pixel coordinates, far outside any reflectance range (and
+    # have no cloud shadows to find: the shadow stage has its own tests, tests/test_shadow.py)
     config = ProcessConfig(
+        shadow=cfg.pop("shadow", False),
         tiling=TilingConfig(block_size=block, feather=cfg.pop("feather", 16), swath_width=swath),
         output=OutputConfig(products=products, overwrite=True),
         range_check=cfg.pop("range_check", False),

@@ -181,3 +181,134 @@ def test_shift_from_decimated_view() -> None:
     s = s.scaled(f)
     ty, tx = shift_from_sun(SUN_AZIMUTH, DISTANCE)
     assert math.hypot(s.dy - ty, s.dx - tx) <= 2.5, (s, ty, tx)
+
+
+# --------------------------------------------------------------------------- through the engine
+
+SYN = dict(seed=3, cloud_cover=0.1, shadows=True, thin_cover=0.0, cloud_scale=256)
+
+
+@pytest.fixture(scope="module")
+def shadowed_scene(tmp_path_factory):
+    """A 600 x 500 synthetic GF-1 scene whose thick clouds cast shadows (sun azimuth 150,
+    elevation 55, clouds 1500 m up: the shadow lies (-57, -33) px from its cloud), and the
+    true shadow strength (the fraction of its light the ground lost)."""
+    import warnings
+
+    from geocloud.synthetic import SceneSpec, SyntheticScene, make_scene
+
+    path = tmp_path_factory.mktemp("shadow") / "GF1_WFV1_shadowed.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_scene(path, 600, 500, write_truth=False, **SYN)
+    sc = SyntheticScene(SceneSpec(width=600, height=500, **SYN))
+    return path, sc.layers(0, 0, 500, 600)["shadow"], sc.shadow_offset()
+
+
+def _run(scene, out, products=("mask", "stats"), **kw):
+    from geocloud import ProcessConfig, process_scene
+    from geocloud.config import OutputConfig, TilingConfig
+
+    tiling = kw.pop("tiling", TilingConfig())
+    shadow = kw.pop("shadow", True)
+    cfg = ProcessConfig(model="spectral", tiling=tiling, shadow=shadow,
+                        output=OutputConfig(products=products, overwrite=True))  # fmt: skip
+    return process_scene(scene, out, cfg, **kw)
+
+
+def _mask(result):
+    import rasterio
+
+    with rasterio.open(result.outputs["mask"][0]) as ds:
+        return ds.read(1), ds.tags(), ds.colormap(1)
+
+
+def test_engine_marks_shadow_class_2(shadowed_scene, tmp_path):
+    scene, strength, (gy, gx) = shadowed_scene
+    r = _run(scene, tmp_path / "o")
+    mask, tags, cmap = _mask(r)
+    s = r.stats
+    # the scene's displacement, searched in every direction: the true one (cloud -> shadow)
+    assert s.shadow.detected and not s.shadow.from_sun
+    assert s.shadow.dy == pytest.approx(-gy, abs=3) and s.shadow.dx == pytest.approx(-gx, abs=3)
+    shadow = mask == 2
+    assert (shadow & (strength > 0.15)).sum() / shadow.sum() > 0.8  # precise
+    strong = (strength >= 0.4) & (mask != 1)
+    assert (shadow & strong).sum() / strong.sum() > 0.5  # finds most strong shadow outside cloud
+    # the counts and fractions: shadow is neither cloud nor clear, usable = clear
+    px = s.pixels
+    assert px.shadow == int(shadow.sum()) and px.clear == int((mask == 0).sum())
+    assert px.valid == px.clear + px.cloud + px.shadow
+    assert s.shadow_fraction == pytest.approx(px.shadow / px.valid)
+    assert s.usable_fraction == pytest.approx(px.clear / px.valid)
+    # GIS viewers show the classes by name and colour
+    assert tags["GEOCLOUD_MASK_CLASSES"] == "0=clear,1=cloud,2=cloud shadow,255=nodata"
+    assert tags["GEOCLOUD_OUTPUT_FORMAT"] == "2"
+    assert cmap[2][3] == 255 and cmap[1] == (255, 255, 255, 255)
+
+
+def test_sun_azimuth_restricts_the_search(shadowed_scene, tmp_path):
+    scene, _, (gy, gx) = shadowed_scene
+    s = _run(scene, tmp_path / "o", sun_azimuth=150.0).stats.shadow
+    assert s.from_sun and s.shadow_azimuth == pytest.approx(330.0, abs=0.5)
+    assert s.distance_px == pytest.approx(float(np.hypot(gy, gx)), abs=3)
+
+
+def test_no_shadow_keeps_the_old_mask(shadowed_scene, tmp_path):
+    scene, _, _ = shadowed_scene
+    on = _run(scene, tmp_path / "on")
+    off = _run(scene, tmp_path / "off", shadow=False)
+    m_on, _, _ = _mask(on)
+    m_off, tags, _ = _mask(off)
+    assert set(np.unique(m_off)) <= {0, 1, 255} and tags["GEOCLOUD_SHADOW"].startswith("off")
+    assert off.stats.shadow is None and off.stats.shadow_fraction is None
+    # the shadow class only ever replaces clear: cloud and nodata are the same
+    np.testing.assert_array_equal(m_on == 1, m_off == 1)
+    np.testing.assert_array_equal(m_on == 255, m_off == 255)
+    np.testing.assert_array_equal(m_on == 2, (m_off == 0) & (m_on != 0))
+
+
+def test_shadow_class_does_not_depend_on_blocks_or_windows(shadowed_scene, tmp_path, monkeypatch):
+    import geocloud.passes as passes
+    from geocloud.config import TilingConfig
+
+    scene, _, _ = shadowed_scene
+    ref, _, _ = _mask(_run(scene, tmp_path / "ref"))
+    monkeypatch.setattr(passes, "PASS2_ROWS", 48)
+    cut, _, _ = _mask(_run(scene, tmp_path / "cut", tiling=TilingConfig(block_size=96, swath_width=128)))
+    assert (ref == 2).sum() > 500
+    np.testing.assert_array_equal(ref, cut)
+
+
+def test_a_decimated_view_finds_the_same_displacement(shadowed_scene, tmp_path, monkeypatch):
+    """Large scenes estimate the displacement on a decimated view (bounded memory)."""
+    import geocloud.passes as passes
+
+    scene, strength, (gy, gx) = shadowed_scene
+    monkeypatch.setattr(passes, "SHADOW_VIEW_PX", 300)
+    r = _run(scene, tmp_path / "o")
+    s = r.stats.shadow
+    assert s.view_factor == 2
+    assert s.dy == pytest.approx(-gy, abs=4) and s.dx == pytest.approx(-gx, abs=4)
+    mask, _, _ = _mask(r)
+    assert ((mask == 2) & (strength > 0.15)).sum() / (mask == 2).sum() > 0.8
+
+
+def test_products_treat_shadow_as_cloud_free_ground(shadowed_scene, tmp_path):
+    """The clear product passes shadowed ground through (it is not cloud), its quality band
+    flags it (200), the polygons carry a class, and the preview tints it."""
+    import json
+
+    import rasterio
+
+    from geocloud.declouding import QUALITY_SHADOW
+
+    scene, _, _ = shadowed_scene
+    r = _run(scene, tmp_path / "o", products=("mask", "quality", "vector", "stats"))
+    mask, _, _ = _mask(r)
+    with rasterio.open(r.outputs["quality"][0]) as q:
+        qual = q.read(1)
+    assert (qual[mask == 2] == QUALITY_SHADOW).all() and (qual[mask == 0] != QUALITY_SHADOW).all()
+    gj = json.loads(r.outputs["vector"][0].read_text())
+    classes = {f["properties"]["class"] for f in gj["features"]}
+    assert classes == {"cloud", "cloud shadow"}
