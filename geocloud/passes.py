@@ -248,29 +248,37 @@ class ShadowStage:
 
     def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(reflectance (4, h, w), cloud, valid) of the scene, each ``factor`` x ``factor``
-        block of pixels averaged (cloud and valid: the majority)."""
+        block of pixels averaged (cloud and valid: the majority); the last rows and columns
+        that do not fill a block are left out.  DN are averaged, then converted (the
+        conversion is linear)."""
         info, f, rad = self.plan.info, self.factor, self.plan.radiometry
-        h, w = -(-info.height // f), -(-info.width // f)
-        refl = np.zeros((4, h, w), np.float32)
-        cloud = np.zeros((h, w), bool)
-        valid = np.zeros((h, w), bool)
+        h, w = info.height // f, info.width // f
+        if h == 0 or w == 0:
+            f, h, w = 1, info.height, info.width
+        dn_sum = np.zeros((4, h, w), np.float32)
+        n_ok = np.zeros((h, w), np.float32)
+        n_cloud = np.zeros((h, w), np.float32)
         rows = max(f, SHADOW_VIEW_ROWS // f * f)
-        for r0 in range(0, info.height, rows):
-            win = Window(0, r0, info.width, min(rows, info.height - r0))
+
+        def pool(a: np.ndarray) -> np.ndarray:  # (..., nh*f, w*f) -> (..., nh, w) sums
+            lead = a.shape[:-2]
+            a = a.reshape(*lead, a.shape[-2], w, f).sum(axis=-1, dtype=np.float32)
+            return a.reshape(*lead, a.shape[-2] // f, f, w).sum(axis=-2)
+
+        for r0 in range(0, h * f, rows):
+            nh = min(rows, h * f - r0) // f
+            win = Window(0, r0, w * f, nh * f)
             dn, ok = self.reader.read(win)
-            x = rad.to_reflectance(dn)
-            cl = self._cloud(self.score.read(win)[0]) & ok
-            nh, nw = -(-int(win.height) // f), w
-            ph, pw = nh * f - int(win.height), nw * f - info.width
-            pad = ((0, ph), (0, pw))
-            okf = np.pad(ok, pad).reshape(nh, f, nw, f).astype(np.float32)
-            n = okf.sum(axis=(1, 3))
-            xs = np.pad(np.where(ok, x, 0), ((0, 0), *pad)).reshape(4, nh, f, nw, f).sum(axis=(2, 4))
+            x = dn.astype(np.float32)
+            x *= ok
             k = r0 // f
-            refl[:, k : k + nh] = xs / np.maximum(n, 1)
-            valid[k : k + nh] = n >= (f * f) / 2
-            cloud[k : k + nh] = np.pad(cl, pad).reshape(nh, f, nw, f).sum(axis=(1, 3)) * 2 > n
-        return refl, cloud & valid, valid
+            dn_sum[:, k : k + nh] = pool(x)
+            n_ok[k : k + nh] = pool(ok.astype(np.float32))
+            n_cloud[k : k + nh] = pool((self._cloud(self.score.read(win)[0]) & ok).astype(np.float32))
+        valid = n_ok >= (f * f) / 2
+        mean_dn = dn_sum / np.maximum(n_ok, 1)
+        refl = rad.to_reflectance(mean_dn)
+        return refl, (n_cloud * 2 > n_ok) & valid, valid
 
     def estimate(self) -> ShadowShift | None:
         """The scene's shadow displacement (px, full resolution), or None when no shadow is
