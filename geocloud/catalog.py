@@ -45,11 +45,16 @@ from .outputs import atomic_output, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
-CATALOG_FORMATS = {".csv": "csv", ".parquet": "parquet", ".gpkg": "gpkg"}
+CATALOG_FORMATS = {".csv": "csv", ".parquet": "parquet", ".gpkg": "gpkg", ".json": "stac"}
+
+#: Row statuses: processed, failed, and rasters that are not scenes (masks, label files...).
+STATUSES = ("ok", "error", "skipped")
+#: A scene needs blue, green, red and near-infrared bands.
+MIN_SCENE_BANDS = 4
 
 #: Columns of a catalogue, in order.
 COLUMNS: tuple[str, ...] = (
-    "id", "path", "status", "error", "satellite", "sensor", "calibration", "calibration_approximate",
+    "id", "path", "status", "error", "warnings", "satellite", "sensor", "calibration", "calibration_approximate",
     "acquired", "acquired_source",
     "cloud_pct", "thin_cloud_pct", "mean_alpha", "vendor_cloud_pct", "threshold", "threshold_method",
     "model", "valid_px", "cloud_px", "width", "height", "crs", "georeferencing", "sun_elevation",
@@ -81,8 +86,9 @@ class CatalogConfig:
     process: ProcessConfig = field(
         default_factory=lambda: ProcessConfig(output=OutputConfig(products=("mask", "stats", "preview")))
     )
-    #: dask worker processes of the LocalCluster; 0 runs serially in this process.
-    workers: int = 2
+    #: dask worker processes of the LocalCluster; 0 runs serially in this process; "auto"
+    #: picks what measures fastest on this machine (:func:`auto_workers`).
+    workers: int | str = "auto"
     #: address of an existing dask scheduler (overrides ``workers``).
     scheduler: str | None = None
     #: seconds to wait for ``scheduler`` before giving up.
@@ -99,11 +105,25 @@ class CatalogConfig:
     checkpoint_s: float = 30.0
     #: extra ``process_scene`` keywords (scale, offset, sun_elevation).
     scene_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: globs a scene file must match (any of them; none: every scene file), and globs that exclude
+    #: it, matched against the file name, or the end of its path when they hold a '/'.
+    patterns: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    #: also write a static STAC catalogue (catalog.json + one Item per scene) into this folder.
+    stac_dir: Path | None = None
 
     def validate(self) -> None:
         self.process.validate()
-        if self.workers < 0:
-            raise ConfigError(f"--workers {self.workers} is negative; pass 0 (serial) or more")
+        if self.workers != "auto":
+            if isinstance(self.workers, bool) or not isinstance(self.workers, int):
+                raise ConfigError(f"--workers {self.workers!r} is not a number; pass auto, 0 (serial) or 1..{usable_cores()}")
+            if self.workers < 0:
+                raise ConfigError(f"--workers {self.workers} is negative; pass auto, 0 (serial) or 1..{usable_cores()}")
+            if self.workers > usable_cores() and not self.scheduler:
+                raise ConfigError(
+                    f"--workers {self.workers} is more than the {usable_cores()} cores this process may use; "
+                    f"pass auto, 0 (serial) or 1..{usable_cores()}"
+                )
         if self.fingerprint not in ("stat", "hash"):
             raise ConfigError(
                 f"fingerprint {self.fingerprint!r} is unknown; use 'stat' (size+mtime) or 'hash'"
@@ -126,13 +146,34 @@ def _is_scene_file(p: Path) -> bool:
     return not any(n.endswith(s) for s in OUTPUT_SUFFIXES) and not n.endswith(".partial")
 
 
-def discover_scenes(inputs: Iterable[str | os.PathLike[str]], exclude: Iterable[Path] = ()) -> list[Path]:
+def _glob_match(path: Path, pattern: str) -> bool:
+    """``pattern`` against the file name, or against the end of the path when it holds a '/'
+    (``labels/*.tif``); a pattern starting with '/' or '*' may also match the whole path."""
+    from fnmatch import fnmatchcase
+
+    if "/" not in pattern:
+        return fnmatchcase(path.name, pattern)
+    return path.match(pattern) or fnmatchcase(path.as_posix(), pattern)
+
+
+def discover_scenes(
+    inputs: Iterable[str | os.PathLike[str]],
+    exclude: Iterable[Path] = (),
+    patterns: Iterable[str] = (),
+    excludes: Iterable[str] = (),
+) -> list[Path]:
     """Scene files from paths, folders (recursive) and glob patterns, sorted, unique.
 
     geocloud outputs (``*_mask.tif``...), synthetic truth and anything under ``exclude``
-    (e.g. the catalogue's own output folder) are skipped.
+    (e.g. the catalogue's own output folder) are skipped; so are files that match none of
+    ``patterns`` (when given) or any of ``excludes`` (see :func:`_glob_match`).
     """
     ex = [Path(e).resolve() for e in exclude]
+    pats, exs = tuple(patterns), tuple(excludes)
+
+    def selected(q: Path) -> bool:
+        return (not pats or any(_glob_match(q, g) for g in pats)) and not any(_glob_match(q, g) for g in exs)
+
     found: set[Path] = set()
     for item in inputs:
         s = str(item)
@@ -140,7 +181,8 @@ def discover_scenes(inputs: Iterable[str | os.PathLike[str]], exclude: Iterable[
         if p.is_dir():
             cands = [q for q in p.rglob("*") if q.is_file()]
         elif p.is_file():
-            found.add(p.resolve())
+            if selected(p.absolute()):
+                found.add(p.resolve())
             continue
         elif glob.has_magic(s):
             cands = []
@@ -153,7 +195,7 @@ def discover_scenes(inputs: Iterable[str | os.PathLike[str]], exclude: Iterable[
             raise SceneNotFoundError(f"input {s!r} is not a file, a folder or a glob that matches anything")
         for q in cands:
             r = q.resolve()
-            if _is_scene_file(q) and not any(e == r or e in r.parents for e in ex):
+            if _is_scene_file(q) and not any(e == r or e in r.parents for e in ex) and selected(q.absolute()):
                 found.add(r)
     return sorted(found)
 
@@ -178,10 +220,18 @@ def _stem(p: Path) -> str:
     return p.stem
 
 
+def iso_mtime(mtime_ns: int) -> str:
+    """A file time as ISO 8601 in UTC, to the microsecond (``2024-05-01T10:20:30.123456Z``)."""
+    from datetime import UTC, timedelta
+
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=mtime_ns // 1000)
+    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def file_fingerprint(path: Path, kind: str = "stat") -> dict[str, Any]:
-    """size + mtime (ns), and the SHA-256 when ``kind == "hash"``."""
+    """size + mtime (ISO 8601, UTC), and the SHA-256 when ``kind == "hash"``."""
     st = path.stat()
-    fp: dict[str, Any] = {"size_bytes": st.st_size, "mtime": st.st_mtime_ns, "sha256": None}
+    fp: dict[str, Any] = {"size_bytes": st.st_size, "mtime": iso_mtime(st.st_mtime_ns), "sha256": None}
     if kind == "hash":
         h = hashlib.sha256()
         with path.open("rb") as f:
@@ -261,6 +311,38 @@ def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
     return shapely.to_wkt(shapely.set_precision(out, 1e-6), rounding_precision=6)
 
 
+def not_a_scene(path: Path) -> str | None:
+    """Why a raster cannot be a scene (too few bands: a mask, a label file, a PAN band), or None.
+
+    Only GeoTIFFs are looked at (a delivery archive is opened later); a file GDAL cannot
+    read is left to the pipeline, which reports it as an error.
+    """
+    import rasterio
+
+    if not path.name.lower().endswith((".tif", ".tiff")):
+        return None
+    try:
+        with rasterio.Env(CPL_LOG=os.devnull), rasterio.open(path) as ds:
+            count, dtype = ds.count, ds.dtypes[0]
+    except Exception:  # noqa: BLE001 - unreadable: an error row, from the pipeline
+        return None
+    if count >= MIN_SCENE_BANDS:
+        return None
+    what = "a mask or label raster?" if count == 1 and dtype == "uint8" else "not a 4-band B/G/R/NIR scene"
+    return f"{count} {dtype} band{'s' if count > 1 else ''}, a scene needs {MIN_SCENE_BANDS} ({what})"
+
+
+#: file names of GaoFen / ZiYuan-3 products, which come with a vendor XML.
+_VENDOR_NAME = re.compile(r"^(GF\d|ZY3|ZY-3|ZY02C)", re.I)
+
+
+def _archive_error(path: Path, exc: BaseException) -> str:
+    return (
+        f"ArchiveError: {path} is truncated or corrupt ({type(exc).__name__}: {exc or 'unexpected end of data'}); "
+        "download the delivery again"
+    ).splitlines()[0]
+
+
 def catalog_scene(
     path: str | os.PathLike[str],
     scene_id: str,
@@ -299,8 +381,14 @@ def _catalog_scene(
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(id=scene_id, path=str(path), status="error")
     workdir: Path | None = None
+    notes: list[str] = []
     try:
         row.update(file_fingerprint(path, fingerprint))
+        reason = not_a_scene(path)
+        if reason is not None:
+            row.update(status="skipped", error=reason)
+            row["processing_s"] = round(time.perf_counter() - t0, 3)
+            return row
         from .pipeline import process_scene
         from .preview import PreviewConfig, downsample_rgba, render_preview, write_png, write_preview
         from .scene import open_scene
@@ -309,11 +397,23 @@ def _catalog_scene(
         scene = path
         vendor = None
         if is_archive(path):
+            import tarfile
+            import zlib
+
             workdir = Path(tempfile.mkdtemp(prefix="geocloud-cat-"))
-            delivery = open_delivery(path, workdir)
-            scene, vendor = delivery.raster, delivery.metadata
+            try:
+                delivery = open_delivery(path, workdir)
+            except (EOFError, tarfile.TarError, zlib.error) as exc:
+                row["error"] = _archive_error(path, exc)
+                return row
+            scene = delivery.raster
+            vendor = find_vendor_metadata(scene, problems=notes)
+            if vendor is None and not notes:
+                notes.append(f"the delivery {path.name} holds no vendor XML")
         else:
-            vendor = find_vendor_metadata(scene)
+            vendor = find_vendor_metadata(scene, problems=notes)
+            if vendor is None and not notes and _VENDOR_NAME.match(scene.name):
+                notes.append(f"no vendor XML beside {scene.name}")
         info = open_scene(scene)
         out = Path(outdir) / scene_id
         out.mkdir(parents=True, exist_ok=True)
@@ -327,6 +427,10 @@ def _catalog_scene(
         result = process_scene(scene, out, cfg, model=_model_for(cfg), **(scene_kwargs or {}))
         stats = result.stats
         mask = result.outputs["mask"][0]
+        if notes:  # the XML the scene was not calibrated with, and the rule it was
+            used = stats.sensor.get("calibration") or stats.sensor.get("source")
+            notes[-1] += f"; calibrated with: {used or 'no DN calibration (reflectance input)'}"
+        notes.extend(str(w) for w in stats.warnings if w)
         thumb = Path(thumbs_dir) / f"{scene_id}.png"
         thumb.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(thumb.parent, scene_id, [thumb])
@@ -373,14 +477,20 @@ def _catalog_scene(
             stats=str(result.outputs["stats"][0]) if "stats" in result.outputs else None,
             geocloud_version=stats.geocloud_version,
         )
+        # every product file, for the STAC assets (kept in the journal, not a table column)
+        row["products"] = {k: [str(v) for v in vs] for k, vs in result.outputs.items()}
     except GeocloudError as exc:
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     except Exception as exc:  # noqa: BLE001 - a bad scene must never stop the batch
         row["error"] = f"internal error {type(exc).__name__}: {exc}".splitlines()[0]
+        if any(n.startswith("vendor XML ignored") for n in notes):
+            # GDAL reads a <stem>.xml sidecar too, and fails on a malformed one
+            row["error"] = f"{row['error']} (the vendor XML beside the scene is malformed: fix or remove it)"
         log.debug("scene %s failed", path, exc_info=True)
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        row["warnings"] = " | ".join(dict.fromkeys(notes)) or None
     row["processing_s"] = round(time.perf_counter() - t0, 3)
     return row
 
@@ -443,7 +553,7 @@ def _frame(rows: list[dict[str, Any]]):  # -> pandas.DataFrame
         "processing_s",
     ):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    for c in ("valid_px", "cloud_px", "width", "height", "size_bytes", "mtime"):
+    for c in ("valid_px", "cloud_px", "width", "height", "size_bytes"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     return df  # fmt: skip
 
@@ -456,6 +566,12 @@ def write_catalog(rows: list[dict[str, Any]], path: Path) -> Path:
             f"catalogue {path} has an unknown extension; use one of {', '.join(CATALOG_FORMATS)}"
         )
     rows = sorted(rows, key=lambda r: r["path"])
+    if fmt == "stac":
+        from .stac import item_collection
+
+        with atomic_output(path, keep_suffix=True, what="catalogue ") as tmp:
+            tmp.write_text(json.dumps(item_collection(rows), indent=1), encoding="utf-8")
+        return path
     df = _frame(rows)
     with atomic_output(path, keep_suffix=True, what="catalogue ") as tmp:
         if fmt == "csv":
@@ -527,8 +643,11 @@ def _write_gpkg(df: Any, path: Path) -> None:
             field_data.append(s.to_numpy(dtype="float64"))
         else:
             field_data.append(np.array([None if v is None or v != v else str(v) for v in s], dtype=object))
+    from .vectorize import GPKG_DATASET_OPTIONS
+
     write(str(path), geometry=np.array(geoms, dtype=object), field_data=field_data, fields=cols,
-          crs="EPSG:4326", driver="GPKG", layer="catalog", geometry_type="MultiPolygon")  # fmt: skip
+          crs="EPSG:4326", driver="GPKG", layer="catalog", geometry_type="MultiPolygon",
+          dataset_options=GPKG_DATASET_OPTIONS)  # fmt: skip
 
 
 def read_catalog(path: str | os.PathLike[str]):  # -> pandas.DataFrame
@@ -547,6 +666,10 @@ def read_catalog(path: str | os.PathLike[str]):  # -> pandas.DataFrame
             None if b is None else shapely.to_wkt(shapely.from_wkb(b)) for b in df["footprint"]
         ]
         return df
+    if fmt == "stac":
+        from .stac import rows_from_items
+
+        return pd.DataFrame(rows_from_items(json.loads(p.read_text(encoding="utf-8"))), columns=list(COLUMNS))
     if fmt == "gpkg":
         import pyogrio
 
@@ -576,33 +699,107 @@ class CatalogResult:
     path: Path
     html: Path | None
     rows: list[dict[str, Any]]
+    #: scenes processed by this run (ok, error or skipped)
     processed: int
+    #: rows kept from the journal (the scene did not change since)
+    unchanged: int
+    #: rasters that are not scenes (status ``skipped``)
     skipped: int
+    #: rows with status ``error``, in the whole catalogue
     failed: int
     seconds: float
+    #: worker processes used (0: serial) and why
+    workers: int = 0
+    workers_reason: str = ""
+    stac: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("rows")
+        d["scenes"] = len(self.rows)
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
-def _open_client(cfg: CatalogConfig):  # -> (Client, LocalCluster | None)
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+#: below this many cores a serial run (one process, the model's threads on every core) beats
+#: worker processes: measured with benchmarks/bench_catalog.py (docs/benchmarks.md).
+AUTO_MIN_CORES_FOR_WORKERS = 8
+#: intra-op threads per worker process when ``auto`` chooses workers.
+AUTO_THREADS_PER_WORKER = 4
+
+
+def auto_workers(n_scenes: int, cfg: ProcessConfig | None = None, cores: int | None = None) -> tuple[int, str]:
+    """``--workers auto``: (worker processes, why).
+
+    Serial (0) on fewer than :data:`AUTO_MIN_CORES_FOR_WORKERS` cores, for a single scene,
+    and on a GPU (one process keeps the model on the device); else one worker per
+    :data:`AUTO_THREADS_PER_WORKER` cores, at most one per scene.
+    """
+    cores = usable_cores() if cores is None else cores
+    device = getattr(getattr(cfg, "inference", None), "device", "cpu") if cfg is not None else "cpu"
+    if device not in ("cpu", "auto") or (device == "auto" and _cuda_available()):
+        return 0, "serial: the model runs on the GPU in this process"
+    if n_scenes <= 1:
+        return 0, "serial: one scene to do"
+    if cores < AUTO_MIN_CORES_FOR_WORKERS:
+        return 0, f"serial: {cores} cores (worker processes pay off from {AUTO_MIN_CORES_FOR_WORKERS})"
+    n = max(1, min(n_scenes, cores // AUTO_THREADS_PER_WORKER))
+    return n, f"{n} workers of {AUTO_THREADS_PER_WORKER} threads on {cores} cores"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch build with CUDA: CPU
+        return False
+
+
+def _quiet_dask() -> None:
+    """dask's own loggers print tracebacks of worker and comm failures: not for the user
+    (the failure becomes the scene's error row); ``--debug`` brings them back."""
+    if log.isEnabledFor(logging.DEBUG):
+        return
+    for name in ("distributed", "distributed.worker", "distributed.nanny", "distributed.scheduler",
+                 "distributed.core", "distributed.comm", "distributed.client", "tornado", "asyncio"):  # fmt: skip
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _open_client(cfg: CatalogConfig, workers: int):  # -> (Client, LocalCluster | None)
     from distributed import Client, LocalCluster
 
+    _quiet_dask()
     if cfg.scheduler:
         try:
             return Client(cfg.scheduler, timeout=f"{cfg.connect_timeout_s}s"), None
-        except OSError as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise ConfigError(
-                f"cannot reach the dask scheduler at {cfg.scheduler!r} ({exc}); check --scheduler ADDRESS "
-                "(e.g. tcp://host:8786) or drop it to use a local cluster"
-            ) from exc
+                f"cannot reach the dask scheduler at {cfg.scheduler!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                "check --scheduler ADDRESS (e.g. tcp://host:8786) or drop it to use a local cluster"
+            ) from None
     cluster = LocalCluster(
-        n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        silence_logs=logging.ERROR, memory_limit=0,
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        silence_logs=logging.CRITICAL, memory_limit=0,
     )  # fmt: skip
     return Client(cluster), cluster
+
+
+def _nothing_matched(inputs: list[str], patterns: tuple[str, ...], excludes: tuple[str, ...]) -> GeocloudError:
+    from .errors import SceneNotFoundError
+
+    sel = "".join(f" --pattern {g!r}" for g in patterns) + "".join(f" --exclude {g!r}" for g in excludes)
+    return SceneNotFoundError(
+        f"nothing to catalogue: no scene file (.tif, .tiff, .tar.gz, .tgz) under {', '.join(map(repr, inputs))}"
+        f"{sel}; check the paths and globs"
+    )
 
 
 def build_catalog(
@@ -611,24 +808,32 @@ def build_catalog(
     config: CatalogConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CatalogResult:
-    """Catalogue the scenes of ``inputs`` into ``catalog_path`` (see the module docstring)."""
+    """Catalogue the scenes of ``inputs`` into ``catalog_path`` (see the module docstring).
+
+    Raises :class:`~geocloud.errors.SceneNotFoundError` when no scene file matches (nothing
+    is written then), :class:`ConfigError` for a bad option or an unreachable scheduler
+    (nothing is written either).  Paths in the rows are absolute.
+    """
     cfg = config or CatalogConfig()
     cfg.validate()
     t0 = time.perf_counter()
-    cat = Path(catalog_path)
+    inputs = [str(i) for i in inputs]
+    cat = Path(catalog_path).absolute()
     if cat.suffix.lower() not in CATALOG_FORMATS:
         raise ConfigError(
             f"catalogue {cat} has an unknown extension; use one of {', '.join(CATALOG_FORMATS)}"
         )
+    outputs = (Path(cfg.outputs_dir) if cfg.outputs_dir else cat.with_name(f"{cat.stem}_scenes")).absolute()
+    thumbs = cat.with_name(f"{cat.stem}_thumbs")
+    scenes = discover_scenes(inputs, exclude=[outputs, thumbs], patterns=cfg.patterns, excludes=cfg.excludes)
+    if not scenes:
+        raise _nothing_matched(inputs, cfg.patterns, cfg.excludes)
     cat.parent.mkdir(parents=True, exist_ok=True)
     from .outputs import check_writable_dir
 
     check_writable_dir(cat.parent)
     # what a killed run of this catalogue left (the scenes' own: see process_scene)
     remove_stale_partials(cat.parent, cat.stem, [cat, cat.with_suffix(".html")])
-    outputs = Path(cfg.outputs_dir) if cfg.outputs_dir else cat.with_name(f"{cat.stem}_scenes")
-    thumbs = cat.with_name(f"{cat.stem}_thumbs")
-    scenes = discover_scenes(inputs, exclude=[outputs, thumbs])
     ids = scene_ids(scenes)
     journal = Journal(cat.with_name(cat.name + ".journal.jsonl"))
     done = journal.load() if cfg.resume else {}
@@ -639,7 +844,7 @@ def build_catalog(
     todo: list[Path] = []
     for p in scenes:
         prev = done.get(str(p))
-        if prev is not None and (prev.get("status") == "ok" or not cfg.retry_errors):
+        if prev is not None and (prev.get("status") in ("ok", "skipped") or not cfg.retry_errors):
             try:
                 unchanged = _unchanged(prev, file_fingerprint(p, cfg.fingerprint), cfg.fingerprint)
             except OSError:
@@ -648,39 +853,47 @@ def build_catalog(
                 rows[str(p)] = prev
                 continue
         todo.append(p)
-    skipped = len(rows)
-    log.info("%d scenes: %d to process, %d unchanged", len(scenes), len(todo), skipped)
+    n_unchanged = len(rows)
+    log.info("%d scenes: %d to process, %d unchanged", len(scenes), len(todo), n_unchanged)
 
+    if cfg.scheduler:
+        workers, why = -1, f"the dask scheduler at {cfg.scheduler}"
+    elif cfg.workers == "auto":
+        workers, why = auto_workers(len(todo), cfg.process)
+    else:
+        workers, why = int(cfg.workers), "--workers"
+    log.info("workers: %s (%s)", max(workers, 0), why)
     process_cfg = cfg.process
-    if process_cfg.inference.threads is None and cfg.workers > 1 and not cfg.scheduler:
+    if process_cfg.inference.threads is None and workers > 1:
         # local worker processes share the cores: split them rather than oversubscribe
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers - 1)
+        threads = max(1, usable_cores() // workers - (0 if cfg.workers == "auto" else 1))
         process_cfg = replace(process_cfg, inference=replace(process_cfg.inference, threads=threads))
     args = (outputs, thumbs, process_cfg, cfg.fingerprint, cfg.thumb_size, cfg.scene_kwargs)
     n_new = 0
-    failed = 0
     last_write = [time.monotonic()]
 
     def finish(row: dict[str, Any]) -> None:
-        nonlocal n_new, failed
+        nonlocal n_new
         journal.append(row)
         rows[row["path"]] = row
         n_new += 1
-        failed += row["status"] != "ok"
         if progress is not None:
-            progress(skipped + n_new, len(scenes))
+            progress(n_unchanged + n_new, len(scenes))
         if time.monotonic() - last_write[0] >= cfg.checkpoint_s:
             write_catalog(list(rows.values()), cat)
             last_write[0] = time.monotonic()
 
+    # the client is opened before anything is written: an unreachable scheduler leaves no file
+    client = cluster = None
+    if todo and workers != 0:
+        client, cluster = _open_client(cfg, max(workers, 0))
     try:
-        if todo and cfg.workers == 0 and not cfg.scheduler:
+        if todo and client is None:
             for p in todo:
                 finish(catalog_scene(p, ids[p], *args))
         elif todo:
             from distributed import as_completed
 
-            client, cluster = _open_client(cfg)
             try:
                 futures = {
                     client.submit(catalog_scene, str(p), ids[p], str(outputs), str(thumbs), *args[2:],
@@ -710,5 +923,15 @@ def build_catalog(
         from .report import write_html
 
         html = write_html(current, cat.with_suffix(".html"), title=f"geocloud catalogue: {cat.name}")
-    return CatalogResult(cat, html, sorted(current, key=lambda r: r["path"]), n_new, skipped, failed,
-                         round(time.perf_counter() - t0, 3))  # fmt: skip
+    stac = None
+    if cfg.stac_dir is not None:
+        from .stac import write_stac_catalog
+
+        stac = write_stac_catalog(current, Path(cfg.stac_dir), title=f"geocloud catalogue: {cat.name}")
+    ordered = sorted(current, key=lambda r: r["path"])
+    return CatalogResult(
+        cat, html, ordered, processed=n_new, unchanged=n_unchanged,
+        skipped=sum(r.get("status") == "skipped" for r in ordered),
+        failed=sum(r.get("status") == "error" for r in ordered),
+        seconds=round(time.perf_counter() - t0, 3), workers=max(workers, 0), workers_reason=why, stac=stac,
+    )  # fmt: skip

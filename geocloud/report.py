@@ -118,19 +118,33 @@ def footprints_svg(rows: list[dict[str, Any]], width: int = 420, height: int = 2
     if not shapes:
         return None
     minx, miny, maxx, maxy = shapely.bounds(shapely.union_all([s[0] for s in shapes]))
-    dx, dy = max(maxx - minx, 1e-9), max(maxy - miny, 1e-9)
-    k = min((width - 20) / dx, (height - 20) / dy)
+    # equirectangular, with longitudes shrunk by cos(latitude) so shapes keep their proportions
+    cx = max(0.2, math.cos(math.radians((miny + maxy) / 2)))
+    pad = 14
+    dx, dy = max((maxx - minx) * cx, 1e-9), max(maxy - miny, 1e-9)
+    k = min((width - 2 * pad) / dx, (height - 2 * pad - 10) / dy)
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return pad + (x - minx) * cx * k, height - pad - 10 - (y - miny) * k
+
     parts = [f'<svg width="{width}" height="{height}" role="img" '
              'aria-label="map of footprints"><rect width="100%" height="100%" fill="#eef2f6"/>']  # fmt: skip
     for g, pct, sid in shapes:
-        a = 0.15 + 0.75 * ((pct or 0) / 100)
+        a = 0.35 + 0.6 * ((pct or 0) / 100)
+        label = f"<title>{_e(sid)}: {'' if pct is None else f'{pct:.1f}%'}</title>"
+        x0, y0, x1, y1 = shapely.bounds(g)
+        (px0, py0), (px1, py1) = xy(x0, y0), xy(x1, y1)
+        if max(abs(px1 - px0), abs(py1 - py0)) < 8:
+            # smaller than a few pixels at this scale (scenes far apart): a marker, not an invisible dot
+            c = g.centroid
+            mx, my = xy(c.x, c.y)
+            parts.append(f'<circle cx="{mx:.1f}" cy="{my:.1f}" r="5" fill="#c03ca0" fill-opacity="{a:.2f}" '
+                         f'stroke="#5a1d4e" stroke-width="1.2">{label}</circle>')  # fmt: skip
+            continue
         for poly in getattr(g, "geoms", [g]):
-            pts = " ".join(
-                f"{10 + (x - minx) * k:.1f},{height - 10 - (y - miny) * k:.1f}"
-                for x, y in poly.exterior.coords
-            )
+            pts = " ".join("{:.1f},{:.1f}".format(*xy(x, y)) for x, y in poly.exterior.coords)
             parts.append(f'<polygon points="{pts}" fill="#c03ca0" fill-opacity="{a:.2f}" stroke="#5a1d4e" '
-                         f'stroke-width="0.8"><title>{_e(sid)}: {"" if pct is None else f"{pct:.1f}%"}</title></polygon>')  # fmt: skip
+                         f'stroke-width="1.2">{label}</polygon>')  # fmt: skip
     parts.append(f'<text x="6" y="{height - 2}" font-size="10">lon {minx:.3f}..{maxx:.3f}, '
                  f"lat {miny:.3f}..{maxy:.3f}</text></svg>")  # fmt: skip
     return "".join(parts)

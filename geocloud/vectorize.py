@@ -451,6 +451,11 @@ def write_geojson(
     return path
 
 
+#: GeoPackage 1.2: GDAL < 3.7 (QGIS 3.22/3.28 LTR on Debian 12, Ubuntu 22.04) opens GDAL's default
+#: 1.4 with a "may only be partially supported" warning on every open; 1.2 opens silently everywhere.
+GPKG_DATASET_OPTIONS = {"VERSION": "1.2"}
+
+
 def write_gpkg(polys: CloudPolygons, path: str | os.PathLike[str], layer: str = "clouds") -> Path:
     """Write a GeoPackage in the mask's native CRS (WGS84 for RPC-only masks) atomically."""
     from pyogrio.raw import write
@@ -485,6 +490,7 @@ def write_gpkg(polys: CloudPolygons, path: str | os.PathLike[str], layer: str = 
             driver="GPKG",
             layer=layer,
             geometry_type="MultiPolygon",
+            dataset_options=GPKG_DATASET_OPTIONS,
         )
     return path
 

@@ -352,11 +352,15 @@ def _metadata_candidates(scene: Path) -> Iterator[Path]:
             yield p
 
 
-def find_vendor_metadata(scene_path: str | os.PathLike[str]) -> VendorMetadata | None:
+def find_vendor_metadata(
+    scene_path: str | os.PathLike[str], problems: list[str] | None = None
+) -> VendorMetadata | None:
     """The vendor XML beside a scene, parsed; ``None`` when there is none.
 
     Looks for ``<stem>.xml`` first, then the vendor naming (same product id, same
-    MSS/PAN part).  Files that are not GF/ZY-3 metadata are skipped with a log line.
+    MSS/PAN part).  Files that are not GF/ZY-3 metadata are skipped with a log line, and
+    a one-line note per skipped file is appended to ``problems`` when it is given (a
+    malformed XML then never goes unnoticed).
     """
     scene = Path(scene_path)
     for cand in _metadata_candidates(scene):
@@ -364,6 +368,8 @@ def find_vendor_metadata(scene_path: str | os.PathLike[str]) -> VendorMetadata |
             return parse_metadata_xml(cand)
         except InputError as exc:
             log.debug("skipping %s: %s", cand, exc)
+            if problems is not None:
+                problems.append(f"vendor XML ignored: {str(exc).splitlines()[0]}")
     return None
 
 
