@@ -56,7 +56,8 @@ MIN_SCENE_BANDS = 4
 COLUMNS: tuple[str, ...] = (
     "id", "path", "status", "error", "warnings", "satellite", "sensor", "calibration", "calibration_approximate",
     "acquired", "acquired_source",
-    "cloud_pct", "thin_cloud_pct", "mean_alpha", "vendor_cloud_pct", "threshold", "threshold_method",
+    "cloud_pct", "shadow_pct", "usable_pct", "thin_cloud_pct", "mean_alpha", "vendor_cloud_pct", "threshold",
+    "threshold_method",
     "model", "valid_px", "cloud_px", "width", "height", "crs", "georeferencing", "sun_elevation",
     "footprint", "preview", "thumbnail", "mask", "stats", "size_bytes", "mtime", "sha256",
     "processing_s", "geocloud_version",
@@ -457,6 +458,8 @@ def _catalog_scene(
             acquired=acquired,
             acquired_source=acq_src,
             cloud_pct=None if frac is None else round(100.0 * frac, 4),
+            shadow_pct=None if stats.shadow_fraction is None else round(100.0 * stats.shadow_fraction, 4),
+            usable_pct=None if stats.usable_fraction is None else round(100.0 * stats.usable_fraction, 4),
             thin_cloud_pct=None if thin is None else round(100.0 * float(thin), 4),
             mean_alpha=None if alpha is None else round(float(alpha), 4),
             vendor_cloud_pct=vendor.cloud_percent if vendor is not None else None,
@@ -545,6 +548,8 @@ def _frame(rows: list[dict[str, Any]]):  # -> pandas.DataFrame
     df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
     for c in (
         "cloud_pct",
+        "shadow_pct",
+        "usable_pct",
         "thin_cloud_pct",
         "mean_alpha",
         "vendor_cloud_pct",

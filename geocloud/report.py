@@ -153,7 +153,8 @@ def footprints_svg(rows: list[dict[str, Any]], width: int = 420, height: int = 2
 _COLS = [
     # (header, key, numeric)
     ("scene", "id", False), ("acquired", "acquired", False), ("sensor", "sensor", False),
-    ("cloud %", "cloud_pct", True), ("thin %", "thin_cloud_pct", True), ("mean α", "mean_alpha", True),
+    ("cloud %", "cloud_pct", True), ("shadow %", "shadow_pct", True), ("usable %", "usable_pct", True),
+    ("thin %", "thin_cloud_pct", True), ("mean α", "mean_alpha", True),
     ("vendor %", "vendor_cloud_pct", True), ("threshold", "threshold", True), ("model", "model", False),
     ("status", "status", False),
 ]  # fmt: skip

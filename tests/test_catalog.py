@@ -239,6 +239,9 @@ def test_catalogue_figures_equal_the_stats_json(scenes, tmp_path):
     assert row["mean_alpha"] == pytest.approx(round(m["mean_alpha"], 4))
     assert 0 < m["mean_alpha"] < 1
     assert row["cloud_pct"] == pytest.approx(round(100 * stats["cloud_fraction"], 4))
+    assert row["shadow_pct"] == pytest.approx(round(100 * stats["shadow_fraction"], 4))
+    assert row["usable_pct"] == pytest.approx(round(100 * stats["usable_fraction"], 4))
+    assert row["cloud_pct"] + row["shadow_pct"] + row["usable_pct"] == pytest.approx(100, abs=1e-3)
     assert row["threshold"] == pytest.approx(stats["threshold"]["value"])
     assert row["threshold_method"] == stats["threshold"]["method"]
     assert row["model"] == stats["model"]["name"]
