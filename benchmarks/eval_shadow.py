@@ -12,9 +12,11 @@ inputs:
 ``label cloud``
     the label's cloud (codes 1 thick and 2 thin): isolates the shadow method;
 ``geocloud cloud``
-    geocloud's own cloud mask (``mask == 1``) from :func:`geocloud.process_scene` with the
-    cross-validation fold weights ``CV/fold*/cam.safetensors`` of the fold that held the
-    chip out (each fold's ``heldout.json``), as ``benchmarks/eval_cam.py`` runs them.
+    the engine end to end: :func:`geocloud.process_scene` with the cross-validation fold
+    weights ``CV/fold*/cam.safetensors`` of the fold that held the chip out (each fold's
+    ``heldout.json``), as ``benchmarks/eval_cam.py`` runs them; its mask's cloud
+    (``mask == 1``) and its own shadow class (``mask == 2``, the shadow stage of
+    :mod:`geocloud.passes`).
 
 Side by side, with ``--ukis DIR``: ukis-csmask's shadow class (class 2 of
 ``benchmarks/ukis_masks.py --classes DIR``), pooled without the ``ukis_samples`` chips
@@ -73,26 +75,27 @@ def fold_weights(cv: Path) -> dict[str, Path]:
     return out
 
 
-def geocloud_cloud(chip: Any, weights: Path, cache: Path | None) -> np.ndarray:
-    """geocloud's cloud mask (bool) of ``chip`` with ``weights``, through process_scene (cached)."""
-    path = None if cache is None else cache / chip.set / f"{chip.id}.npy"
+def geocloud_mask(chip: Any, weights: Path, cache: Path | None) -> np.ndarray:
+    """geocloud's mask (uint8: 0 clear, 1 cloud, 2 shadow, 255 nodata) of ``chip`` with
+    ``weights``, through process_scene (cached)."""
+    path = None if cache is None else cache / chip.set / f"{chip.id}.mask.npy"
     if path is not None and path.is_file():
         return np.load(path)
     import rasterio
 
     from geocloud import OutputConfig, ProcessConfig, process_scene
-    from geocloud.io import without_georef_warning
+    from geocloud.scene import without_georef_warning
     from geocloud.models.cam import load as load_cam
 
     cfg = ProcessConfig(model="cam", output=OutputConfig(products=("mask",), overwrite=True))
     with tempfile.TemporaryDirectory() as tmp:
         res = process_scene(chip.scene, Path(tmp), cfg, model=load_cam("cpu", weights))
         with without_georef_warning(), rasterio.open(res.outputs["mask"][0]) as m:
-            cloud = m.read(1) == 1
+            mask = m.read(1)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, cloud)
-    return cloud
+        np.save(path, mask)
+    return mask
 
 
 def run_method(refl: np.ndarray, cloud: np.ndarray, valid: np.ndarray, cfg: Any) -> tuple[np.ndarray, Any]:
@@ -173,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         if (label == 3).any():
             has_shadow.append(chip.key)
         clouds = {"label cloud": (label == 1) | (label == 2)}
-        if "geocloud cloud" in methods:
-            clouds["geocloud cloud"] = geocloud_cloud(chip, weights[chip.key], args.cache) & valid
         panels = []
+        if "geocloud cloud" in methods:
+            mask = geocloud_mask(chip, weights[chip.key], args.cache)
+            res["geocloud cloud"][chip.key] = counts((mask == 2) & valid, label)
+            panels.append(((mask == 1) & valid, (mask == 2) & valid))
         for name, cloud in clouds.items():
             from geocloud.shadow import estimate_shift, potential_shadow, shadow_mask
 
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ukis is not None:
             import rasterio
 
-            from geocloud.io import without_georef_warning
+            from geocloud.scene import without_georef_warning
 
             with without_georef_warning(), rasterio.open(args.ukis / chip.set / f"{chip.id}.tif") as m:
                 u = m.read(1)
