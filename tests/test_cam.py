@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 
 torch = pytest.importorskip("torch")
 
@@ -794,3 +795,21 @@ def test_refinement_head_with_the_spectral_score_round_trips(tmp_path: Path) -> 
     x = np.random.default_rng(7).random((1, 4, 128, 128), dtype=np.float32) * 0.5
     v = np.ones((1, 128, 128), bool)
     np.testing.assert_array_equal(again.predict(x, v).maps["score"], model.predict(x, v).maps["score"])
+
+
+@pytest.mark.gpu
+def test_the_default_pipeline_on_cuda_matches_the_cpu(tmp_path: Path) -> None:
+    """On a GPU (run by benchmarks/gpu_check.sh where one is lent): the same mask as on the CPU,
+    up to pixels within float rounding of the threshold."""
+    from geocloud import ProcessConfig, process_scene
+    from geocloud.config import InferenceConfig, OutputConfig
+
+    scene = Path(__file__).resolve().parents[1] / "sample_scenes" / "gf1_wfv_sample.tif"
+    masks = {}
+    for device in ("cpu", "cuda"):
+        cfg = ProcessConfig(inference=InferenceConfig(device=device),
+                            output=OutputConfig(products=("mask", "score")))  # fmt: skip
+        r = process_scene(scene, tmp_path / device, cfg)
+        with rasterio.open(r.outputs["mask"][0]) as m:
+            masks[device] = m.read(1)
+    assert (masks["cpu"] == masks["cuda"]).mean() > 0.999
