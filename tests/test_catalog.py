@@ -250,21 +250,6 @@ def test_catalogue_figures_equal_the_stats_json(scenes, tmp_path):
     assert row["geocloud_version"] == stats["geocloud_version"]
 
 
-def test_scene_stats_round_trip(scenes, tmp_path):
-    """The stats JSON is SceneStats.to_dict(); from_dict reads it back unchanged."""
-    from geocloud import ProcessConfig, process_scene
-    from geocloud.config import OutputConfig
-    from geocloud.stats import SceneStats
-
-    scene = next(scenes.glob("GF1_WFV1_*20210601*.tif"))
-    cfg = ProcessConfig(model="spectral", output=OutputConfig(products=("mask", "stats")))
-    r = process_scene(scene, tmp_path / "o", cfg)
-    on_disk = json.loads(r.outputs["stats"][0].read_text())
-    assert on_disk == json.loads(json.dumps(r.stats.to_dict()))
-    assert SceneStats.from_dict(on_disk) == r.stats
-    assert r.stats.thin_cloud_fraction is None and "matting" not in on_disk
-
-
 def test_footprint_of_separate_valid_areas_is_a_multipolygon(tmp_path):
     import numpy as np
     import rasterio
