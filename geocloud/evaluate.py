@@ -32,8 +32,29 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 PRED_SUFFIXES = ("_mask", "_cloudmask", "_pred")
 
 
-def to_cloud(mask: np.ndarray, what: str) -> np.ndarray:
-    """uint8 (H, W) codes -> uint8 with 1 cloud, 0 not cloud, 255 ignored."""
+#: a geocloud mask's codes (output format 2): 2 is cloud shadow, not cloud.
+GEOCLOUD_CODES: dict[int, bool | None] = {0: False, 1: True, 2: False, 255: None}
+
+
+def to_cloud(mask: np.ndarray, what: str, codes: str = "label") -> np.ndarray:
+    """uint8 (H, W) codes -> uint8 with 1 cloud, 0 not cloud, 255 ignored.
+
+    ``codes="label"``: the label codes (:data:`CODES`: 1 thick and 2 thin cloud are cloud,
+    3 shadow is not); ``codes="geocloud"``: a geocloud mask (1 cloud; 2 cloud shadow is not
+    cloud)."""
+    if codes == "geocloud":
+        values = np.unique(mask)
+        bad = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in GEOCLOUD_CODES)]
+        if bad:
+            shown = ", ".join(f"{v:g}" for v in bad[:5])
+            raise InputError(
+                f"{what} holds values [{shown}] outside a geocloud mask's codes 0 clear, 1 cloud, "
+                "2 cloud shadow, 255 nodata; pass a geocloud *_mask.tif"
+            )
+        out = np.zeros(mask.shape, np.uint8)
+        out[mask == 1] = 1
+        out[mask == 255] = 255
+        return out
     values = np.unique(mask)
     bad = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in CODES)]  # NaN too
     if bad:
@@ -111,9 +132,14 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def _read_mask(path: Path) -> tuple[np.ndarray, Any]:
-    """The first band of ``path`` and its grid ``(crs, transform)``, or None for the grid of
-    a raster without georeferencing."""
+def mask_codes(tags: dict[str, str]) -> str:
+    """"geocloud" for a raster geocloud wrote as a mask (its 2 is cloud shadow), else "label"."""
+    return "geocloud" if "GEOCLOUD_MASK_CLASSES" in tags or tags.get("GEOCLOUD_PRODUCT") == "mask" else "label"
+
+
+def _read_mask(path: Path) -> tuple[np.ndarray, Any, str]:
+    """The first band of ``path``, its grid ``(crs, transform)`` (None for a raster without
+    georeferencing) and its codes (:func:`mask_codes`)."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -124,7 +150,7 @@ def _read_mask(path: Path) -> tuple[np.ndarray, Any]:
     try:
         with without_georef_warning(), rasterio.open(path) as src:
             grid = (src.crs, src.transform) if src.crs is not None and not src.transform.is_identity else None
-            return src.read(1), grid
+            return src.read(1), grid, mask_codes(src.tags())
     except RasterioIOError as e:
         from .errors import NotARasterError
 
@@ -219,14 +245,16 @@ def pair_inputs(
     return list(zip(pred_paths, truth_paths, strict=True))
 
 
-def evaluate_arrays(pred: np.ndarray, truth: np.ndarray, *, name: str = "pred") -> dict[str, int]:
-    """Confusion counts of two code arrays of the same shape."""
+def evaluate_arrays(pred: np.ndarray, truth: np.ndarray, *, name: str = "pred", pred_codes: str = "geocloud",
+                    truth_codes: str = "label") -> dict[str, int]:  # fmt: skip
+    """Confusion counts of cloud for two code arrays of the same shape: by default a
+    geocloud mask (2 = cloud shadow) against a label raster (2 = thin cloud), see :func:`to_cloud`."""
     if pred.shape != truth.shape:
         raise InputError(
             f"prediction {name} has shape {pred.shape} but its truth has {truth.shape}; "
             "masks must be on the same grid as their truth"
         )
-    return confusion(to_cloud(pred, f"prediction {name}"), to_cloud(truth, f"truth of {name}"))
+    return confusion(to_cloud(pred, f"prediction {name}", pred_codes), to_cloud(truth, f"truth of {name}", truth_codes))
 
 
 def evaluate(
@@ -236,9 +264,9 @@ def evaluate(
     report = EvalReport()
     pooled = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     for i, (p, t) in enumerate(pairs):
-        (pred, pred_grid), (truth, truth_grid) = _read_mask(p), _read_mask(t)
+        (pred, pred_grid, pred_codes), (truth, truth_grid, truth_codes) = _read_mask(p), _read_mask(t)
         check_same_grid(p, t, pred_grid, truth_grid)
-        c = evaluate_arrays(pred, truth, name=str(p))
+        c = evaluate_arrays(pred, truth, name=str(p), pred_codes=pred_codes, truth_codes=truth_codes)
         name = _stem(p)
         while name in report.scenes:
             name += "'"
@@ -254,6 +282,8 @@ def evaluate(
 
 __all__ = [
     "CODES",
+    "GEOCLOUD_CODES",
+    "mask_codes",
     "EvalReport",
     "check_same_grid",
     "confusion",
