@@ -575,3 +575,18 @@ def test_evaluate_json_to_an_unwritable_path(make_raster, tmp_path: Path) -> Non
         assert_user_error(res, r"cannot be created|not writable|not a directory", r"--json")
     finally:
         ro.chmod(0o700)
+
+
+def test_a_gcp_scene_keeps_its_gcps(make_raster, outdir: Path) -> None:
+    """Issue 17 row 7: a scene georeferenced by GCPs only keeps them (and their CRS) on its
+    raster outputs, and its polygons are made in that CRS (tests/test_georef.py has more)."""
+    import pyogrio
+    import rasterio
+
+    scene = make_raster("gcp.tif", width=96, height=96, georef="gcps", cloud_cover=0.4)
+    res = run("process", scene, "-o", outdir, "--products", "mask,vector", "-q")
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    with rasterio.open(outdir / "gcp_mask.tif") as ds:
+        gcps, crs = ds.gcps
+        assert len(gcps) == 16 and crs is not None and crs.to_epsg() == 32650
+    assert pyogrio.read_info(outdir / "gcp_clouds.gpkg")["crs"] == "EPSG:32650"
