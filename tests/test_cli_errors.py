@@ -678,3 +678,41 @@ def test_a_bad_vendor_delivery_leaves_nothing(tmp_path: Path, outdir: Path, monk
     res = run("process", arc, "-o", outdir)
     assert res.exit_code == 130, res.output + (res.stderr or "")
     assert files_in(outdir) == []
+
+
+def test_thick_cloud_touching_the_nodata_collar_is_found(tmp_path: Path, outdir: Path) -> None:
+    """Issue 17 row 14: a block at the nodata collar sees the same context as an interior
+    block.  This piece of the sample scene has thick cloud (truth opacity > 0.5) running
+    into the collar; it was scored clear in a strip up to 20 px wide along it (the model saw
+    the collar as zeros, a dark surface)."""
+    import numpy as np
+    import rasterio
+    from rasterio.windows import Window
+    from scipy import ndimage
+
+    root = Path(__file__).resolve().parents[1] / "sample_scenes"
+    win = Window(768, 300, 256, 256)  # columns 768-1023, rows 300-555: the collar on the right
+    scene = tmp_path / "collar.tif"
+    with rasterio.open(root / "gf1_wfv_sample.tif") as src:
+        profile = dict(src.profile, width=256, height=256, transform=src.window_transform(win),
+                       tiled=False, compress=None)  # fmt: skip
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+        with rasterio.open(scene, "w", **profile) as dst:
+            dst.write(src.read(window=win))
+            dst.update_tags(**src.tags())
+            dst.descriptions = src.descriptions
+    with rasterio.open(root / "gf1_wfv_sample_alpha_truth.tif") as t:
+        alpha = t.read(1, window=win)
+    res = run("process", scene, "-o", outdir, "--products", "mask", "-q")
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    with rasterio.open(outdir / "collar_mask.tif") as m:
+        mask = m.read(1)
+    valid = np.isfinite(alpha)
+    assert ((mask == 255) == ~valid).all()
+    near = ndimage.distance_transform_edt(valid) <= 20  # within 20 px of the collar
+    thick = valid & (alpha > 0.5)
+    assert (thick & near).sum() > 4000  # the cloud does run into the collar here
+    missed_near = int((thick & near & (mask != 1)).sum())
+    missed_far = int((thick & ~near & (mask != 1)).sum())
+    assert missed_near <= 0.01 * (thick & near).sum(), f"{missed_near} px of thick cloud missed along the collar"
+    assert missed_far <= 0.01 * (thick & ~near).sum()
