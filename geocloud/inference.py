@@ -97,26 +97,6 @@ class _Batch:
         self.valid = np.empty((len(blocks), h, w), dtype=bool)
 
 
-def fill_nodata(x: np.ndarray, valid: np.ndarray) -> None:
-    """Give each nodata pixel of the block ``x`` (C, h, w) the bands of its nearest valid
-    pixel, in place (all zeros when the block has none).
-
-    What a model sees of the nodata collar, or beyond the scene's edge, is then the valid
-    data extended outwards, as an interior block sees more of the same scene around it.
-    Zeros would look like a dark surface: a CAM whose receptive field reached into them
-    scored thick cloud along the collar as clear.  Only the models' input is filled:
-    nodata pixels stay nodata in every output.
-    """
-    holes = ~valid
-    if not valid.any():
-        x[:, holes] = 0.0
-        return
-    from scipy.ndimage import distance_transform_edt
-
-    iy, ix = distance_transform_edt(holes, return_distances=False, return_indices=True)
-    x[:, holes] = x[:, iy[holes], ix[holes]]
-
-
 def _read_into(reader: SceneReader, radiometry: Radiometry, batch: _Batch, i: int,
                lo: float, hi: float) -> tuple[int, int]:  # fmt: skip
     """Read block ``i`` of ``batch`` as reflectance into its slot; return (out of range, checked)."""
@@ -126,7 +106,7 @@ def _read_into(reader: SceneReader, radiometry: Radiometry, batch: _Batch, i: in
     x += np.asarray(radiometry.b, np.float32)[:, None, None]
     batch.valid[i] = valid
     if not valid.all():
-        fill_nodata(x, valid)
+        np.copyto(x, np.float32(0.0), where=~valid)
     # the physical-range check looks at every 4th pixel of every 4th row: enough to catch a
     # wrong scaling (strided views and a mask product: no copy of the block)
     sub, ok = x[:, ::4, ::4], valid[::4, ::4]

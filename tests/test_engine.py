@@ -355,32 +355,7 @@ def test_block_reads_count_out_of_range_reflectance_on_valid_pixels_only(tmp_pat
         bad, checked = _read_into(reader, rad, batch, 0, -0.05, 1.6)
     assert checked > 0 and bad / checked == pytest.approx(0.25)
     assert checked <= 4 * 64 * 128  # valid pixel-bands only
-    assert not batch.valid[0, 64:].any()
-    # nodata is given its nearest valid pixel's bands (what the models see, not zeros)
-    np.testing.assert_array_equal(batch.x[0][:, 64:], np.broadcast_to(batch.x[0][:, 63:64], (4, 64, 128)))
-
-
-def test_fill_nodata_extends_the_valid_data() -> None:
-    """Issue 17 row 14: a block's nodata pixels take their nearest valid pixel's bands, so a
-    collar looks like more of the scene, not like a dark surface; no valid pixel changes."""
-    from geocloud.inference import fill_nodata
-
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0.1, 0.9, (4, 40, 50)).astype(np.float32)
-    yy, xx = np.mgrid[:40, :50]
-    valid = xx + 0.5 * yy < 30  # a skewed collar edge
-    before = x.copy()
-    fill_nodata(x, valid)
-    np.testing.assert_array_equal(x[:, valid], before[:, valid])
-    for r, c in [(0, 49), (39, 49), (10, 30), (39, 11)]:
-        assert not valid[r, c]
-        d = np.where(valid, (yy - r) ** 2 + (xx - c) ** 2, 10**9)
-        # the value is that of a valid pixel at the smallest distance
-        near = np.argwhere(d == d.min())
-        assert any((x[:, r, c] == before[:, a, b]).all() for a, b in near)
-    empty = np.ones((4, 8, 8), np.float32)
-    fill_nodata(empty, np.zeros((8, 8), bool))
-    assert (empty == 0).all()  # nothing valid: zeros, as before
+    assert not batch.valid[0, 64:].any() and (batch.x[0][:, 64:] == 0).all()  # nodata zeroed
 
 
 class _JitteryBoxModel(BoxModel):
