@@ -13,8 +13,8 @@ from geocloud.errors import ConfigError, GeocloudError
 from geocloud.pipeline import process_scene
 from geocloud.plan import load_model_for
 from geocloud.products import PRODUCTS, resolve_products
-from geocloud.vendor.delivery import delivery_scene, delivery_stem, is_delivery
 from geocloud.vectorize import VectorizeConfig
+from geocloud.vendor.delivery import delivery_scene, delivery_stem, is_delivery
 
 from .logs import setup_logging
 from .options import model_options, process_config, scene_options, shadow_options

@@ -648,6 +648,7 @@ def test_a_bad_vendor_delivery_leaves_nothing(tmp_path: Path, outdir: Path, monk
     """Issue 17 row 17: a truncated archive, a folder of several scenes, and a run that
     fails or is interrupted after the extraction: one line, and no extracted files left."""
     import geocloud.cli.process as process_cli
+
     from geocloud.outputs import delivery_workdir
 
     arc = _vendor_delivery(tmp_path)
