@@ -14,6 +14,7 @@ from geocloud.pipeline import process_scene
 from geocloud.plan import load_model_for
 from geocloud.products import PRODUCTS, resolve_products
 from geocloud.vectorize import VectorizeConfig
+from geocloud.vendor.delivery import delivery_scene, delivery_stem, is_delivery
 
 from .logs import setup_logging
 from .options import model_options, process_config, scene_options, shadow_options
@@ -35,7 +36,7 @@ def parse_products(text: str) -> tuple[str, ...]:
 
 
 @click.command()
-@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")  # files or vendor deliveries
 @click.option(
     "-o",
     "--outdir",
@@ -99,6 +100,9 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
 
     Outputs are named from each scene's file stem: <stem>_mask.tif (0 clear, 1 cloud,
     2 cloud shadow, 255 nodata), <stem>_score.tif, <stem>_stats.json, ... as Cloud-Optimised GeoTIFFs.
+    A SCENE may also be a vendor delivery (a folder, or a .tar/.tar.gz/.tgz archive, extracted
+    into a temporary folder): its raster is processed with its XML and RPCs, and the outputs
+    are named after the delivery.
     """
     setup_logging(quiet, debug)
     config = process_config(
@@ -110,7 +114,7 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
         range_check=not no_range_check,
         shadow=not no_shadow,
     )  # fmt: skip
-    stems = [Path(s).stem for s in scenes]
+    stems = [delivery_stem(s) if is_delivery(s) else Path(s).stem for s in scenes]
     dup = {s for s in stems if stems.count(s) > 1}
     if dup:
         raise ConfigError(f"several scenes share the file stem {sorted(dup)[0]!r}, so their outputs would collide; "
@@ -121,15 +125,16 @@ def process(scenes: tuple[str, ...], outdir: Path, products: str, model: str, bl
     for scene in scenes:
         bar = ProgressBar(Path(scene).name, disable=quiet)
         try:
-            if loaded is None:
-                loaded = load_model_for(config)
-            result = process_scene(scene, outdir, config, model=loaded, progress=bar.update,
-                                   scale=scale, offset=offset, sun_elevation=sun_elevation,
-                                   sun_azimuth=sun_azimuth)  # fmt: skip
-            if ortho:
-                from geocloud.vendor import orthorectify_outputs
+            with delivery_scene(scene, outdir) as (path, stem, source):
+                if loaded is None:
+                    loaded = load_model_for(config)
+                result = process_scene(path, outdir, config, model=loaded, progress=bar.update,
+                                       scale=scale, offset=offset, sun_elevation=sun_elevation,
+                                       sun_azimuth=sun_azimuth, stem=stem, source=source)  # fmt: skip
+                if ortho:
+                    from geocloud.vendor import orthorectify_outputs
 
-                orthorectify_outputs(result.outputs)
+                    orthorectify_outputs(result.outputs)
         except GeocloudError as exc:
             bar.close()
             if len(scenes) == 1:

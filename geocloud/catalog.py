@@ -299,6 +299,9 @@ def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
         h, w = preview_shape(ds.height, ds.width, max_side)
         m = ds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         crs, transform, rpcs = ds.crs, ds.transform, ds.rpcs
+        gcps = None
+        if crs is None and rpcs is None and ds.gcps[0]:  # georeferenced by GCPs only
+            gcps, crs = ds.gcps
         sy, sx = ds.height / h, ds.width / w
     polys = mask_polygons(m != 255, 0)
     if len(polys) == 0:
@@ -306,7 +309,7 @@ def valid_footprint(mask_path: Path, max_side: int = 512) -> str | None:
     geom = shapely.union_all(polys).simplify(1.5, preserve_topology=True)
     geom = shapely.transform(geom, lambda xy: xy * np.array([sx, sy]))
     try:
-        out = pixels_to_wgs84(geom, crs, transform, rpcs)
+        out = pixels_to_wgs84(geom, crs, transform, rpcs, gcps)
     except GeocloudError:
         return None
     return shapely.to_wkt(shapely.set_precision(out, 1e-6), rounding_precision=6)
@@ -470,7 +473,7 @@ def _catalog_scene(
             cloud_px=stats.pixels.cloud,
             width=info.width,
             height=info.height,
-            crs=info.crs.to_string() if info.crs else None,
+            crs=info.georef_crs.to_string() if info.georef_crs else None,
             georeferencing=info.georef_kind,
             sun_elevation=stats.sensor.get("sun_elevation"),
             footprint=valid_footprint(mask),

@@ -44,6 +44,9 @@ class RasterSpec:
     crs: CRS | None
     transform: Affine
     rpcs: Any | None = None
+    #: ground control points and their CRS (rasterio's ``(gcps, crs)``) of a scene
+    #: georeferenced by GCPs only; written when there is no CRS.
+    gcps: Any | None = None
     descriptions: tuple[str, ...] = ()
     #: overview resampling: "nearest" for classes, "average" for continuous values.
     resampling: str = "average"
@@ -65,8 +68,23 @@ class RasterSpec:
         return cls(
             width=info.width, height=info.height, count=count, dtype=dtype, nodata=nodata,
             crs=info.crs, transform=info.transform, rpcs=info.rpcs,
+            gcps=info.gcps if info.crs is None else None,
             descriptions=descriptions, resampling=resampling, colormap=colormap, tags=tags,
         )  # fmt: skip
+
+
+def _gcp_list(gcps: Any, crs: CRS | None) -> str:
+    """The ``<GCPList>`` of a VRT: the scene's ground control points and their CRS."""
+    from xml.sax.saxutils import quoteattr
+
+    proj = f" Projection={quoteattr(crs.to_wkt())}" if crs is not None else ""
+    points = "".join(
+        f"<GCP Id={quoteattr(str(g.id or i + 1))} Info={quoteattr(str(g.info or ''))} "
+        f'Pixel="{float(g.col)!r}" Line="{float(g.row)!r}" '
+        f'X="{float(g.x)!r}" Y="{float(g.y)!r}" Z="{float(g.z or 0.0)!r}"/>'
+        for i, g in enumerate(gcps)
+    )
+    return f"<GCPList{proj}>{points}</GCPList>"
 
 
 def _halve(a: np.ndarray, resampling: str) -> np.ndarray:
@@ -337,6 +355,8 @@ class RasterSink:
             parts.append(
                 f"<GeoTransform>{', '.join(repr(v) for v in spec.transform.to_gdal())}</GeoTransform>"
             )
+        if spec.gcps is not None and spec.crs is None:
+            parts.append(_gcp_list(*spec.gcps))
         all_tags = {**tags, **dict(spec.tags)}
         md = "".join(f'<MDI key="{escape(k)}">{escape(str(v))}</MDI>' for k, v in all_tags.items())
         parts.append(f"<Metadata>{md}</Metadata>")

@@ -140,6 +140,12 @@ def partial_workdir(outdir: Path, stem: str) -> Path:
     return outdir / f".geocloud-{stem}-{_run_tag()}.partial"
 
 
+def delivery_workdir(outdir: Path, stem: str) -> Path:
+    """The hidden folder a vendor delivery archive is extracted into in ``outdir`` (on the
+    outputs' disk; swept by a later run of ``stem`` when this one is killed)."""
+    return outdir / f".geocloud-{stem}-{_run_tag()}.delivery.partial"
+
+
 def _pid_alive(pid: int) -> bool:
     if os.name != "posix":  # os.kill would end the process there: assume alive
         return True
@@ -154,12 +160,13 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_partials(outdir: Path, stem: str, finals: Iterable[Path]) -> list[Path]:
     """Remove what runs of scene ``stem`` on this host left in ``outdir`` when they were
-    killed (SIGKILL, out of memory, a dask worker stopped): the work folder of
-    :func:`partial_workdir` and the temporary names of ``finals``, where the process that
+    killed (SIGKILL, out of memory, a dask worker stopped): the work folders of
+    :func:`partial_workdir` and :func:`delivery_workdir` and the temporary names of
+    ``finals``, where the process that
     made them is gone.  A run still alive, or one of another host (a shared disk), is left
     alone.  Returns what was removed."""
     host = re.escape(f"{_HOST}-")
-    patterns = [re.compile(re.escape(f".geocloud-{stem}-") + host + r"(\d+)\.partial")]
+    patterns = [re.compile(re.escape(f".geocloud-{stem}-") + host + r"(\d+)(?:\.delivery)?\.partial")]
     for f in finals:
         patterns.append(re.compile(re.escape(f".{f.name}.") + host + r"(\d+)\.partial"))
         patterns.append(re.compile(re.escape(f".{f.stem}.") + host + r"(\d+)\.partial" + re.escape(f.suffix)))

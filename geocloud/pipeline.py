@@ -78,18 +78,24 @@ def process_scene(
     offset: float = 0.0,
     sun_elevation: float | None = None,
     sun_azimuth: float | None = None,
+    stem: str | None = None,
+    source: str | os.PathLike[str] | None = None,
 ) -> SceneResult:
     """Detect the clouds of one scene and write the products ``config.output.products``.
 
     ``model`` may be given to reuse a loaded model across scenes (or to inject a test
     model); otherwise ``config.model`` is loaded on ``config.inference.device``.  One run
     at a time writes a scene's products into a folder (:func:`geocloud.outputs.scene_lock`).
+    ``stem`` names the outputs instead of the scene file's stem, and ``source`` is the input
+    the stats name instead of ``path`` (a vendor delivery's raster: see
+    :func:`geocloud.vendor.delivery_scene`).
     """
     created = not Path(outdir).exists()
     try:
-        with scene_lock(Path(outdir), Path(path).stem):
+        with scene_lock(Path(outdir), stem or Path(path).stem):
             return _process_scene(path, outdir, config, model=model, progress=progress, scale=scale,
-                                  offset=offset, sun_elevation=sun_elevation, sun_azimuth=sun_azimuth)  # fmt: skip
+                                  offset=offset, sun_elevation=sun_elevation, sun_azimuth=sun_azimuth,
+                                  stem=stem, source=source)  # fmt: skip
     except BaseException:
         if created:  # a refused or failed run leaves no folder it made behind either
             with contextlib.suppress(OSError):
@@ -108,6 +114,8 @@ def _process_scene(
     offset: float = 0.0,
     sun_elevation: float | None = None,
     sun_azimuth: float | None = None,
+    stem: str | None = None,
+    source: str | os.PathLike[str] | None = None,
 ) -> SceneResult:
     """:func:`process_scene` under its lock: the plan, then its stages."""
     t_start = time.perf_counter()
@@ -118,7 +126,8 @@ def _process_scene(
         warnings_out.append(msg)
 
     plan, loaded = plan_scene(path, outdir, config or ProcessConfig(), model=model, scale=scale, offset=offset,
-                              sun_elevation=sun_elevation, sun_azimuth=sun_azimuth, warn=warn)  # fmt: skip
+                              sun_elevation=sun_elevation, sun_azimuth=sun_azimuth, warn=warn,
+                              stem=stem, source=source)  # fmt: skip
     assert loaded is not None  # (only a description plans without a model)
     model = loaded
     timings: dict[str, float] = {}
@@ -206,7 +215,7 @@ def scene_stats(plan: ScenePlan, model: CloudModel, threshold: ThresholdResult, 
     valid_n = int(counts[CLEAR] + counts[CLOUD] + counts[SHADOW])
     total = timings["total"]
     return SceneStats(
-        scene=str(info.path),
+        scene=str(plan.source or info.path),
         stem=plan.stem,
         geocloud_version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -221,7 +230,7 @@ def scene_stats(plan: ScenePlan, model: CloudModel, threshold: ThresholdResult, 
         ),
         size=SceneSize(width=info.width, height=info.height, bands=info.count, dtype=info.dtype),
         georeferencing=info.georef_kind,
-        crs=info.crs.to_string() if info.crs else None,
+        crs=info.georef_crs.to_string() if info.georef_crs else None,
         pixels=PixelCounts(total=info.pixels, valid=valid_n, nodata=int(counts[NODATA]),
                            cloud=int(counts[CLOUD]), clear=int(counts[CLEAR]), shadow=int(counts[SHADOW])),  # fmt: skip
         cloud_fraction=float(counts[CLOUD] / valid_n) if valid_n else None,
@@ -268,7 +277,9 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
         "layout": info.layout,
         "nodata": f"{info.nodata_kind}" + (f" ({info.nodata})" if info.nodata is not None else ""),
         "georeferencing": info.georef_kind,
-        "crs": info.crs.to_string() if info.crs else None,
+        "crs": info.georef_crs.to_string() if info.georef_crs else None,
+        **({"gcps": f"{len(info.gcps[0])} ground control points (no geotransform)"}
+           if info.georef_kind == "gcps" else {}),
         "pixel_size": (abs(info.transform.a), abs(info.transform.e)) if info.crs else None,
         "band_descriptions": list(info.descriptions),
         "sensor": radiometry.sensor,

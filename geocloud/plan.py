@@ -85,6 +85,10 @@ class ScenePlan:
     #: the sun azimuth (degrees clockwise from north) for the shadow stage: --sun-azimuth,
     #: else the vendor metadata's; None: searched from the image.
     sun_azimuth: float | None = None
+    #: the name the outputs are given (``<out_stem>_mask.tif``...) and the input named in the
+    #: stats, when they are not the scene file's: a vendor delivery's (its folder or archive).
+    out_stem: str | None = None
+    source: Path | None = None
 
     @property
     def pixel_size_m(self) -> float | None:
@@ -101,7 +105,7 @@ class ScenePlan:
 
     @property
     def stem(self) -> str:
-        return self.info.path.stem
+        return self.out_stem or self.info.path.stem
 
     @property
     def swath_px(self) -> int:
@@ -123,7 +127,8 @@ class ScenePlan:
 
     def all_product_paths(self) -> list[Path]:
         """Every path any product of this scene could have (for ``--overwrite``'s sweep)."""
-        return [p for paths in output_paths(self.info.path, self.outdir, tuple(PRODUCTS)).values() for p in paths]
+        paths = output_paths(self.info.path, self.outdir, tuple(PRODUCTS), stem=self.stem)
+        return [p for ps in paths.values() for p in ps]
 
     def tags(self, threshold: ThresholdResult) -> dict[str, str]:
         """The metadata tags of every raster product."""
@@ -144,9 +149,10 @@ class ScenePlan:
 
 
 def output_paths(scene: str | os.PathLike[str], outdir: str | os.PathLike[str],
-                 products: tuple[str, ...]) -> dict[str, list[Path]]:  # fmt: skip
-    """Where ``geocloud process`` writes each product of ``scene``."""
-    stem = Path(scene).stem
+                 products: tuple[str, ...], *, stem: str | None = None) -> dict[str, list[Path]]:  # fmt: skip
+    """Where ``geocloud process`` writes each product of ``scene`` (named after ``stem``,
+    by default the scene file's)."""
+    stem = stem or Path(scene).stem
     return {p.name: p.paths(Path(outdir), stem) for p in resolve_products(products)}
 
 
@@ -326,6 +332,8 @@ def plan_scene(
     sun_azimuth: float | None = None,
     warn: Callable[[str], None] = log.warning,
     describe: bool = False,
+    stem: str | None = None,
+    source: str | os.PathLike[str] | None = None,
 ) -> tuple[ScenePlan, CloudModel | None]:
     """Check the scene, the options and the outputs, load the model, and plan the run.
 
@@ -333,7 +341,8 @@ def plan_scene(
     reflectance range, the model is not loaded (its spec is read from the weight sidecars,
     :func:`geocloud.models.read_spec`: no torch), and an unknown scaling is recorded in
     :attr:`ScenePlan.radiometry_missing` instead of raised.  Returns the plan and the model
-    (``model`` itself when given; None when describing).
+    (``model`` itself when given; None when describing).  ``stem`` and ``source`` name the
+    outputs and the input of a scene that came in a vendor delivery (the delivery's).
     """
     config.validate()
     resolve_products(config.output.products)  # an unknown product is refused first
@@ -354,7 +363,7 @@ def plan_scene(
             check_reflectance_range(info, radiometry)
         if not info.georeferenced:
             warn(f"{info.path.name} has no CRS, transform or RPCs: outputs keep its pixel grid only")
-    wanted = output_paths(info.path, outdir, config.output.products)
+    wanted = output_paths(info.path, outdir, config.output.products, stem=stem)
     if not describe:
         # (the folder was created and probed by scene_lock, which process_scene holds)
         _check_outputs_free(wanted, config)
@@ -391,6 +400,8 @@ def plan_scene(
         amp=config.inference.resolved_autocast(device),
         radiometry_missing=missing,
         sun_azimuth=sun_azimuth if sun_azimuth is not None else _vendor_sun_azimuth(info),
+        out_stem=stem,
+        source=Path(source) if source is not None else None,
     )
     return plan, model
 

@@ -87,6 +87,15 @@ class SceneInfo:
         return "none"
 
     @property
+    def georef_crs(self) -> CRS | None:
+        """The CRS of the georeferencing: the scene's, else that of its ground control points."""
+        if self.crs is not None:
+            return self.crs
+        if self.rpcs is None and self.gcps and self.gcps[0]:
+            return self.gcps[1]
+        return None
+
+    @property
     def pixels(self) -> int:
         return self.width * self.height
 

@@ -27,7 +27,8 @@ The dtype, nodata kind and georeferencing kind can be varied for tests:
 * ``nodata``: ``"value"`` (a nodata value), ``"nan"`` (float32 only), ``"mask"`` (an
   internal GDAL mask band, the collar holding 0), ``"none"`` (no collar at all);
 * ``georef``: ``"crs"`` (CRS + transform), ``"rpc"`` (RPCs only, like an L1A product),
-  ``"none"`` (a bare pixel grid).
+  ``"gcps"`` (ground control points in ``crs`` only, no geotransform), ``"none"`` (a bare
+  pixel grid).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ NODATA_VALUE = {"uint16": 0, "uint8": 0, "int16": -9999, "float32": -9999.0}
 
 DTYPES = ("uint16", "uint8", "int16", "float32")
 NODATA_KINDS = ("value", "nan", "mask", "none")
-GEOREF_KINDS = ("crs", "rpc", "none")
+GEOREF_KINDS = ("crs", "rpc", "gcps", "none")
 
 
 # --------------------------------------------------------------------------- radiometry
@@ -603,6 +604,24 @@ class SyntheticScene:
         ps = self.spec.pixel_size
         return Affine(ps, 0.0, x0, 0.0, -ps, y0)
 
+    def gcps(self) -> Any:
+        """A 4x4 grid of ground control points over the scene, in ``spec.crs``: the pixel
+        grid rotated by 5 degrees about the top-left corner (so no plain geotransform)."""
+        from rasterio.control import GroundControlPoint
+
+        sp = self.spec
+        x0, y0 = sp.origin
+        ps = sp.pixel_size
+        c, s = math.cos(math.radians(5.0)), math.sin(math.radians(5.0))
+        pts = []
+        for i in range(4):
+            for j in range(4):
+                row, col = sp.height * i / 3, sp.width * j / 3
+                x = x0 + ps * (c * col + s * row)
+                y = y0 + ps * (s * col - c * row)
+                pts.append(GroundControlPoint(row=row, col=col, x=x, y=y, z=0.0, id=str(4 * i + j + 1)))
+        return pts
+
     def rpcs(self) -> Any:
         """Plausible RPC00B coefficients: a slightly rotated affine map around (117E, 40N)."""
         from rasterio.rpc import RPC
@@ -731,6 +750,7 @@ def make_scene(
     Returns ``path``.
     """
     import rasterio
+    from rasterio.crs import CRS
 
     from .scene import without_georef_warning
 
@@ -758,6 +778,10 @@ def make_scene(
                 dst.scales = (REFLECTANCE_SCALE[spec.dtype],) * spec.bands
                 dst.offsets = (0.0,) * spec.bands
             tdst = rasterio.open(truth, "w", **truth_prof, **extra) if spec.write_truth else None
+            if spec.georef == "gcps":
+                for ds in (dst, tdst):
+                    if ds is not None:
+                        ds.gcps = (scene.gcps(), CRS.from_user_input(spec.crs))
             try:
                 if tdst is not None:
                     tdst.update_tags(

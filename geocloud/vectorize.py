@@ -226,6 +226,9 @@ class CloudPolygons:
     pixel_geometries: list[Polygon]
     #: each polygon's class ("cloud", "cloud shadow"); empty means all "cloud".
     classes: list[str] = field(default_factory=list)
+    #: the ground control points (rasterio GCPs) of a mask georeferenced by GCPs only:
+    #: ``geometries`` are then in their CRS (``crs``), through GDAL's GCP transformer.
+    gcps: Any = None
 
     def __len__(self) -> int:
         return len(self.geometries)
@@ -269,6 +272,7 @@ def cloud_polygons(
     with ds:
         h, w = ds.height, ds.width
         crs, transform, rpcs = ds.crs, ds.transform, ds.rpcs
+        gcps, gcp_crs = ds.gcps if crs is None and rpcs is None and ds.gcps[0] else (None, None)
         if ds.count != 1 or ds.dtypes[0] != "uint8":
             raise InputError(f"mask {path} has {ds.count} band(s) of {ds.dtypes[0]}; expected one uint8 band")
     budget_rows = max(
@@ -279,6 +283,9 @@ def cloud_polygons(
     raw = polygons_from_strips(_mask_strips(path, cfg.classes, rows, progress), h)
 
     georef = crs is not None and not transform.is_identity
+    if gcps is not None and gcp_crs is None:
+        log.warning("%s has ground control points without a CRS: polygons in pixel coordinates", path)
+        gcps = None
     px_area = abs(transform.a * transform.e - transform.b * transform.d) if georef else 1.0
     pix = _made_valid(np.concatenate(list(raw)))
     if cfg.simplify_px > 0:
@@ -286,7 +293,11 @@ def cloud_polygons(
     area_px = shapely.area(pix)
     keep = ~shapely.is_empty(pix) & (area_px > 0)
     pix, area_px = pix[keep], area_px[keep]
-    native = _affine(pix, transform) if georef else pix
+    native = _affine(pix, transform) if georef else _gcp_map(pix, gcps) if gcps is not None else pix
+    if gcps is not None:  # areas measured in the GCP CRS (the transform is not affine)
+        crs, georef = gcp_crs, True
+        if not gcp_crs.is_geographic:
+            area_px, px_area = shapely.area(native), 1.0
     if georef and crs.is_geographic:
         from pyproj import Geod
 
@@ -309,6 +320,7 @@ def cloud_polygons(
         rpcs=rpcs if not georef else None,
         transform=transform,
         pixel_geometries=list(pix[order]),
+        gcps=gcps,
     )
 
 
@@ -317,6 +329,22 @@ def _linear_unit_m(crs: Any) -> float:
         return float(crs.linear_units_factor[1])
     except Exception:  # CRS without linear units
         return 1.0
+
+
+def _gcp_map(geom: Any, gcps: Any) -> Any:
+    """Pixel-space geometries (x = col, y = row) -> the GCPs' CRS, with GDAL's GCP
+    transformer (the polynomial that gdalwarp and QGIS fit to the same points)."""
+    from rasterio.transform import GCPTransformer
+
+    tr = GCPTransformer(gcps)
+
+    def fn(xy: np.ndarray) -> np.ndarray:
+        if not len(xy):
+            return xy
+        xs, ys = tr.xy(xy[:, 1], xy[:, 0], offset="ul")
+        return np.column_stack([np.asarray(xs, float), np.asarray(ys, float)])
+
+    return shapely.transform(geom, fn)
 
 
 def _affine(geom: Any, transform: Any) -> Any:
@@ -329,11 +357,22 @@ def _affine(geom: Any, transform: Any) -> Any:
     return shapely.transform(geom, fn)
 
 
-def pixels_to_wgs84(geom: Any, crs: Any, transform: Any, rpcs: Any) -> Any:
+def pixels_to_wgs84(geom: Any, crs: Any, transform: Any, rpcs: Any, gcps: Any = None) -> Any:
     """A pixel-space geometry (x = col, y = row), or an array of them, in WGS84 lon/lat,
     valid, exterior rings counter-clockwise (RFC 7946).  Uses the CRS + transform, else the
-    RPCs; raises :class:`InputError` when there is neither.  One transformer serves all."""
-    if crs is not None and not transform.is_identity:
+    RPCs, else the ground control points ``gcps`` (whose CRS is then ``crs``); raises
+    :class:`InputError` when there is none.  One transformer serves all."""
+    if gcps is not None and crs is not None and rpcs is None and transform.is_identity:
+        from pyproj import CRS, Transformer
+
+        tr = Transformer.from_crs(CRS.from_user_input(crs.to_wkt()), "EPSG:4326", always_xy=True)
+        geom = _gcp_map(geom, gcps)
+
+        def fn(xy: np.ndarray) -> np.ndarray:
+            x, y = tr.transform(xy[:, 0], xy[:, 1])
+            return np.column_stack([x, y])
+
+    elif crs is not None and not transform.is_identity:
         from pyproj import CRS, Transformer
 
         tr = Transformer.from_crs(CRS.from_user_input(crs.to_wkt()), "EPSG:4326", always_xy=True)
@@ -353,7 +392,7 @@ def pixels_to_wgs84(geom: Any, crs: Any, transform: Any, rpcs: Any) -> Any:
 
     else:
         raise InputError(
-            "the mask has no CRS and no RPCs, so its clouds cannot be placed on Earth; "
+            "the mask has no CRS, no RPCs and no GCPs, so its clouds cannot be placed on Earth; "
             "GeoJSON (RFC 7946) needs WGS84: write --products vector with gpkg only, or georeference the scene"
         )
     w = shapely.transform(geom, fn)  # all coordinates of all geometries in one call
@@ -373,7 +412,7 @@ def to_wgs84(polys: CloudPolygons) -> list[Any]:
     if not polys.pixel_geometries:
         return []
     arr = np.array(polys.pixel_geometries, dtype=object)
-    return list(pixels_to_wgs84(arr, polys.crs, polys.transform, polys.rpcs))
+    return list(pixels_to_wgs84(arr, polys.crs, polys.transform, polys.rpcs, polys.gcps))
 
 
 def _geojson_coordinates(geoms: np.ndarray, precision: int) -> list[Any]:

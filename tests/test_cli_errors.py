@@ -575,3 +575,107 @@ def test_evaluate_json_to_an_unwritable_path(make_raster, tmp_path: Path) -> Non
         assert_user_error(res, r"cannot be created|not writable|not a directory", r"--json")
     finally:
         ro.chmod(0o700)
+
+
+def test_a_gcp_scene_keeps_its_gcps(make_raster, outdir: Path) -> None:
+    """Issue 17 row 7: a scene georeferenced by GCPs only keeps them (and their CRS) on its
+    raster outputs, and its polygons are made in that CRS (tests/test_georef.py has more)."""
+    import pyogrio
+    import rasterio
+
+    scene = make_raster("gcp.tif", width=96, height=96, georef="gcps", cloud_cover=0.4)
+    res = run("process", scene, "-o", outdir, "--products", "mask,vector", "-q")
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    with rasterio.open(outdir / "gcp_mask.tif") as ds:
+        gcps, crs = ds.gcps
+        assert len(gcps) == 16 and crs is not None and crs.to_epsg() == 32650
+    assert pyogrio.read_info(outdir / "gcp_clouds.gpkg")["crs"] == "EPSG:32650"
+
+
+DELIVERY = "GF1_WFV1_E117.0_N40.0_20200523_L1A0004819525"
+
+
+def _vendor_delivery(tmp_path: Path, *, raster_name: str = DELIVERY, archive: str | None = None) -> Path:
+    """A synthetic GF-1 WFV L1A delivery (raster with RPCs, vendor XML) as a .tar.gz (or
+    the folder when ``archive`` is ``""``)."""
+    import tarfile
+    import warnings
+
+    from geocloud.synthetic import make_scene
+
+    folder = tmp_path / "src" / (archive or DELIVERY)
+    folder.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_scene(folder / f"{raster_name}.tiff", 128, 96, seed=5, georef="rpc", vendor_xml=True,
+                   write_truth=False, sensor_tags=False, blocksize=32)  # fmt: skip
+    if archive == "":
+        return folder
+    arc = tmp_path / f"{archive or DELIVERY}.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        for p in sorted(folder.iterdir()):
+            tf.add(p, arcname=f"{folder.name}/{p.name}")
+    return arc
+
+
+@pytest.mark.parametrize("kind", ["tar", "folder", "renamed"])
+def test_process_accepts_a_vendor_delivery(tmp_path: Path, outdir: Path, kind: str) -> None:
+    """Issue 17 row 17: `process DELIVERY.tar.gz` (or a delivery folder) processes its
+    raster with its vendor XML, names the outputs after the delivery and keeps nothing of
+    what it extracted."""
+    import json
+
+    import rasterio
+
+    if kind == "tar":
+        scene, stem = _vendor_delivery(tmp_path), DELIVERY
+    elif kind == "folder":
+        scene, stem = _vendor_delivery(tmp_path, archive=""), DELIVERY
+    else:  # the archive is named otherwise than the raster inside it
+        scene, stem = _vendor_delivery(tmp_path, archive="order 42.v1"), "order 42.v1"
+    res = run("process", scene, "-o", outdir, "--products", "mask,stats", "-q")
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    assert files_in(outdir) == [f"{stem}_mask.tif", f"{stem}_stats.json"]
+    stats = json.loads((outdir / f"{stem}_stats.json").read_text())
+    assert stats["stem"] == stem and stats["scene"] == str(scene)
+    assert stats["sensor"]["calibration"] == "CRESDA GF1 WFV1 2020 (exact; confirmed)"  # the vendor XML's table
+    assert stats["georeferencing"] == "rpc"
+    with rasterio.open(outdir / f"{stem}_mask.tif") as ds:
+        assert ds.rpcs is not None
+
+
+def test_a_bad_vendor_delivery_leaves_nothing(tmp_path: Path, outdir: Path, monkeypatch, dead_pid: int) -> None:
+    """Issue 17 row 17: a truncated archive, a folder of several scenes, and a run that
+    fails or is interrupted after the extraction: one line, and no extracted files left."""
+    import geocloud.cli.process as process_cli
+
+    from geocloud.outputs import delivery_workdir
+
+    arc = _vendor_delivery(tmp_path)
+    data = arc.read_bytes()
+    cut = tmp_path / "cut" / arc.name
+    cut.parent.mkdir()
+    cut.write_bytes(data[: len(data) // 2])
+    assert_user_error(run("process", cut, "-o", outdir), r"truncated or corrupt", r"download the delivery again")
+    assert files_in(outdir) == []
+
+    several = tmp_path / "several"
+    several.mkdir()
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(tmp_path / "src" / DELIVERY / f"{DELIVERY}.tiff", several / name)
+    assert_user_error(run("process", several, "-o", outdir), r"holds 2 multispectral GeoTIFFs", r"geocloud catalog")
+    assert files_in(outdir) == []
+
+    # what a killed (kill -9) run left is swept by the next run of the delivery
+    outdir.mkdir()
+    stale = Path(str(delivery_workdir(outdir, DELIVERY)).replace(f"-{os.getpid()}.", f"-{dead_pid}."))
+    (stale / DELIVERY).mkdir(parents=True)
+
+    def fail(path, *args, **kwargs):
+        assert Path(path).is_file() and ".delivery.partial" in str(path)  # extracted, and in use
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(process_cli, "process_scene", fail)
+    res = run("process", arc, "-o", outdir)
+    assert res.exit_code == 130, res.output + (res.stderr or "")
+    assert files_in(outdir) == []

@@ -99,6 +99,57 @@ def test_rpcs_are_preserved(make_raster, tmp_path: Path) -> None:
                 assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
+def test_gcps_are_preserved_and_polygons_made_in_their_crs(make_raster, tmp_path: Path) -> None:
+    """A scene georeferenced by ground control points only: every raster output keeps the
+    GCPs and their CRS, the polygons are in that CRS, and info/stats say "gcps"."""
+    import pyogrio
+    import shapely
+    from rasterio.transform import GCPTransformer
+
+    scene = make_raster("gcp.tif", width=W, height=H, georef="gcps", cloud_cover=0.4)
+    with rasterio.open(scene) as src:
+        want, want_crs = src.gcps
+        assert src.crs is None and len(want) == 16
+    out = tmp_path / "out"
+    res = runner().invoke(cli, ["process", str(scene), "-o", str(out), "--quiet",
+                                "--products", "mask,score,alpha,clear,vector,stats"])  # fmt: skip
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    tifs = sorted(out.glob("gcp_*.tif"))
+    assert {p.name for p in tifs} >= {"gcp_mask.tif", "gcp_score.tif", "gcp_alpha.tif", "gcp_clear.tif"}
+    for tif in tifs:
+        with rasterio.open(tif) as ds:
+            got, got_crs = ds.gcps
+            assert got_crs == want_crs, f"{tif.name} lost the GCP CRS"
+            assert len(got) == len(want), f"{tif.name} lost its GCPs"
+            for a, b in zip(got, want, strict=True):
+                assert (a.row, a.col, a.x, a.y) == pytest.approx((b.row, b.col, b.x, b.y), abs=1e-6)
+            assert ds.crs is None and ds.rpcs is None and (ds.width, ds.height) == (W, H)
+    stats = json.loads((out / "gcp_stats.json").read_text())
+    assert stats["georeferencing"] == "gcps" and stats["crs"] == "EPSG:32650"
+    assert stats["pixels"]["cloud"] > 0
+    # polygons: in the GCP CRS, where GDAL's GCP transformer puts the pixel corners
+    gpkg = out / "gcp_clouds.gpkg"
+    assert pyogrio.read_info(gpkg)["crs"] == "EPSG:32650"
+    _, _, wkb, fields = pyogrio.raw.read(gpkg)
+    assert len(wkb) > 0
+    tr = GCPTransformer(want)
+    corners = np.array([tr.xy(r, c, offset="ul") for r, c in ((0, 0), (0, W), (H, 0), (H, W))])
+    footprint = shapely.Polygon(corners[[0, 1, 3, 2]]).buffer(1.0)
+    geoms = shapely.from_wkb(wkb)
+    assert all(footprint.contains(g) for g in geoms)
+    # areas in square metres: a rotation of the 16 m grid, so whole pixels of 256 m2
+    areas = fields[2]
+    assert np.allclose(areas / 256.0, np.round(areas / 256.0), atol=1e-3)
+    gj = json.loads((out / "gcp_clouds.geojson").read_text())
+    assert len(gj["features"]) == len(wkb) and "note" not in gj["geocloud"]
+    lon, lat = np.array(gj["features"][0]["geometry"]["coordinates"][0][0])
+    assert 100 < lon < 130 and 30 < lat < 50
+    info = runner().invoke(cli, ["info", str(scene), "--json"])
+    assert info.exit_code == 0, info.output
+    d = json.loads(info.stdout)
+    assert d["georeferencing"] == "gcps" and d["crs"] == "EPSG:32650"
+
+
 def test_no_georef_warns_and_keeps_the_pixel_grid(make_raster, tmp_path: Path) -> None:
     scene = make_raster("bare.tif", width=W, height=H, georef="none")
     res = runner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "out")])

@@ -169,6 +169,9 @@ def test_georef_variants(tmp_path, georef: str) -> None:
         elif georef == "rpc":
             assert ds.crs is None and ds.rpcs is not None
             assert ds.rpcs.line_off == pytest.approx(24) and ds.rpcs.samp_off == pytest.approx(32)
+        elif georef == "gcps":
+            gcps, crs = ds.gcps
+            assert ds.crs is None and ds.rpcs is None and crs.to_epsg() == 32650 and len(gcps) == 16
         else:
             assert ds.crs is None and ds.rpcs is None and ds.transform == rasterio.Affine.identity()
 
@@ -207,7 +210,7 @@ def test_bad_options_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError):
         syn.make_scene(tmp_path / "x.tif", 10, 10, dtype="complex64")
     with pytest.raises(ValueError):
-        syn.make_scene(tmp_path / "x.tif", 10, 10, georef="gcps")
+        syn.make_scene(tmp_path / "x.tif", 10, 10, georef="tps")
 
 
 def test_engine_uses_the_acquisition_time_tag(tmp_path) -> None:

@@ -22,7 +22,8 @@ This package reads those pieces, never the pixels.  Its modules:
 * :mod:`.ortho`: :func:`orthorectify` warps a scene with its RPCs.
 * :mod:`.delivery`: :func:`safe_extract` unpacks a tar archive refusing traversal, links
   and oversize members; :func:`open_delivery` turns a folder or archive into a
-  :class:`Delivery`.
+  :class:`Delivery`; :func:`delivery_scene` gives ``geocloud process`` the raster of a
+  delivery, named after the delivery, and removes what it extracted.
 """
 
 from __future__ import annotations
@@ -37,7 +38,17 @@ from .calibration import (
     lookup_calibration,
     normalize_satellite,
 )
-from .delivery import Delivery, ExtractLimits, cleanup_delivery, is_archive, open_delivery, safe_extract
+from .delivery import (
+    Delivery,
+    ExtractLimits,
+    cleanup_delivery,
+    delivery_scene,
+    delivery_stem,
+    is_archive,
+    is_delivery,
+    open_delivery,
+    safe_extract,
+)
 from .metadata import (
     BEIJING_UTC_OFFSET,
     PROFILE_BY_SENSOR,
@@ -65,10 +76,13 @@ __all__ = [
     "VendorMetadata",
     "cleanup_delivery",
     "datetime_from_filename",
+    "delivery_scene",
+    "delivery_stem",
     "earth_sun_distance",
     "find_rpb",
     "find_vendor_metadata",
     "is_archive",
+    "is_delivery",
     "load_calibrations",
     "lookup_calibration",
     "normalize_satellite",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tarfile
 import tempfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,3 +147,81 @@ def open_delivery(
 def cleanup_delivery(delivery: Delivery, workdir: str | os.PathLike[str]) -> None:
     """Remove what :func:`open_delivery` extracted into ``workdir``."""
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+_ARCHIVE_SUFFIX = re.compile(r"\.(tar\.gz|tgz|tar)$", re.I)
+
+
+def is_delivery(p: str | os.PathLike[str]) -> bool:
+    """Whether ``p`` is a vendor delivery rather than a scene file: a folder or a tar archive."""
+    q = Path(p)
+    return is_archive(q) or q.is_dir()
+
+
+def delivery_stem(p: str | os.PathLike[str]) -> str:
+    """The name of a delivery's products: its folder's name, or its archive's without
+    ``.tar``/``.tar.gz``/``.tgz`` (``GF1_WFV1_E117.0_N40.0_..._L1A0004819525``)."""
+    q = Path(p)
+    return _ARCHIVE_SUFFIX.sub("", q.name) if is_archive(q) else q.name
+
+
+@contextlib.contextmanager
+def delivery_scene(
+    path: str | os.PathLike[str], outdir: str | os.PathLike[str], limits: ExtractLimits | None = None
+) -> Iterator[tuple[Path, str | None, Path | None]]:
+    """What ``geocloud process`` processes for ``path``: ``(scene, stem, source)``.
+
+    A scene file is yielded as it is, ``(path, None, None)``.  A vendor delivery, a folder
+    or a tar archive, yields its multispectral raster (processed with the vendor XML and
+    RPCs beside it), the delivery's stem (:func:`delivery_stem`, which names the outputs)
+    and the delivery itself.  An archive is extracted safely (:func:`safe_extract`) into a
+    hidden work folder in ``outdir`` (:func:`geocloud.outputs.delivery_workdir`: on the
+    outputs' disk, and swept by a later run when this one is killed), which is removed when
+    the block ends, whatever happens.  A delivery holding several multispectral rasters is
+    refused: ``geocloud catalog`` processes folders of scenes.
+    """
+    from ..outputs import check_writable_dir, delivery_workdir, remove_stale_partials
+
+    p = Path(path)
+    if not is_delivery(p):
+        yield p, None, None
+        return
+    stem = delivery_stem(p)
+    if p.is_dir():
+        yield _single_raster(open_delivery(p), p), stem, p
+        return
+    out = Path(outdir)
+    created = not out.exists()
+    check_writable_dir(out)
+    remove_stale_partials(out, stem, ())  # what a killed run of this delivery left
+    work = delivery_workdir(out, stem)
+    try:
+        try:
+            delivery = open_delivery(p, work, limits)
+        except (EOFError, tarfile.TarError, zlib.error) as exc:
+            raise ArchiveError(
+                f"{p} is truncated or corrupt ({type(exc).__name__}: {exc or 'unexpected end of data'}); "
+                "download the delivery again"
+            ) from None
+        yield _single_raster(delivery, p), stem, p
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if created:  # a refused or failed run leaves no folder it made behind
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty
+
+
+def _single_raster(delivery: Delivery, path: Path) -> Path:
+    """The delivery's multispectral raster; refuses a folder of several scenes."""
+    rasters = sorted(
+        q.relative_to(delivery.root)
+        for q in delivery.root.rglob("*")
+        if q.suffix.lower() in RASTER_SUFFIXES and q.is_file() and "-pan" not in q.name.lower()
+    )
+    if len(rasters) > 1:
+        shown = ", ".join(str(r) for r in rasters[:3]) + (", ..." if len(rasters) > 3 else "")
+        raise InputError(
+            f"{path} holds {len(rasters)} multispectral GeoTIFFs ({shown}), not one vendor delivery; "
+            "pass one scene file, or use 'geocloud catalog' for a folder of scenes"
+        )
+    return delivery.raster
