@@ -370,6 +370,46 @@ def catalog_scene(
         )
 
 
+def _result_columns(result: Any, scene: Path, info: Any, vendor: Any, thumb: Path) -> dict[str, Any]:
+    """The catalogue columns of a processed scene, from its typed stats (one definition of
+    each figure: :mod:`geocloud.stats`)."""
+    stats, mask = result.stats, result.outputs["mask"][0]
+    acquired, acq_src = _acquisition(scene, dict(info.tags), vendor)
+    frac, thin, alpha = stats.cloud_fraction, stats.thin_cloud_fraction, stats.mean_alpha
+    return dict(
+        status="ok",
+        error=None,
+        satellite=vendor.satellite if vendor is not None else info.tags.get("SATELLITE"),
+        sensor=stats.sensor.get("sensor"),
+        calibration=stats.sensor.get("calibration"),
+        calibration_approximate=stats.sensor.get("approximate"),
+        acquired=acquired,
+        acquired_source=acq_src,
+        cloud_pct=None if frac is None else round(100.0 * frac, 4),
+        shadow_pct=None if stats.shadow_fraction is None else round(100.0 * stats.shadow_fraction, 4),
+        usable_pct=None if stats.usable_fraction is None else round(100.0 * stats.usable_fraction, 4),
+        thin_cloud_pct=None if thin is None else round(100.0 * float(thin), 4),
+        mean_alpha=None if alpha is None else round(float(alpha), 4),
+        vendor_cloud_pct=vendor.cloud_percent if vendor is not None else None,
+        threshold=stats.threshold.value,
+        threshold_method=stats.threshold.method,
+        model=stats.model.get("name"),
+        valid_px=stats.pixels.valid,
+        cloud_px=stats.pixels.cloud,
+        width=info.width,
+        height=info.height,
+        crs=info.georef_crs.to_string() if info.georef_crs else None,
+        georeferencing=info.georef_kind,
+        sun_elevation=stats.sensor.get("sun_elevation"),
+        footprint=valid_footprint(mask),
+        preview=str(result.outputs["preview"][0]) if "preview" in result.outputs else None,
+        thumbnail=str(thumb),
+        mask=str(mask),
+        stats=str(result.outputs["stats"][0]) if "stats" in result.outputs else None,
+        geocloud_version=stats.geocloud_version,
+    )
+
+
 def _catalog_scene(
     path: str | os.PathLike[str],
     scene_id: str,
@@ -448,41 +488,7 @@ def _catalog_scene(
             write_png(downsample_rgba(rgba, thumb_size), thumb)
         else:
             write_preview(scene, thumb, mask, PreviewConfig(max_side=thumb_size))
-        acquired, acq_src = _acquisition(scene, dict(info.tags), vendor)
-        # thin cloud and mean alpha as the stats define them (geocloud.stats), when the matte ran
-        frac, thin, alpha = stats.cloud_fraction, stats.thin_cloud_fraction, stats.mean_alpha
-        row.update(
-            status="ok",
-            error=None,
-            satellite=vendor.satellite if vendor is not None else info.tags.get("SATELLITE"),
-            sensor=stats.sensor.get("sensor"),
-            calibration=stats.sensor.get("calibration"),
-            calibration_approximate=stats.sensor.get("approximate"),
-            acquired=acquired,
-            acquired_source=acq_src,
-            cloud_pct=None if frac is None else round(100.0 * frac, 4),
-            shadow_pct=None if stats.shadow_fraction is None else round(100.0 * stats.shadow_fraction, 4),
-            usable_pct=None if stats.usable_fraction is None else round(100.0 * stats.usable_fraction, 4),
-            thin_cloud_pct=None if thin is None else round(100.0 * float(thin), 4),
-            mean_alpha=None if alpha is None else round(float(alpha), 4),
-            vendor_cloud_pct=vendor.cloud_percent if vendor is not None else None,
-            threshold=stats.threshold.value,
-            threshold_method=stats.threshold.method,
-            model=stats.model.get("name"),
-            valid_px=stats.pixels.valid,
-            cloud_px=stats.pixels.cloud,
-            width=info.width,
-            height=info.height,
-            crs=info.georef_crs.to_string() if info.georef_crs else None,
-            georeferencing=info.georef_kind,
-            sun_elevation=stats.sensor.get("sun_elevation"),
-            footprint=valid_footprint(mask),
-            preview=str(result.outputs["preview"][0]) if "preview" in result.outputs else None,
-            thumbnail=str(thumb),
-            mask=str(mask),
-            stats=str(result.outputs["stats"][0]) if "stats" in result.outputs else None,
-            geocloud_version=stats.geocloud_version,
-        )
+        row.update(_result_columns(result, scene, info, vendor, thumb))
         # every product file, for the STAC assets (kept in the journal, not a table column)
         row["products"] = {k: [str(v) for v in vs] for k, vs in result.outputs.items()}
     except GeocloudError as exc:
@@ -810,6 +816,49 @@ def _nothing_matched(inputs: list[str], patterns: tuple[str, ...], excludes: tup
     )
 
 
+def _split_done(
+    scenes: list[Path], done: dict[str, dict[str, Any]], cfg: CatalogConfig
+) -> tuple[dict[str, dict[str, Any]], list[Path]]:
+    """(rows of the journal kept as they are: the scene is unchanged, by path; the scenes to process)."""
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[Path] = []
+    for p in scenes:
+        prev = done.get(str(p))
+        if prev is not None and (prev.get("status") in ("ok", "skipped") or not cfg.retry_errors):
+            try:
+                unchanged = _unchanged(prev, file_fingerprint(p, cfg.fingerprint), cfg.fingerprint)
+            except OSError:
+                unchanged = False
+            if unchanged:
+                rows[str(p)] = prev
+                continue
+        todo.append(p)
+    return rows, todo
+
+
+def _run_on_cluster(client: Any, todo: list[Path], ids: dict[Path, str], args: tuple[Any, ...],
+                    cfg: CatalogConfig, finish: Callable[[dict[str, Any]], None]) -> None:  # fmt: skip
+    """One dask task per scene; ``finish`` each row as it completes (a dead worker: an error row)."""
+    from distributed import as_completed
+
+    outputs, thumbs = args[0], args[1]
+    futures = {
+        client.submit(catalog_scene, str(p), ids[p], str(outputs), str(thumbs), *args[2:],
+                      key=f"geocloud-scene-{ids[p]}-{time.time_ns()}", pure=False): p
+        for p in todo
+    }  # fmt: skip
+    for fut in as_completed(futures):
+        p = futures[fut]
+        try:
+            row = fut.result()
+        except Exception as exc:  # noqa: BLE001 - a worker died: an error row, go on
+            row = dict.fromkeys(COLUMNS)
+            row.update(id=ids[p], path=str(p), status="error",
+                       error=f"worker failure {type(exc).__name__}: {exc}".splitlines()[0])  # fmt: skip
+            row.update(file_fingerprint(p, cfg.fingerprint))
+        finish(row)
+
+
 def build_catalog(
     inputs: Iterable[str | os.PathLike[str]],
     catalog_path: str | os.PathLike[str],
@@ -848,19 +897,7 @@ def build_catalog(
     if not cfg.resume and journal.path.exists():
         journal.path.unlink()
 
-    rows: dict[str, dict[str, Any]] = {}
-    todo: list[Path] = []
-    for p in scenes:
-        prev = done.get(str(p))
-        if prev is not None and (prev.get("status") in ("ok", "skipped") or not cfg.retry_errors):
-            try:
-                unchanged = _unchanged(prev, file_fingerprint(p, cfg.fingerprint), cfg.fingerprint)
-            except OSError:
-                unchanged = False
-            if unchanged:
-                rows[str(p)] = prev
-                continue
-        todo.append(p)
+    rows, todo = _split_done(scenes, done, cfg)
     n_unchanged = len(rows)
     log.info("%d scenes: %d to process, %d unchanged", len(scenes), len(todo), n_unchanged)
 
@@ -900,24 +937,8 @@ def build_catalog(
             for p in todo:
                 finish(catalog_scene(p, ids[p], *args))
         elif todo:
-            from distributed import as_completed
-
             try:
-                futures = {
-                    client.submit(catalog_scene, str(p), ids[p], str(outputs), str(thumbs), *args[2:],
-                                  key=f"geocloud-scene-{ids[p]}-{time.time_ns()}", pure=False): p
-                    for p in todo
-                }  # fmt: skip
-                for fut in as_completed(futures):
-                    p = futures[fut]
-                    try:
-                        row = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - a worker died: an error row, go on
-                        row = dict.fromkeys(COLUMNS)
-                        row.update(id=ids[p], path=str(p), status="error",
-                                   error=f"worker failure {type(exc).__name__}: {exc}".splitlines()[0])  # fmt: skip
-                        row.update(file_fingerprint(p, cfg.fingerprint))
-                    finish(row)
+                _run_on_cluster(client, todo, ids, args, cfg, finish)
             finally:
                 client.close()
                 if cluster is not None:
