@@ -68,48 +68,48 @@ def _row(panels: list[np.ndarray], size: int = 256) -> np.ndarray:
     return np.concatenate(out[:-1], axis=1)
 
 
-def real_pictures(data: Path, outdir: Path, chips: tuple[str, ...]) -> list[str]:
+def picture(scene: Path, outdir: Path, name: str, scale: float | None = None) -> str:
+    """One scene through the engine (mask, clear, restored, restored_quality, stats) as a PNG:
+    the input, the clear product (holes magenta), the restored product, the quality."""
     import rasterio
 
     from geocloud.config import OutputConfig, ProcessConfig
     from geocloud.pipeline import process_scene
     from geocloud.scene import without_georef_warning
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = ProcessConfig(output=OutputConfig(products=("mask", "clear", "restored", "restored_quality", "stats")))
+        res = process_scene(scene, tmp, cfg, scale=scale)
+        stats = json.loads(res.outputs["stats"][0].read_text())
+        sensor = stats["sensor"]
+        with without_georef_warning():
+            with rasterio.open(res.outputs["clear"][0]) as c:
+                clear = c.read().astype(np.float32)
+            with rasterio.open(res.outputs["restored"][0]) as r:
+                rest = r.read().astype(np.float32)
+            with rasterio.open(res.outputs["restored_quality"][0]) as q:
+                qa = q.read(1)
+            with rasterio.open(scene) as s:
+                y = s.read(sensor["band_indexes"]).astype(np.float32)
+    gain = np.asarray(sensor["gain"], np.float32)[:, None, None]
+    off = np.asarray(sensor["offset"], np.float32)[:, None, None]
+    y, clear, rest = (v * gain + off for v in (y, clear, rest))
+    hi = float(np.quantile(rest[:3][:, qa > 0], 0.98)) if (qa > 0).any() else 0.35
+    col = np.zeros((*qa.shape, 3), np.uint8)
+    for code, rgb in ((1, (40, 160, 40)), (2, (230, 200, 40)), (3, (220, 40, 40))):
+        col[qa == code] = rgb
+    panels = [_rgb(y, hi), _holes(_rgb(clear, hi), qa == 3), _rgb(rest, hi), col]
+    write_png(_row(panels, 200), outdir / name)
+    n = stats["restoration"]
+    return f"{name}: {scene.name}, {n['restored_pixels']} px synthesised ({100 * (n['restored_fraction'] or 0):.1f} %)"
+
+
+def real_pictures(data: Path, outdir: Path, chips: tuple[str, ...]) -> list[str]:
     from geocloud.training.data import load_catalog
 
     cat = {c.key: c for c in load_catalog(data, four_band_only=True)}
-    written = []
-    for key in chips:
-        chip = cat.get(key)
-        if chip is None:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = ProcessConfig(output=OutputConfig(products=("mask", "clear", "restored", "restored_quality", "stats")))
-            res = process_scene(chip.scene, tmp, cfg, scale=chip.scale if chip.dtype != "float32" else None)
-            with without_georef_warning():
-                with rasterio.open(chip.scene) as s:
-                    order = [[(d or "").lower() for d in s.descriptions].index(b) if any(s.descriptions)
-                             else chip.bands.index(b) for b in ("blue", "green", "red", "nir")]  # fmt: skip
-                    y = s.read([i + 1 for i in order]).astype(np.float32)
-                with rasterio.open(res.outputs["clear"][0]) as c:
-                    clear = c.read().astype(np.float32)
-                    nod = c.nodata
-                with rasterio.open(res.outputs["restored"][0]) as r:
-                    rest = r.read().astype(np.float32)
-                with rasterio.open(res.outputs["restored_quality"][0]) as q:
-                    qa = q.read(1)
-            holes = qa == 3
-            scale = chip.scale if chip.scale and chip.dtype != "float32" else 1.0
-            hi = float(np.quantile(rest[:3][:, qa > 0] * scale, 0.98)) if (qa > 0).any() else 0.35
-            col = np.zeros((*qa.shape, 3), np.uint8)
-            for code, rgb in ((1, (40, 160, 40)), (2, (230, 200, 40)), (3, (220, 40, 40))):
-                col[qa == code] = rgb
-            del nod
-            panels = [_rgb(y * scale, hi), _holes(_rgb(clear * scale, hi), holes), _rgb(rest * scale, hi), col]
-            name = f"restore_{chip.id}.png"
-            write_png(_row(panels), outdir / name)
-            n = json.loads(res.outputs["stats"][0].read_text())["restoration"]
-            written.append(f"{name}: {key}, {n['restored_pixels']} px synthesised ({100 * (n['restored_fraction'] or 0):.1f} %)")
-    return written
+    return [picture(Path(c.scene), outdir, f"restore_{c.id}.png", c.scale if c.dtype != "float32" else None)
+            for key in chips if (c := cat.get(key)) is not None]  # fmt: skip
 
 
 def main() -> None:
@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--pictures", type=Path, default=None, help="write the PNGs to this folder (docs/img)")
     ap.add_argument("--sidecar", type=Path, default=None, help="store the summary as `validation` in this sidecar")
     ap.add_argument("--worst", type=int, default=3)
+    ap.add_argument("--scene", type=Path, action="append", default=[],
+                    help="also picture this scene through the engine (e.g. sample_scenes/gf1_wfv_sample.tif)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     net = load_generator(args.weights)
@@ -166,12 +168,14 @@ def main() -> None:
         key, a = max(composites, key=lambda ka: int(((ka[1]["alpha_hat"] > 0.8)).sum()))
         hi = float(np.quantile(a["x"][:3], 0.98))
         holes = a["alpha_hat"] > 0.8
-        panels = [_rgb(a["y"], max(hi, float(np.quantile(a["y"][:3], 0.98)))), _rgb(a["x"], hi),
+        panels = [_rgb(a["y"], hi), _rgb(a["x"], hi),
                   _holes(_rgb(a["restore"], hi), np.zeros_like(holes)), _rgb(a["clamp"], hi), _rgb(a["fillnodata"], hi)]  # fmt: skip
         write_png(_row(panels, 200), args.pictures / "restore_composite.png")
         print(f"\nrestore_composite.png: {key} (input, truth, restore, clamp, fillnodata)")
         for line in real_pictures(args.data, args.pictures, PICTURE_CHIPS):
             print(line)
+        for scene in args.scene:
+            print(picture(scene, args.pictures, f"restore_{scene.stem}.png"))
 
 
 if __name__ == "__main__":

@@ -120,8 +120,10 @@ def synthesise(ctx: Any, net: Any, window: Window) -> np.ndarray:
     alpha = maps["alpha"][0]
     r_c = maps["reflectance"]
     bad = ~ok | ~np.isfinite(alpha)
+    # nodata: y = r_c = 0 under an opaque "cloud" (alpha 1), so it neither looks stable nor
+    # weighs in the least-squares fill
     y[:, bad] = 0.0
-    x, _ = restore_background(net, y, np.where(bad, 0.0, alpha), np.where(bad[None], 0.0, r_c))
+    x, _ = restore_background(net, y, np.where(bad, 1.0, alpha), np.where(bad[None], 0.0, r_c))
     a0, b0 = r0 - int(ext.row_off), c0 - int(ext.col_off)
     return x[:, a0 : a0 + (r1 - r0), b0 : b0 + (c1 - c0)]
 

@@ -18,7 +18,7 @@ def _tiny(seed: int = 0) -> RestoreGenerator:
     torch.manual_seed(seed)
     net = RestoreGenerator(width=4).eval()
     with torch.no_grad():  # a non-zero attention refinement, so every path carries signal
-        for p in net.attention.net[-1].parameters():
+        for p in [*net.attention.net[-1].parameters(), *net.out.parameters()]:
             p.normal_(0, 0.1)
     return net
 
@@ -43,6 +43,13 @@ def test_receptive_field_is_bounded_by_the_stated_radius() -> None:
         near = y.clone()
         near[..., c + 20, c + 20] += 0.5
         x2, _ = net(near, a, r)
+        # the smooth fill alone reaches as far: a hole at the centre, one stable pixel far out
+        ah = torch.ones(1, 1, n, n)
+        ah[..., c + RECEPTIVE_RADIUS - 40, c] = 0.0
+        st = (ah <= 0.8).float()
+        f0 = net.fill(y, st, y, ah, r)
+        f1 = net.fill(y * 2, st, y, ah, r)  # the least-squares fallback unchanged
+    assert not torch.equal(f0[..., c, c], f1[..., c, c])
     assert torch.equal(x0[..., c, c], x1[..., c, c])
     assert not torch.equal(x0[..., c, c], x2[..., c, c])
     assert HALO >= RECEPTIVE_RADIUS and HALO % 8 == 0

@@ -10,7 +10,10 @@ attention map.
 * :class:`AttentionModule`: ``A = sigmoid(ATT_GAIN (alpha - alpha_max + ATT_SHIFT) + d)``,
   the prior from alpha plus a correction ``d`` from three 3x3 convolutions (initialised to
   zero, so training starts from the prior).
-* :class:`RestoreGenerator`: a small encoder / dilated-context / decoder network.  Inputs
+* :class:`SmoothFill`: the stable inversion spread into the holes, and the least-squares
+  background of the cloud model beyond its reach (no parameters).
+* :class:`RestoreGenerator`: a small encoder / dilated-context / decoder network that
+  corrects the smooth fill (its output layer starts at zero).  Inputs
   (all TOA reflectance): the cloudy block ``y`` (4), alpha (1), ``r_c`` (4), the matte
   inversion where it is stable (alpha <= alpha_max, else 0) (4) and its mask (1), the
   inversion with alpha clamped to :data:`CLAMP_ALPHA` (4, clipped), and the attention map
@@ -29,6 +32,7 @@ multiple of :data:`BLOCK_MULTIPLE` (smaller windows are padded).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,15 @@ X_CLIP = 1.6
 BLOCK_MULTIPLE = 4
 #: dilations of the context blocks at 1/4 resolution.
 DILATIONS = (1, 2, 4, 8)
+#: the smooth fill the generator corrects: normalised convolution of the stable inversion at
+#: 1/4 resolution with Gaussians of these sigmas (cells of 4 px), each cut at 3 sigma.
+FILL_SIGMAS = (1.0, 3.0, 8.0)
+#: the fill blends from the stable pixels to the least-squares background as the weight
+#: of stable pixels in reach falls through this value.
+FILL_REACH = 1e-3
+#: the least-squares background's weak prior (reflectance) where the cloud is opaque.
+FILL_PRIOR = 0.1
+FILL_PRIOR_WEIGHT = 1e-2
 IN_CHANNELS = 4 + 1 + 4 + 4 + 1 + 4  # y, alpha, r_c, stable inversion, its mask, clamped inversion
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -70,7 +83,10 @@ def receptive_radius(dilations: tuple[int, ...] = DILATIONS) -> int:
     r += sum(2 * d * 4 for d in dilations)  # context blocks: two 3x3 per block
     r += 4 + 2  # upsample from 1/4 to 1/2, d2 conv at j2
     r += 2 + 1 + 1  # upsample from 1/2 to 1, d1, out
-    return r
+    # the smooth fill: 4 px pooling, the widest Gaussian (3 sigma cells of 4 px), the 4x
+    # upsampling, then d1 and out
+    fill = 3 + 4 * math.ceil(3 * max(FILL_SIGMAS)) + 4 + 1 + 1
+    return max(r, fill)
 
 
 RECEPTIVE_RADIUS = receptive_radius()
@@ -129,8 +145,60 @@ class _Context(nn.Module):
         return x + self.c2(nnf.relu(self.c1(x)))
 
 
+class SmoothFill(nn.Module):
+    """The stable inversion spread into the holes (no parameters), at 1/4 resolution,
+    upsampled bilinearly to the pixels.
+
+    * Near stable pixels: a normalised convolution of the stable inversion with the sum of
+      Gaussians of :data:`FILL_SIGMAS` (peak 1, tapered smoothly to zero at 3 sigma), so the
+      nearest stable pixels weigh most, as in an inverse-distance fill.
+    * Farther than its reach: the least-squares background of the widest Gaussian's
+      neighbourhood under the cloud model, ``sum w (1 - a)(y - r_c) / sum w (1 - a)^2``
+      (a constant x seen through the cloud), with a weak prior towards
+      :data:`FILL_PRIOR` where the cloud is opaque throughout.
+    * The two blend by the weight of stable pixels in reach, ``d / (d + FILL_REACH)``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        kernels = []
+        for s in FILL_SIGMAS:
+            r = math.ceil(3 * s)
+            t = torch.arange(-r, r + 1, dtype=torch.float32)
+            taper = 0.5 * (1 + torch.cos(math.pi * t / (r + 1)))  # smooth to zero at the cut
+            kernels.append(torch.exp(-0.5 * (t / s) ** 2) * taper)
+        self.kernels = kernels
+
+    @staticmethod
+    def _blur(v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        c, r = v.shape[1], (k.numel() - 1) // 2
+        kx = k.to(v).view(1, 1, 1, -1).expand(c, 1, 1, -1)
+        ky = k.to(v).view(1, 1, -1, 1).expand(c, 1, -1, 1)
+        return nnf.conv2d(nnf.conv2d(v, kx, padding=(0, r), groups=c), ky, padding=(r, 0), groups=c)
+
+    def forward(self, x_inv: torch.Tensor, stable: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor,
+                r_c: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        h, w = x_inv.shape[-2:]
+        t = (1.0 - alpha).clamp(0.0, 1.0)
+        v = nnf.avg_pool2d(torch.cat([x_inv * stable, stable, t * (y - r_c), t * t], dim=1), 4)
+        acc = torch.zeros_like(v[:, :5])
+        for k in self.kernels:
+            acc = acc + self._blur(v[:, :5], k)
+        wide = self._blur(v[:, 5:], self.kernels[-1])
+        near = acc[:, :4] / acc[:, 4:5].clamp_min(1e-6)
+        ls = (wide[:, :4] + FILL_PRIOR_WEIGHT * FILL_PRIOR) / (wide[:, 4:5] + FILL_PRIOR_WEIGHT)
+        b = acc[:, 4:5] / (acc[:, 4:5] + FILL_REACH)
+        lo = b * near + (1 - b) * ls.clamp(0.0, X_CLIP)
+        up = nnf.interpolate(lo, size=(h, w), mode="bilinear", align_corners=False)
+        return stable * x_inv + (1 - stable) * up
+
+
 class RestoreGenerator(nn.Module):
-    """Attention-guided generator: (y, alpha, r_c) -> (x, A).  See the module docs."""
+    """Attention-guided generator: (y, alpha, r_c) -> (x, A).  See the module docs.
+
+    x = the smooth fill (:class:`SmoothFill`) + a learned correction (the output layer
+    starts at zero, so an untrained generator is the smooth fill).
+    """
 
     def __init__(self, width: int = 24, alpha_max: float = ALPHA_MAX, dilations: tuple[int, ...] = DILATIONS) -> None:
         super().__init__()
@@ -142,9 +210,11 @@ class RestoreGenerator(nn.Module):
         self.e3 = _conv(2 * w, 3 * w, stride=2)
         self.context = nn.Sequential(*[_Context(3 * w, d) for d in dilations])
         self.d2 = _conv(3 * w + 2 * w, 2 * w)
-        self.d1 = _conv(2 * w + w, w)
+        self.fill = SmoothFill()
+        self.d1 = _conv(2 * w + w + 4, w)
         self.out = _conv(w, 4)
-        nn.init.constant_(self.out.bias, 0.1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(
         self, y: torch.Tensor, alpha: torch.Tensor, r_c: torch.Tensor
@@ -161,8 +231,9 @@ class RestoreGenerator(nn.Module):
         u2 = nnf.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
         g2 = nnf.relu(self.d2(torch.cat([u2, f2], dim=1)))
         u1 = nnf.interpolate(g2, size=f1.shape[-2:], mode="bilinear", align_corners=False)
-        g1 = nnf.relu(self.d1(torch.cat([u1, f1], dim=1)))
-        x = self.out(g1)
+        base = self.fill(feats[:, 9:13], feats[:, 13:14], feats[:, :4], feats[:, 4:5], feats[:, 5:9])
+        g1 = nnf.relu(self.d1(torch.cat([u1, f1, base], dim=1)))
+        x = base + self.out(g1)
         return x[..., :h, :w], att[..., :h, :w]
 
 

@@ -11,7 +11,8 @@ where alpha_hat <= alpha_max), its holes (alpha_hat > alpha_max) filled by
 * ``fillnodata``: :func:`rasterio.fill.fillnodata` (GDAL's inverse-distance fill) of the
   clear product, band by band.
 
-Figures are measured where the **true** alpha is in (alpha_max, 0.97) and >= 0.97:
+Figures are measured where alpha is in (alpha_max, 0.97) and >= 0.97, alpha being the
+matte's (the pixels the product fills) or the true one (every pixel of the band):
 PSNR (peak 1.0 reflectance, every band; outputs clipped to [0, 1.6]) pooled over the
 chips, and the mean SSIM (Gaussian window sigma 1.5, per band, data range 1) over the
 region.  Per chip too, so the worst chips can be named.
@@ -112,15 +113,17 @@ def evaluate_restore(
     split_seed: int = 0,
     val_fraction: float = 0.5,
     block: int = 256,
-    per_block: int = 2,
+    per_block: int = 8,
     matting: Any = None,
     seed: int = EVAL_SEED,
     keep: Callable[[str, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, Any]:
     """Figures on composites over the held-out chips (see the module docs).
 
-    Returns ``{"summary": {band: {method: {psnr_db, ssim, pixels}}}, "chips": [...]}``;
-    ``keep(chip_key, arrays)`` sees each composite (for pictures).
+    Returns ``{"summary": {region: {band: {method: {psnr_db, ssim, pixels}}}, "setup": ...},
+    "chips": [{"chip", "blocks", region: ...}]}`` with the regions of :data:`REGIONS` and the
+    methods of :data:`METHODS` plus ``oracle`` (the holes filled with the truth: the ceiling
+    the clear product's own pixels leave); ``keep(chip_key, arrays)`` sees each composite.
     """
     if matting is None:
         from ..models import load_model
