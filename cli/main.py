@@ -88,6 +88,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 from . import train_matting  # noqa: E402,F401  (registers "geocloud train matting")
+from . import train_restore  # noqa: E402,F401  (registers "geocloud train restore")
 from .catalog import catalog  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .info import info  # noqa: E402

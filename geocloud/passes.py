@@ -379,6 +379,8 @@ class ClassifyPass:
             self.sinks[p.name] = RasterSink(p.paths(plan.outdir, plan.stem)[0], rspec, workdir, compute=compute,
                                             compress=out.compress, blocksize=out.cog_blocksize)  # fmt: skip
         self.counts = np.zeros(256, dtype=np.int64)
+        #: the counts the products reported (:attr:`WindowContext.tally`), summed.
+        self.tally: dict[str, int] = {}
         self.matting: Any = None
         if "alpha" in self.map_sinks:  # thin/thick cloud split (docs/matting.md)
             from .declouding import MattingStats
@@ -439,7 +441,8 @@ class ClassifyPass:
             part.add(mask, maps["alpha"][0])
         ctx = WindowContext(window, maps, valid, threshold, mask, plan.info, plan.radiometry, self.reader,
                             plan.config.decloud, read_maps=self.read_maps)  # fmt: skip
-        return window, hist, part, [compute(ctx) for _, compute in self.products]
+        outs = [compute(ctx) for _, compute in self.products]
+        return window, hist, (part, ctx.tally), outs
 
     def run(self, progress: ProgressCallback | None = None) -> None:
         """Windows are computed on PASS2_WORKERS threads (numpy and GDAL release the GIL), a
@@ -463,8 +466,10 @@ class ClassifyPass:
                         if nxt is None:
                             break
                         ahead.append(pool.submit(self.classify, nxt))
-                    window, hist, part, outs = ahead.popleft().result()
+                    window, hist, (part, tally), outs = ahead.popleft().result()
                     self.counts += hist
+                    for k, v in tally.items():
+                        self.tally[k] = self.tally.get(k, 0) + v
                     if self.matting is not None:
                         self.matting.merge(part)
                     for w, (p, _), arr in zip(writers, self.products, outs, strict=True):

@@ -49,7 +49,7 @@ from .plan import (
 from .products import FileContext
 from .scene import SceneReader
 from .sensors import REFLECTANCE_RANGE
-from .stats import InferenceSettings, PixelCounts, SceneSize, SceneStats, TilingSummary
+from .stats import InferenceSettings, PixelCounts, RestorationSummary, SceneSize, SceneStats, TilingSummary
 from .threshold import CLEAR, CLOUD, NODATA, SHADOW, ThresholdResult, fit_threshold
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,17 @@ def scene_stats(plan: ScenePlan, model: CloudModel, threshold: ThresholdResult, 
         shadow_fraction=float(counts[SHADOW] / valid_n) if valid_n and shadow is not None else None,
         usable_fraction=float(counts[CLEAR] / valid_n) if valid_n else None,
         shadow=shadow.summary() if shadow is not None else None,
+        restoration=_restoration_summary(plan, second, valid_n),
     )
+
+
+def _restoration_summary(plan: ScenePlan, second: ClassifyPass, valid_n: int) -> RestorationSummary | None:
+    """The synthesised pixels of the ``restored`` products, when one was made."""
+    if not any(p.name in ("restored", "restored_quality") for p in plan.raster_products):
+        return None
+    n = int(second.tally.get("restored_pixels", 0))
+    return RestorationSummary(restored_pixels=n, restored_fraction=n / valid_n if valid_n else None,
+                              alpha_max=plan.config.decloud.alpha_max)  # fmt: skip
 
 
 def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = None, *,

@@ -54,6 +54,9 @@ class WindowContext:
     read_maps: Callable[[Window], dict[str, np.ndarray]] | None = None
     #: results shared by the products of this window (e.g. the refined matte).
     cache: dict[str, Any] = field(default_factory=dict)
+    #: pixel counts the products report (e.g. ``restored_pixels``), summed over the
+    #: windows by the second pass into the scene's statistics.
+    tally: dict[str, int] = field(default_factory=dict)
 
     def read_input(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The input DN of the selected bands for this window (or ``window``), and its validity."""
@@ -175,6 +178,28 @@ def _clear_nodata(info: SceneInfo) -> float | int:
     return _decloud().clear_product_nodata(info)
 
 
+def _restoration():  # lazy: torch is imported only when a restored product is asked for
+    from . import restoration
+
+    return restoration
+
+
+def _restored_layout(info: SceneInfo, outs: dict[str, int]) -> RasterLayout:
+    from .restoration import RESTORED_TAGS
+
+    return RasterLayout(4, info.dtype, _clear_nodata(info), ("blue", "green", "red", "nir"), tags=RESTORED_TAGS)
+
+
+def _restored_quality_layout(info: SceneInfo, outs: dict[str, int]) -> RasterLayout:
+    from .restoration import QUALITY_CODES, QUALITY_COLOURS
+
+    return RasterLayout(
+        1, "uint8", 0, ("restored quality: 1 original, 2 inverted, 3 synthesised",), "nearest",
+        colormap=QUALITY_COLOURS,
+        tags=(("GEOCLOUD_QUALITY_CODES", ",".join(f"{k}={v}" for k, v in QUALITY_CODES.items())),),
+    )  # fmt: skip
+
+
 def mask_rule(
     maps: dict[str, np.ndarray],
     threshold: ThresholdResult,
@@ -253,6 +278,24 @@ PRODUCTS: dict[str, Product] = {
             needs=("alpha",),
             layout=lambda info, outs: RasterLayout(1, "uint8", 0, ("clear quality (percent)",), "nearest"),
             compute=lambda ctx: _decloud().compute_quality(ctx),
+        ),
+        # ---- restoration under thick cloud (geocloud.models.restore, geocloud.restoration)
+        RasterProduct(
+            name="restored",
+            suffix="_restored.tif",
+            description="the clear product with its pixels above alpha_max filled by the attentive generator "
+            "(SYNTHESISED, not measurements: see restored_quality); input dtype, DN scale and nodata",
+            needs=("alpha", "reflectance"),
+            layout=_restored_layout,
+            compute=lambda ctx: _restoration().compute_restored(ctx),
+        ),
+        RasterProduct(
+            name="restored_quality",
+            suffix="_restored_quality.tif",
+            description="uint8 origin of each restored pixel: 1 original, 2 inverted (matte), 3 synthesised, 0 nodata",
+            needs=("alpha", "reflectance"),
+            layout=_restored_quality_layout,
+            compute=lambda ctx: _restoration().compute_restored_quality(ctx),
         ),
         FileProduct(
             name="stats",

@@ -72,6 +72,18 @@ class ShadowSummary:
 
 
 @dataclass(frozen=True)
+class RestorationSummary:
+    """The ``restored`` product's synthesised pixels (present when it was made).  They are
+    not measurements: no other figure (cloud, usable, recovered) counts them."""
+
+    #: valid pixels above alpha_max filled by the generator.
+    restored_pixels: int
+    #: restored_pixels over the valid pixels.
+    restored_fraction: float | None
+    alpha_max: float
+
+
+@dataclass(frozen=True)
 class InferenceSettings:
     batch_size: int
     torch_threads: int | None
@@ -131,6 +143,7 @@ class SceneStats:
     #: valid pixels that are neither cloud nor cloud shadow, over valid pixels.
     usable_fraction: float | None = None
     shadow: ShadowSummary | None = None
+    restoration: RestorationSummary | None = None
 
     @property
     def thin_cloud_fraction(self) -> float | None:
@@ -145,7 +158,7 @@ class SceneStats:
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout of the stats product (``matting`` only when the matte ran)."""
         out = asdict(self)
-        for key in ("matting", "shadow"):
+        for key in ("matting", "shadow", "restoration"):
             if out[key] is None:
                 del out[key]
         return out
@@ -161,6 +174,7 @@ class SceneStats:
             "tiling": TilingSummary,
             "matting": MattingSummary,
             "shadow": ShadowSummary,
+            "restoration": RestorationSummary,
         }
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
@@ -175,4 +189,4 @@ class SceneStats:
         return cls(**kwargs)
 
 
-__all__ = ["InferenceSettings", "MattingSummary", "ShadowSummary", "PixelCounts", "SceneSize", "SceneStats", "TilingSummary"]
+__all__ = ["InferenceSettings", "MattingSummary", "RestorationSummary", "ShadowSummary", "PixelCounts", "SceneSize", "SceneStats", "TilingSummary"]

@@ -201,7 +201,8 @@ def test_products_all_writes_every_product(make_raster, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
         f"a_{s}" for s in ("mask.tif", "score.tif", "alpha.tif", "reflectance.tif", "clear.tif",
-                           "clear_quality.tif", "stats.json", "clouds.geojson", "clouds.gpkg", "preview.png")
+                           "clear_quality.tif", "restored.tif", "restored_quality.tif", "stats.json", "clouds.geojson",
+                           "clouds.gpkg", "preview.png")
     )  # fmt: skip
     r = CliRunner().invoke(cli, ["process", str(scene), "-o", str(out), "--products", "all,mask"])
     assert r.exit_code == 2 and "--products 'all,mask'" in r.output and "pass --products all" in r.output, r.output

@@ -29,17 +29,30 @@ from ..errors import ModelError
 from .base import CANONICAL_BANDS, ModelSpec
 
 #: where each model's sidecar records the weight file's SHA-256.
-SHA_KEYS: dict[str, tuple[str, ...]] = {"cam": ("training", "weights_sha256"), "matting": ("weights_sha256",)}
+SHA_KEYS: dict[str, tuple[str, ...]] = {
+    "cam": ("training", "weights_sha256"),
+    "matting": ("weights_sha256",),
+    "restore": ("weights_sha256",),
+}
 #: where each model's sidecar records the hash of its training data.
 DATA_HASH_KEYS: dict[str, tuple[str, ...]] = {
     "cam": ("training", "training_list_hash"),
     "matting": ("training", "train_chip_hash"),
+    "restore": ("training", "train_chip_hash"),
 }
 #: the shipped weight files, by model name.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED: dict[str, Path] = {"cam": WEIGHTS_DIR / "cam.safetensors", "matting": WEIGHTS_DIR / "matting.safetensors"}
+SHIPPED: dict[str, Path] = {
+    "cam": WEIGHTS_DIR / "cam.safetensors",
+    "matting": WEIGHTS_DIR / "matting.safetensors",
+    "restore": WEIGHTS_DIR / "restore.safetensors",
+}
 #: the command that makes each model's weights, for error messages.
-TRAIN_COMMAND = {"cam": "geocloud train cam --data DIR --out DIR", "matting": "geocloud train matting --data DIR --out DIR"}
+TRAIN_COMMAND = {
+    "cam": "geocloud train cam --data DIR --out DIR",
+    "matting": "geocloud train matting --data DIR --out DIR",
+    "restore": "geocloud train restore --data DIR --out DIR",
+}
 
 
 def _get(d: dict[str, Any], keys: tuple[str, ...]) -> Any:
