@@ -383,16 +383,61 @@ def clear_dn(
     b: tuple[float, ...] | np.ndarray,
     dtype: np.dtype | str,
     nodata: float | int,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The clear product straight from DN: ``(DN - (r_c - b alpha) / a) / (1 - alpha)``.
+
+    ``bounds``: per-band (lo, hi) DN of a recoverable pixel (:func:`inversion_bounds`); a
+    pixel whose inversion leaves them in any band is not recovered (nodata), see
+    :func:`recover_dn`, which also returns those pixels.
 
     The same as ``reflectance_to_dn(clear_reflectance(a DN + b, ...))`` with fewer passes
     over the data (rho = a DN + b is folded in); ``alpha = 0, r_c = 0`` gives the input DN
     exactly.  ``ok`` (H, W) marks the pixels to recover (valid and alpha <= alpha_max).
     """
+    return recover_dn(dn, alpha, r_c, ok, a, b, dtype, nodata, bounds)[0]
+
+
+def inversion_bounds(
+    a: tuple[float, ...] | np.ndarray, b: tuple[float, ...] | np.ndarray, dtype: np.dtype | str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per band (lo, hi) float32 DN within which an inverted pixel is recovered.
+
+    Below ``lo`` the background's reflectance ``a DN + b`` would be negative, or (integer
+    outputs) the DN would round below the dtype's minimum; above ``hi`` it would round above
+    the dtype's maximum.  Such a pixel is a failed inversion: the clear product used to clip
+    it (for uint16 with nodata 0, to DN 1), and now leaves it nodata (issue 17, row 13).
+    """
+    dt = np.dtype(dtype)
+    a64 = np.asarray(a, np.float64)
+    lo = -np.asarray(b, np.float64) / a64  # reflectance 0
+    hi = np.full_like(lo, np.inf)
+    if not np.issubdtype(dt, np.floating):
+        info = np.iinfo(dt)
+        lo = np.maximum(lo, info.min - 0.5)
+        hi[:] = info.max + 0.5
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def recover_dn(
+    dn: np.ndarray,
+    alpha: np.ndarray,
+    r_c: np.ndarray,
+    ok: np.ndarray,
+    a: tuple[float, ...] | np.ndarray,
+    b: tuple[float, ...] | np.ndarray,
+    dtype: np.dtype | str,
+    nodata: float | int,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clear_dn` and the pixels of ``ok`` whose inversion left ``bounds`` (H, W) bool.
+
+    Only pixels with alpha > 0 can leave them: alpha = 0 returns the input DN unchanged.
+    """
     dt = np.dtype(dtype)
     out = dn.astype(np.float32, copy=True)
     al = alpha.astype(np.float32, copy=False)
+    lost = np.zeros(al.shape, bool)
     inv = np.where(ok, np.float32(1.0) - al, np.float32(1.0))
     np.divide(np.float32(1.0), inv, out=inv)
     tmp = np.empty(al.shape, np.float32)
@@ -405,11 +450,17 @@ def clear_dn(
             np.multiply(r_c[k], np.float32(1.0 / a[k]), out=tmp)
         out[k] -= tmp
         out[k] *= inv
-    bad = ~ok
+        if bounds is not None:
+            lost |= out[k] < bounds[0][k]
+            lost |= out[k] > bounds[1][k]
+    if bounds is not None:
+        lost &= ok
+        lost &= al > 0
+    bad = ~ok | lost
     if np.issubdtype(dt, np.floating):
         res = out.astype(dt, copy=False)
         np.copyto(res, np.asarray(nodata, dt), where=bad[None])
-        return res
+        return res, lost
     info = np.iinfo(dt)
     np.rint(out, out=out)
     np.clip(out, info.min, info.max, out=out)
@@ -419,6 +470,61 @@ def clear_dn(
     np.copyto(out, np.float32(0), where=bad[None])
     res = out.astype(dt)
     np.copyto(res, np.asarray(nodata).astype(dt), where=bad[None])
+    return res, lost
+
+
+def window_clear(ctx: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The clear product of one pass-2 window and what it leaves out, computed once per window.
+
+    Returns ``(clear DN (C, H, W), unrecovered (H, W), out_of_range (H, W))``: the valid
+    pixels the product leaves nodata (alpha > alpha_max, or the inversion left the valid
+    range), and those of them that are nodata only because the inversion left the valid
+    range (:func:`inversion_bounds`).  The quality product and the stats use both.
+    """
+    cache = getattr(ctx, "cache", None)
+    if cache is not None and "clear" in cache:
+        return cache["clear"]
+    cfg = _window_config(ctx)
+    rad = ctx.radiometry  # type: ignore[attr-defined]
+    info = ctx.scene  # type: ignore[attr-defined]
+    maps = ctx.maps  # type: ignore[attr-defined]
+    mask = ctx.mask  # type: ignore[attr-defined]
+    bounds = inversion_bounds(rad.a, rad.b, info.dtype)
+    nodata = clear_product_nodata(info)
+    if cfg.refine:
+        y, alpha, r_c, valid, cfg = _window_matte(ctx)
+        if cfg.gate_with_mask:
+            gate = (mask == 0) | (mask == 2)
+            alpha = np.where(gate, 0.0, alpha).astype(np.float32)
+            r_c = np.where(gate[None], 0.0, r_c).astype(np.float32)
+        x = clear_reflectance(y, alpha, r_c, valid, cfg.alpha_max)
+        dnf = rad.to_dn(x)
+        with np.errstate(invalid="ignore"):
+            lost = (
+                ((dnf < bounds[0][:, None, None]) | (dnf > bounds[1][:, None, None])).any(axis=0)
+                & (alpha > 0)
+                & np.isfinite(x).all(axis=0)
+            )
+        x[:, lost] = np.nan
+        out = reflectance_to_dn(x, rad.a, rad.b, info.dtype, nodata)
+        unrecovered = valid & ~np.isfinite(x).all(axis=0)
+    else:
+        dn, valid_in = ctx.read_input()  # type: ignore[attr-defined]
+        alpha = maps["alpha"][0]
+        r_c = maps["reflectance"]
+        valid = ctx.valid & valid_in  # type: ignore[attr-defined]
+        with np.errstate(invalid="ignore"):
+            ok = valid & (alpha <= cfg.alpha_max)  # NaN -> False
+        out, lost = recover_dn(dn, alpha, r_c, ok, rad.a, rad.b, info.dtype, nodata, bounds)
+        unrecovered = valid & (~ok | lost)
+        if cfg.gate_with_mask:
+            gate = valid & ((mask == 0) | (mask == 2))  # clear or shadow
+            np.copyto(out, dn.astype(out.dtype, copy=False), where=gate[None])
+            unrecovered &= ~gate
+            lost &= ~gate
+    res = (out, unrecovered, lost)
+    if cache is not None:
+        cache["clear"] = res
     return res
 
 
@@ -426,31 +532,10 @@ def compute_clear(ctx: object) -> np.ndarray:
     """Pass-2 window of the ``clear`` product: x_hat in the input's dtype and DN scale.
 
     Bands are blue, green, red, nir (the bands the model read), converted back with the
-    inverse of the scene's radiometry; nodata where alpha > alpha_max or the input is nodata.
+    inverse of the scene's radiometry; nodata where alpha > alpha_max, where the inversion
+    leaves the valid range (negative reflectance, or outside the dtype) or the input is nodata.
     """
-    cfg = _window_config(ctx)
-    rad = ctx.radiometry  # type: ignore[attr-defined]
-    info = ctx.scene  # type: ignore[attr-defined]
-    maps = ctx.maps  # type: ignore[attr-defined]
-    if cfg.refine:
-        y, alpha, r_c, valid, cfg = _window_matte(ctx)
-        if cfg.gate_with_mask:
-            gate = ctx.mask == 0  # type: ignore[attr-defined]
-            alpha = np.where(gate, 0.0, alpha).astype(np.float32)
-            r_c = np.where(gate[None], 0.0, r_c).astype(np.float32)
-        x = clear_reflectance(y, alpha, r_c, valid, cfg.alpha_max)
-        return reflectance_to_dn(x, rad.a, rad.b, info.dtype, clear_product_nodata(info))
-    dn, valid_in = ctx.read_input()  # type: ignore[attr-defined]
-    alpha = maps["alpha"][0]
-    r_c = maps["reflectance"]
-    valid = ctx.valid & valid_in  # type: ignore[attr-defined]
-    with np.errstate(invalid="ignore"):
-        ok = valid & (alpha <= cfg.alpha_max)  # NaN -> False
-    out = clear_dn(dn, alpha, r_c, ok, rad.a, rad.b, info.dtype, clear_product_nodata(info))
-    if cfg.gate_with_mask:
-        gate = valid & ((ctx.mask == 0) | (ctx.mask == 2))  # type: ignore[attr-defined]  # clear or shadow
-        np.copyto(out, dn.astype(out.dtype, copy=False), where=gate[None])
-    return out
+    return window_clear(ctx)[0]
 
 
 def compute_quality(ctx: object) -> np.ndarray:
@@ -466,6 +551,7 @@ def compute_quality(ctx: object) -> np.ndarray:
     if cfg.gate_with_mask:
         alpha = np.where((mask == 0) | (mask == 2), 0.0, alpha)
     q = clear_quality(alpha, valid, cfg.alpha_max)
+    q[window_clear(ctx)[1]] = 0  # not recovered: alpha > alpha_max or the inversion left the range
     q[(mask == 2) & (q > 0)] = QUALITY_SHADOW  # ground in cloud shadow: darker than it is
     return q[None]
 
@@ -476,10 +562,14 @@ class MattingStats:
 
     def __init__(self, cfg: DecloudConfig | None = None):
         self.cfg = cfg or DecloudConfig()
-        self.thin = self.thick = self.clear = self.recovered = 0
+        self.thin = self.thick = self.clear = self.recovered = self.out_of_range = 0
         self.sum_cloud = self.sum_clear = 0.0
 
-    def add(self, mask: np.ndarray, alpha: np.ndarray) -> None:
+    def add(
+        self, mask: np.ndarray, alpha: np.ndarray, clear: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
+        """Count one window; ``clear``: (unrecovered, out_of_range) of :func:`window_clear`
+        (without it, a pixel counts as recovered when alpha <= alpha_max)."""
         # count_nonzero and row sums of np.where: no boolean-index copies (18 -> 13.5 ms per
         # 1 Mpx window); float32 sums per row, float64 across rows
         ok = np.isfinite(alpha) & (mask != 255)
@@ -493,6 +583,11 @@ class MattingStats:
         zero = np.float32(0.0)
         self.sum_cloud += float(np.where(cloud, alpha, zero).sum(axis=-1).sum(dtype=np.float64))
         self.sum_clear += float(np.where(cl, alpha, zero).sum(axis=-1).sum(dtype=np.float64))
+        if clear is not None:
+            unrecovered, lost = clear
+            self.recovered += int(np.count_nonzero(ok)) - int(np.count_nonzero(unrecovered & ok))
+            self.out_of_range += int(np.count_nonzero(lost & ok))
+            return
         with np.errstate(invalid="ignore"):
             self.recovered += int(np.count_nonzero(ok & (alpha <= self.cfg.alpha_max)))
 
@@ -504,6 +599,7 @@ class MattingStats:
         self.thick += other.thick
         self.clear += other.clear
         self.recovered += other.recovered
+        self.out_of_range += other.out_of_range
         self.sum_cloud += other.sum_cloud
         self.sum_clear += other.sum_clear
 
@@ -527,4 +623,5 @@ class MattingStats:
             clear_recovered_fraction=self.recovered / valid if valid else None,
             refined=cfg.refine,
             mean_alpha=(self.sum_cloud + self.sum_clear) / valid if valid else None,
+            out_of_range_pixels=self.out_of_range,
         )

@@ -435,13 +435,16 @@ class ClassifyPass:
         hist = np.zeros(256, np.int64)  # masks hold only these classes
         for cls in (CLEAR, CLOUD, SHADOW, NODATA):
             hist[cls] = np.count_nonzero(mask == cls)
-        part = None
-        if self.matting is not None:
-            part = type(self.matting)(plan.config.decloud)
-            part.add(mask, maps["alpha"][0])
         ctx = WindowContext(window, maps, valid, threshold, mask, plan.info, plan.radiometry, self.reader,
                             plan.config.decloud, read_maps=self.read_maps)  # fmt: skip
         outs = [compute(ctx) for _, compute in self.products]
+        part = None
+        if self.matting is not None:  # what the clear product recovers (computed once per window)
+            from .declouding import window_clear
+
+            part = type(self.matting)(plan.config.decloud)
+            clear = window_clear(ctx)[1:] if "reflectance" in maps else None  # r_c is made for clear
+            part.add(mask, maps["alpha"][0], clear)
         return window, hist, (part, ctx.tally), outs
 
     def run(self, progress: ProgressCallback | None = None) -> None:

@@ -50,6 +50,9 @@ class MattingSummary:
     refined: bool
     #: mean alpha over all valid pixels.
     mean_alpha: float | None = None
+    #: cloud pixels with alpha <= alpha_max that the clear product leaves nodata because
+    #: their inversion leaves the valid range (negative reflectance or outside the dtype).
+    out_of_range_pixels: int = 0
 
 
 @dataclass(frozen=True)

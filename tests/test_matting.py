@@ -583,10 +583,15 @@ def test_refined_products_have_no_window_or_swath_seams(make_raster, tmp_path, m
         with rasterio.open(r.outputs["clear"][0]) as c, rasterio.open(r.outputs["quality"][0]) as q:
             out[rows] = c.read().astype(np.float64), q.read(1).astype(np.float64)
     (c1, q1), (c2, q2) = out[256], out[32]
-    assert np.array_equal(np.isnan(c1) | (c1 == 0), np.isnan(c2) | (c2 == 0))
+    n1, n2 = (np.isnan(c1) | (c1 == 0)).any(axis=0), (np.isnan(c2) | (c2 == 0)).any(axis=0)
+    # pixels whose refined inversion is at the edge of the valid range (reflectance ~0) may be
+    # recovered in one cut and not in the other (issue 17 row 13: out of range is nodata)
+    print("nodata mismatch", (n1 != n2).mean())
+    assert (n1 != n2).mean() <= 0.002
+    both = ~n1 & ~n2
     # measured: 0 and 0.2 % with the overlap; 5 and 29 % without it (REFINE_OVERLAP = 0)
-    assert np.abs(q1 - q2).max() <= 1  # quality in 1..100
-    assert np.nanmax(np.abs(c1 - c2)) <= 0.005 * np.nanmax(c1)
+    assert np.abs(q1 - q2)[both].max() <= 1  # quality in 1..100
+    assert np.abs(c1 - c2)[:, both].max() <= 0.005 * np.nanmax(c1)
 
 
 def test_cell_mosaic_blends_block_cells_and_counts_swath_edges_once() -> None:
@@ -771,3 +776,56 @@ def test_autocast_bf16_gives_nearly_the_float32_products(make_raster, tmp_path) 
     assert np.nanmean(np.abs(s0 - s1)) < 0.005 and np.nanmean(np.abs(a0 - a1)) < 0.005
     with pytest.raises(ConfigError, match="autocast 'fp8' is unknown"):
         InferenceConfig(autocast="fp8").validate()
+
+
+def test_a_pixel_whose_inversion_leaves_the_valid_range_is_not_recovered() -> None:
+    """Issue 17 row 13: x_hat below 0 (or outside the dtype) used to be clipped (uint16 with
+    nodata 0: to DN 1) and kept with a quality of 1..100; it is nodata, quality 0, and the
+    stats count it as not recovered."""
+    from types import SimpleNamespace
+
+    from geocloud.declouding import MattingStats, compute_clear, compute_quality, window_clear
+    from geocloud.sensors import Radiometry
+
+    h, w = 4, 5
+    dn = np.full((4, h, w), 1000, np.uint16)  # reflectance 0.1
+    alpha = np.full((1, h, w), 0.5, np.float32)
+    r_c = np.full((4, h, w), 0.05, np.float32)  # x_hat = (0.1 - 0.05) / 0.5 = 0.1: DN 1000
+    r_c[:, 0, 0] = 0.2  # x_hat = -0.2 in every band
+    r_c[2, 1, 1] = 0.11  # x_hat = -0.02 in the red band only
+    r_c[:, 3, 4] = 0.0499  # x_hat = 0.1002: in range
+    mask = np.ones((h, w), np.uint8)
+    mask[3, 0] = 0  # clear: passes through unchanged (gated)
+    alpha[0, 2, 2] = 0.9  # above alpha_max: nodata, not out of range
+    valid = np.ones((h, w), bool)
+
+    def ctx() -> SimpleNamespace:
+        return SimpleNamespace(
+            maps={"alpha": alpha, "reflectance": r_c, "score": alpha},
+            valid=valid,
+            mask=mask,
+            scene=SimpleNamespace(dtype="uint16", nodata=None),
+            radiometry=Radiometry("generic", (1, 2, 3, 4), (1e-4,) * 4, (0.0,) * 4, "test"),
+            read_input=lambda: (dn, valid),
+            decloud=None,
+            cache={},
+        )
+
+    out = compute_clear(ctx())
+    assert out.dtype == np.uint16
+    assert (out[:, 0, 0] == 0).all() and (out[:, 1, 1] == 0).all()  # nodata (was 1, 1, 1, 1 and 998, 998, 1, 998)
+    assert (out[:, 2, 2] == 0).all()
+    assert (out[:, 3, 0] == 1000).all() and (out[:, 0, 1] == 1000).all()
+    q = compute_quality(ctx())[0]
+    assert q[0, 0] == 0 and q[1, 1] == 0 and q[2, 2] == 0
+    assert q[0, 1] == round(100 * (1 - 0.5 / 0.8)) and q[3, 0] == 100
+    stats = MattingStats()
+    c = ctx()
+    stats.add(mask, alpha[0], window_clear(c)[1:])
+    s = stats.summary()
+    assert s.out_of_range_pixels == 2
+    assert s.clear_recovered_fraction == pytest.approx((h * w - 3) / (h * w))
+    # alpha = 0 and r_c = 0 still return the input bit for bit, whatever the bounds
+    alpha[:] = 0.0
+    r_c[:] = 0.0
+    assert np.array_equal(compute_clear(ctx()), dn)

@@ -134,7 +134,9 @@ class _BlobMatting:
                 from geocloud.models.base import Prediction
 
                 a = np.clip(x[:, :3].mean(axis=1, keepdims=True) * outer.scale, 0, 1).astype(np.float32)
-                return Prediction(maps={"score": a, "alpha": a, "reflectance": np.repeat(a * 0.5, 4, axis=1)})
+                # r_c = 0.3 alpha: a cloud colour dimmer than the ground it hides would leave the
+                # inversion negative, which the clear product refuses (nodata)
+                return Prediction(maps={"score": a, "alpha": a, "reflectance": np.repeat(a * 0.3, 4, axis=1)})
 
         self.scale = scale
         self.model = _M()

@@ -141,22 +141,41 @@ class MattingNet(nn.Module):
     texture regain pixel resolution at the cost of upsampling 9 channels.
     """
 
-    def __init__(self, bands: int = 4, width: int = 32, extremes: bool = False) -> None:
+    def __init__(
+        self, bands: int = 4, width: int = 32, extremes: bool = False, guide: int = 0, hidden: int = 16
+    ) -> None:
         super().__init__()
         self.bands = bands
         #: whether the net also takes the cells' darkest/brightest values (:func:`cell_extremes`).
         self.extremes = extremes
+        #: channels of the context features brought to full resolution for the per-pixel head
+        #: (0: no head, alpha is the local linear model alone, as before version 0.3).
+        self.guide = guide
         self.body = nn.Sequential(
             _block(2 * bands + (N_EXTREMES if extremes else 0), width, 1),
             _block(width, width, 1),
             _block(width, width, 2),
             _block(width, width, 2),
         )
-        self.head = nn.Conv2d(width, 1 + 2 * bands, 1)
+        self.head = nn.Conv2d(width, 1 + 2 * bands + guide, 1)
         with torch.no_grad():  # slopes start at 0: plain bilinear upsampling of alpha
-            self.head.weight[1 + bands :].zero_()
+            self.head.weight[1 + bands : 1 + 2 * bands].zero_()
             assert self.head.bias is not None
-            self.head.bias[1 + bands :].zero_()
+            self.head.bias[1 + bands : 1 + 2 * bands].zero_()
+        self.pixel: nn.Sequential | None = None
+        if guide:
+            # the full-resolution head: per pixel, the upsampled context features, the
+            # pixel's own 4 bands and its dark/bright visible value -> a correction of alpha
+            self.pixel = nn.Sequential(
+                nn.Conv2d(guide + bands + N_EXTREMES, hidden, 1),
+                nn.LeakyReLU(0.1),
+                nn.Conv2d(hidden, hidden, 1),
+                nn.LeakyReLU(0.1),
+                nn.Conv2d(hidden, 1, 1),
+            )
+            with torch.no_grad():  # starts as the local linear model alone
+                self.pixel[-1].weight.zero_()
+                self.pixel[-1].bias.zero_()
 
     def features(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """The net's input for reflectance ``x``: :func:`pooled_features` (band means first)
@@ -167,12 +186,23 @@ class MattingNet(nn.Module):
         return feats
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per cell: alpha, cloud colour c, and the coefficients upsampled to full resolution
+        (the 4 slopes of the local linear model, then the ``guide`` context features)."""
         out = self.head(self.body(feats))
         nb = self.bands
         alpha = torch.sigmoid(out[:, :1])
         colour = C_MAX * torch.sigmoid(out[:, 1 : 1 + nb])
         slope = out[:, 1 + nb :]
         return alpha, colour, slope
+
+    def pixel_correction(self, guide_up: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The full-resolution head: (B, guide, H, W) upsampled context + (B, 4, H, W)
+        reflectance -> (B, 1, H, W) correction added to the local linear alpha."""
+        assert self.pixel is not None
+        lo = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+        hi = torch.maximum(torch.maximum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+        own = torch.cat([x, lo, hi], dim=1).sub_(FEATURE_OFFSET).mul_(1.0 / FEATURE_SCALE)
+        return self.pixel(torch.cat([guide_up, own], dim=1))
 
 
 class CloudGenerator(nn.Module):
@@ -244,16 +274,20 @@ def matte_cells(
     if not bool(torch.isfinite(feats).all()):  # NaN/inf in the input: treat as 0 (cheap check at low res)
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         feats = net.features(x, valid)
-    alpha_lo, colour_lo, slope_lo = net(feats)
+    alpha_lo, colour_lo, coef_lo = net(feats)
     nb = colour_lo.shape[1]
+    slope_lo = coef_lo[:, :nb]
     cell_mean = feats[:, :nb] * FEATURE_SCALE + FEATURE_OFFSET
     offset_lo = alpha_lo - (slope_lo * cell_mean).sum(dim=1, keepdim=True)
-    up = upsample_region(torch.cat([offset_lo, slope_lo], dim=1), POOL, region)
+    up = upsample_region(torch.cat([offset_lo, coef_lo], dim=1), POOL, region)
     if region is not None:
         r0, r1, c0, c1 = region
         x = x[..., r0:r1, c0:c1]
-    alpha = (up[:, 1:] * x).sum(dim=1, keepdim=True).add_(up[:, :1]).clamp_(0.0, 1.0)
-    return alpha, colour_lo
+    alpha = (up[:, 1 : 1 + nb] * x).sum(dim=1, keepdim=True).add_(up[:, :1])
+    if net.guide:
+        # the guide features were upsampled with the slopes (one interpolation call)
+        alpha = alpha + net.pixel_correction(up[:, 1 + nb :], x)
+    return alpha.clamp_(0.0, 1.0) if not alpha.requires_grad else alpha.clamp(0.0, 1.0), colour_lo
 
 
 def matte(
@@ -383,6 +417,8 @@ def save_weights(
         "pool": POOL,
         "width": net.head.in_channels,
         "extremes": net.extremes,
+        "guide": net.guide,
+        "hidden": net.pixel[0].out_channels if net.pixel is not None else 0,
         "normalisation": {
             "input": "TOA reflectance, bands " + ",".join(spec.bands),
             "features": f"per {POOL}x{POOL} cell: (band mean - {FEATURE_OFFSET}) / {FEATURE_SCALE}, "
@@ -425,7 +461,11 @@ def load_net(
             f"expects {list(CANONICAL_BANDS)} / {POOL}; retrain with 'geocloud train matting'"
         )
     net = MattingNet(
-        bands=len(bands), width=int(meta.get("width", 32)), extremes=bool(meta.get("extremes", False))
+        bands=len(bands),
+        width=int(meta.get("width", 32)),
+        extremes=bool(meta.get("extremes", False)),
+        guide=int(meta.get("guide", 0)),
+        hidden=int(meta.get("hidden", 0)) or 16,
     )
     net.load_state_dict(load_file(str(weights), device="cpu"))
     return net.to(device), meta

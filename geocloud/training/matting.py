@@ -117,6 +117,22 @@ class MattingTrainConfig:
     #: a cloud colour that leaves the ground unchanged instead of inventing a dark one.
     #: (3.0 with the extremes: alpha MAE 0.105, PSNR 18.1 dB, AUC 0.870, worse than 1.0.)
     w_background: float = 1.0
+    #: L1 on x_hat where the true alpha <= 0.5 (added to the one above: thin cloud is where the
+    #: clear product is meant to be used, and where PSNR >= 32 dB is the goal).
+    w_background_thin: float = 1.0
+    #: the full-resolution per-pixel head (version 0.3): context channels brought to full
+    #: resolution, and hidden channels of its per-pixel MLP (0: the local linear model alone).
+    guide: int = 8
+    hidden: int = 16
+    #: hard negatives: of the clear blocks F sees (no cloud layer, target alpha = 0), this
+    #: share is drawn from the bright backgrounds (snow, bright water, snow under forest).
+    p_bright_negative: float = 0.5
+    #: share of the procedural layers given a spectrally non-flat colour (haze: the cloud
+    #: colour times (wavelength / red)^-gamma, gamma 0.5..2, so blue > green > red > nir).
+    p_haze: float = 0.3
+    #: F's pixel losses are taken on a random crop of this side in each step (the nets still
+    #: see the whole block): the full-resolution head costs 4x per step on whole blocks.
+    crop: int = 64
     #: procedural layers are drawn once into a bank (then flipped/rotated/scaled).
     bank_size: int = 1200
     threads: int = 1
@@ -143,6 +159,8 @@ class MattingData:
     train_hash: str = ""
     #: sampling probabilities of the backgrounds for F (see ``bright_boost``).
     bg_weights: np.ndarray | None = None
+    #: which backgrounds are bright (mean visible reflectance > 0.3): the hard negatives.
+    bright: np.ndarray | None = None
 
 
 def _labelled_blocks(refl: np.ndarray, label: np.ndarray, quality: str, rule: BlockRule, key: str) -> Blocks:
@@ -189,6 +207,7 @@ def load_matting_data(data_dir: str | Path, cfg: MattingTrainConfig) -> MattingD
     w = np.where(bright, cfg.bright_boost, 1.0)
     return MattingData(
         bg_weights=w / w.sum(),
+        bright=bright,
         backgrounds=bg,
         cloudy=np.stack(cl).astype(np.float32),
         cloudy_label=np.stack(cl_lab),
@@ -209,8 +228,16 @@ def _d4(x: np.ndarray, k: int) -> np.ndarray:
 class LayerBank:
     """Procedural cloud layers drawn once, then reused with flips, rotations and brightness changes."""
 
-    def __init__(self, rng: np.random.Generator, n: int, size: int, style: CloudStyle | None = None) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        size: int,
+        style: CloudStyle | None = None,
+        p_haze: float = 0.0,
+    ) -> None:
         self.rng = rng
+        self.p_haze = p_haze
         self.alpha = np.empty((n, size, size), np.float32)
         self.colour = np.empty((n, 4), np.float32)
         for i in range(n):
@@ -232,8 +259,23 @@ class LayerBank:
         ks = self.rng.integers(8, size=n)
         a = np.stack([_d4(self.alpha[i], k) for i, k in zip(idx, ks, strict=True)])[:, None]
         gain = self.rng.uniform(0.8, 1.25, size=(n, 1)).astype(np.float32)
-        colour = np.clip(self.colour[idx] * gain, 0.2, 1.5)
+        colour = self.colour[idx] * gain
+        if self.p_haze > 0:
+            haze = self.rng.random(n) < self.p_haze
+            colour = np.where(haze[:, None], colour * haze_tilt(self.rng.uniform(0.5, 2.0, n)), colour)
+        colour = np.clip(colour, 0.05, 1.5).astype(np.float32)
         return np.ascontiguousarray(a), (a * colour[:, :, None, None]).astype(np.float32)
+
+
+#: band centres (micrometres) of blue, green, red and nir, for the haze colour.
+WAVELENGTHS = np.array([0.48, 0.56, 0.655, 0.865], np.float32)
+
+
+def haze_tilt(gamma: np.ndarray | float) -> np.ndarray:
+    """Per-band factors (n, 4) of a spectrally non-flat haze, ``(wavelength / red) ** -gamma``
+    (Angstrom-like: blue brightest, nir darkest; 1 at red)."""
+    g = np.atleast_1d(np.asarray(gamma, np.float32))
+    return ((WAVELENGTHS / WAVELENGTHS[2])[None, :] ** -g[:, None]).astype(np.float32)
 
 
 def _augment_batch(x: np.ndarray, rng: np.random.Generator, gain: float = 0.15) -> np.ndarray:
@@ -278,14 +320,16 @@ def background_l1(
     a_hat: torch.Tensor,
     r_hat: torch.Tensor,
     alpha_max: float = ALPHA_MAX,
+    where: float | None = None,
 ) -> torch.Tensor:
-    """Mean |x_hat - x| where the true alpha <= alpha_max, x_hat = (y - r_hat) / (1 - a_hat).
+    """Mean |x_hat - x| where the true alpha <= ``where`` (default alpha_max),
+    x_hat = (y - r_hat) / (1 - a_hat).
 
     ``a_hat`` is clamped to ``alpha_max`` so the division amplifies by at most
     1 / (1 - alpha_max), as the clear product's inversion does.
     """
     x_hat = (y - r_hat) / (1.0 - a_hat.clamp(max=alpha_max))
-    m = (alpha <= alpha_max).to(x.dtype)
+    m = (alpha <= (alpha_max if where is None else where)).to(x.dtype)
     return ((x_hat - x).abs() * m).sum() / (m.sum() * x.shape[1]).clamp_min(1.0)
 
 
@@ -363,10 +407,15 @@ def _f_batch(
         idx = rng.choice(len(data.backgrounds), size=n, p=data.bg_weights)
     else:
         idx = rng.integers(len(data.backgrounds), size=n)
+    u = rng.random(n)
+    bright = np.flatnonzero(data.bright) if data.bright is not None else np.zeros(0, int)
+    if cfg.p_bright_negative > 0 and len(bright):
+        # hard negatives: some clear blocks (no layer) are bright ground, target alpha = 0
+        neg = (u >= cfg.p_gan_layer + cfg.p_procedural) & (rng.random(n) < cfg.p_bright_negative)
+        idx = np.where(neg, bright[rng.integers(len(bright), size=n)], idx)
     x = torch.from_numpy(_augment_batch(data.backgrounds[idx], rng))
     alpha = torch.zeros(n, 1, s, s)
     r_c = torch.zeros(n, 4, s, s)
-    u = rng.random(n)
     use_g = np.flatnonzero(u < cfg.p_gan_layer)
     use_p = np.flatnonzero((u >= cfg.p_gan_layer) & (u < cfg.p_gan_layer + cfg.p_procedural))
     if len(use_p):
@@ -402,11 +451,11 @@ def train_matting(
     t0 = time.perf_counter()
     data = load_matting_data(data_dir, cfg)
     log.info("matting data: %d backgrounds, %d cloudy blocks", len(data.backgrounds), len(data.cloudy))
-    bank = LayerBank(np.random.default_rng([cfg.seed, 1]), cfg.bank_size, cfg.block)
+    bank = LayerBank(np.random.default_rng([cfg.seed, 1]), cfg.bank_size, cfg.block, p_haze=cfg.p_haze)
     total = cfg.gan_steps + cfg.f_steps
     g, gan_stats = _gan_phase(data, cfg, rng, progress, total)
 
-    net = MattingNet(width=cfg.width, extremes=cfg.extremes)
+    net = MattingNet(width=cfg.width, extremes=cfg.extremes, guide=cfg.guide, hidden=cfg.hidden)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.f_lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, cfg.f_steps) / max(cfg.f_steps, 1)))
@@ -415,7 +464,11 @@ def train_matting(
     f_stats: dict[str, float] = {}
     for step in range(cfg.f_steps):
         x, y, alpha, r_c = _f_batch(data, g, bank, cfg, rng)
-        a_hat, r_hat = matte(net, y)
+        crop = min(cfg.crop, cfg.block) if cfg.crop > 0 else cfg.block
+        r0, c0 = (int(v) for v in rng.integers(0, cfg.block - crop + 1, size=2))
+        a_hat, r_hat = matte(net, y, region=(r0, r0 + crop, c0, c0 + crop))
+        sl = (Ellipsis, slice(r0, r0 + crop), slice(c0, c0 + crop))
+        x, y, alpha, r_c = x[sl], y[sl], alpha[sl], r_c[sl]
         l_alpha = (a_hat - alpha).abs().mean()
         l_rc = (r_hat - r_c).abs().mean()
         l_y = (compose(x, a_hat, r_hat) - y).abs().mean()
@@ -423,6 +476,10 @@ def train_matting(
         l_x = background_l1(x, y, alpha, a_hat, r_hat, cfg.alpha_max)
         if cfg.w_background > 0:
             loss = loss + cfg.w_background * l_x
+        l_xt = torch.zeros(())
+        if cfg.w_background_thin > 0:
+            l_xt = background_l1(x, y, alpha, a_hat, r_hat, cfg.alpha_max, 0.5)
+            loss = loss + cfg.w_background_thin * l_xt
         l_real = torch.zeros(())
         if cfg.w_real > 0 and len(good):
             k = rng.choice(good, size=min(8, len(good)))
@@ -448,6 +505,7 @@ def train_matting(
             "y_l1": float(l_y.detach()),
             "real_hinge": float(l_real.detach()),
             "background_l1": float(l_x.detach()),
+            "background_thin_l1": float(l_xt.detach()),
         }
         if progress is not None:
             progress(cfg.gan_steps + step + 1, total)
@@ -455,7 +513,8 @@ def train_matting(
             log.info("F step %d: %s", step, f_stats)
     minutes = (time.perf_counter() - t0) / 60
     meta: dict[str, Any] = {
-        "model": f"CloudMattingGAN-style matting net F (Zou et al. ICCV 2019), pooled x{POOL}",
+        "model": f"CloudMattingGAN-style matting net F (Zou et al. ICCV 2019), context pooled x{POOL}"
+        + (f", full-resolution head ({cfg.guide} context channels, {cfg.hidden} hidden)" if cfg.guide else ""),
         "alpha_max": cfg.alpha_max,
         "training": {
             "config": asdict(cfg),

@@ -47,6 +47,17 @@ class EvalConfig:
     p_thin: float = 0.5
     alpha_max: float = ALPHA_MAX
     seed: int = EVAL_SEED
+    #: spectrally non-flat haze: each layer's colour times (wavelength / red)^-gamma, gamma
+    #: drawn in this range from a stream of its own (the flat composites stay the same).
+    haze: bool = False
+    haze_gamma: tuple[float, float] = (0.5, 2.0)
+    #: bright ground: known-clear pixels whose background has a mean visible reflectance
+    #: above this (snow, bright water, snow under forest; the trainer's bright backgrounds).
+    bright: float = 0.3
+
+
+#: the alpha bands PSNR and SSIM of x_hat are reported for (true alpha).
+REGIONS = ("le05", "cloud_le05", "05_08", "overall")
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -90,6 +101,7 @@ def synthetic_cases(
     chips = load_catalog(data_dir, four_band_only=True)
     split = split_chips(chips, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
     rng = np.random.default_rng(cfg.seed)
+    haze_rng = np.random.default_rng([cfg.seed, 2])
     cases = []
     for chip in split.val:
         refl, label = read_chip(chip)
@@ -100,6 +112,10 @@ def synthetic_cases(
         for _ in range(cfg.layers_per_block):
             kind = "thin" if rng.random() < cfg.p_thin else "thick"
             alpha, r_c = cloud_layer(rng, max(h, w), kind)
+            if cfg.haze:
+                from .matting import haze_tilt
+
+                r_c = r_c * haze_tilt(haze_rng.uniform(*cfg.haze_gamma))[0][:, None, None]
             cases.append((chip.key, refl, known, alpha[:h, :w], r_c[:, :h, :w]))
     return cases
 
@@ -131,13 +147,15 @@ def evaluate_synthetic(
     cfg = cfg or EvalConfig()
     cases = [c for c in synthetic_cases(data_dir, cfg) if not any(e in c[0] for e in exclude)]
     err_a: list[np.ndarray] = []
-    sq: dict[str, list[float]] = {"le05": [], "cloud_le05": [], "overall": []}
+    err_bright: list[np.ndarray] = []
+    sq: dict[str, list[float]] = {k: [] for k in REGIONS}
     n: dict[str, int] = {k: 0 for k in sq}
     ss: dict[str, list[np.ndarray]] = {k: [] for k in sq}
     recovered = 0
     total = 0
     per_chip: dict[str, list[float]] = {}
-    chip_sq: dict[str, list] = {}
+    chip_sq: dict[str, dict[str, list[float]]] = {}
+    chip_bright: dict[str, list[np.ndarray]] = {}
     for key, x, known, alpha, r_c in cases:
         y = compose(x, alpha[None], r_c).astype(np.float32)
         valid = np.ones((1, *alpha.shape), bool)
@@ -154,6 +172,11 @@ def evaluate_synthetic(
         e = np.abs(a_hat - alpha)[known]
         err_a.append(e)
         per_chip.setdefault(key, []).append(float(e.mean()))
+        bright = known & (x[:3].mean(axis=0) > cfg.bright)
+        if bright.any():
+            eb = np.abs(a_hat - alpha)[bright]
+            err_bright.append(eb)
+            chip_bright.setdefault(key, []).append(eb)
         x_hat = invert(y, a_hat[None], r_hat, cfg.alpha_max)
         ok = np.isfinite(x_hat).all(axis=0) & known
         recovered += int(ok.sum())
@@ -163,21 +186,24 @@ def evaluate_synthetic(
         regions = {
             "le05": ok & (alpha <= 0.5),
             "cloud_le05": ok & (alpha > 0.0) & (alpha <= 0.5),
+            "05_08": ok & (alpha > 0.5) & (alpha <= 0.8),
             "overall": ok,
         }
+        cs = chip_sq.setdefault(key, {k: [0.0, 0] for k in regions})
         for k, m in regions.items():
             d = (x_hat[:, m] - x[:, m]).astype(np.float64)
             sq[k].append(float((d * d).sum()))
             n[k] += int(d.size)
             ss[k].append(smap[m])
-            if k == "le05":
-                chip_sq.setdefault(key, [0.0, 0])
-                chip_sq[key][0] += float((d * d).sum())
-                chip_sq[key][1] += int(d.size)
+            cs[k][0] += float((d * d).sum())
+            cs[k][1] += int(d.size)
     out: dict[str, Any] = {
         "n_composites": len(cases),
         "n_chips": len(per_chip),
+        "haze": cfg.haze,
         "alpha_mae": float(np.concatenate(err_a).mean()),
+        "alpha_mae_bright": float(np.concatenate(err_bright).mean()) if err_bright else None,
+        "bright_pixels": int(sum(e.size for e in err_bright)),
         "recovered_fraction": recovered / max(total, 1),
         "psnr_peak": 1.0,
     }
@@ -186,11 +212,26 @@ def evaluate_synthetic(
         out[f"psnr_{k}"] = float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf")
         vals = np.concatenate(ss[k]) if ss[k] else np.zeros(0)
         out[f"ssim_{k}"] = float(vals.mean()) if vals.size else float("nan")
+
+    def db(v: list[float]) -> float | None:
+        return round(float(10 * np.log10(v[1] / v[0])), 2) if v[0] > 0 else (None if v[1] == 0 else float("inf"))
+
     out["alpha_mae_by_chip"] = {k: round(float(np.mean(v)), 4) for k, v in per_chip.items()}
-    out["psnr_le05_by_chip"] = {
-        k: round(float(10 * np.log10(v[1] / v[0])), 2) if v[0] > 0 else float("inf")
-        for k, v in chip_sq.items()
+    out["psnr_le05_by_chip"] = {k: db(v["le05"]) for k, v in chip_sq.items()}
+    out["psnr_05_08_by_chip"] = {k: db(v["05_08"]) for k, v in chip_sq.items()}
+    out["alpha_mae_bright_by_chip"] = {
+        k: round(float(np.concatenate(v).mean()), 4) for k, v in chip_bright.items()
     }
+    ranked = sorted(chip_sq, key=lambda k: (out["psnr_le05_by_chip"][k] or 0.0))
+    out["worst_chips"] = [
+        {
+            "chip": k,
+            "psnr_le05": out["psnr_le05_by_chip"][k],
+            "psnr_05_08": out["psnr_05_08_by_chip"][k],
+            "alpha_mae": out["alpha_mae_by_chip"][k],
+        }
+        for k in ranked[:5]
+    ]
     return out
 
 
@@ -207,6 +248,7 @@ def evaluate_real(
     split = split_chips(chips, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
     per: dict[str, dict[int, list[np.ndarray]]] = {"good": {}, "coarse": {}}
     per_chip = []
+    bright_clear: list[np.ndarray] = []
     for chip in split.val:
         refl, label = read_chip(chip)
         valid = label != 255
@@ -217,12 +259,17 @@ def evaluate_real(
         for cls in (CLEAR, CLOUD, THIN):
             per[chip.label_quality].setdefault(cls, []).append(a[label == cls])
         cm = (label == CLOUD) | (label == THIN)
+        bright = (label == CLEAR) & (refl[:3].mean(axis=0) > cfg.bright)
+        if bright.any():
+            bright_clear.append(a[bright])
         per_chip.append(
             {
                 "chip": chip.key,
                 "quality": chip.label_quality,
                 "cloud_frac": round(float(cm[valid].mean()), 3) if valid.any() else None,
                 "mean_alpha": round(float(a[valid].mean()), 3) if valid.any() else None,
+                "bright_clear_pixels": int(bright.sum()),
+                "mean_alpha_bright_clear": round(float(a[bright].mean()), 3) if bright.any() else None,
             }
         )
 
@@ -244,7 +291,10 @@ def evaluate_real(
     for q in per.values():
         for c, v in q.items():
             both.setdefault(c, []).extend(v)
+    bc = np.concatenate(bright_clear) if bright_clear else np.zeros(0)
     return {
+        # real bright ground labelled clear (snow, bright water): alpha should be 0
+        "bright_clear": {"pixels": int(bc.size), "alpha_mae": float(bc.mean()) if bc.size else None},
         "good": summary(per["good"]),
         "coarse": summary(per["coarse"]),
         "all": summary(both),
