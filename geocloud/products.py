@@ -275,7 +275,7 @@ PRODUCTS: dict[str, Product] = {
             suffix="_clear_quality.tif",
             description="uint8 confidence of the clear product: 100 (1 - alpha/alpha_max), 200 ground in "
             "cloud shadow, 0 nodata",
-            needs=("alpha",),
+            needs=("alpha", "reflectance"),  # (0 also where the inversion leaves the valid range)
             layout=lambda info, outs: RasterLayout(1, "uint8", 0, ("clear quality (percent)",), "nearest"),
             compute=lambda ctx: _decloud().compute_quality(ctx),
         ),
