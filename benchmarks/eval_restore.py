@@ -99,7 +99,7 @@ def picture(scene: Path, outdir: Path, name: str, scale: float | None = None) ->
     for code, rgb in ((1, (40, 160, 40)), (2, (230, 200, 40)), (3, (220, 40, 40))):
         col[qa == code] = rgb
     panels = [_rgb(y, hi), _holes(_rgb(clear, hi), qa == 3), _rgb(rest, hi), col]
-    write_png(_row(panels, 200), outdir / name)
+    write_png(_row(panels, 192), outdir / name)
     n = stats["restoration"]
     return f"{name}: {scene.name}, {n['restored_pixels']} px synthesised ({100 * (n['restored_fraction'] or 0):.1f} %)"
 
@@ -170,7 +170,7 @@ def main() -> None:
         holes = a["alpha_hat"] > 0.8
         panels = [_rgb(a["y"], hi), _rgb(a["x"], hi),
                   _holes(_rgb(a["restore"], hi), np.zeros_like(holes)), _rgb(a["clamp"], hi), _rgb(a["fillnodata"], hi)]  # fmt: skip
-        write_png(_row(panels, 200), args.pictures / "restore_composite.png")
+        write_png(_row(panels, 160), args.pictures / "restore_composite.png")
         print(f"\nrestore_composite.png: {key} (input, truth, restore, clamp, fillnodata)")
         for line in real_pictures(args.data, args.pictures, PICTURE_CHIPS):
             print(line)
