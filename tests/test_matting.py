@@ -829,3 +829,26 @@ def test_a_pixel_whose_inversion_leaves_the_valid_range_is_not_recovered() -> No
     alpha[:] = 0.0
     r_c[:] = 0.0
     assert np.array_equal(compute_clear(ctx()), dn)
+
+
+def test_full_resolution_head_region_equals_crop_and_round_trips(tmp_path) -> None:
+    """The optional per-pixel head (guide > 0): alpha for a region equals the crop of the
+    whole block's, and the net saves and loads with its sidecar (weights_sha256 checked)."""
+    from geocloud.models.matting import MattingNet, load_net, matte, save_weights
+
+    torch.manual_seed(0)
+    net = MattingNet(extremes=True, guide=8, hidden=16)
+    assert net.pixel is not None
+    torch.nn.init.normal_(net.pixel[-1].weight, std=0.2)
+    x = torch.rand(2, 4, 128, 128) * 0.5
+    with torch.no_grad():
+        a, r = matte(net, x)
+        a2, r2 = matte(net, x, region=(16, 80, 24, 96))
+    torch.testing.assert_close(a[..., 16:80, 24:96], a2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(r[..., 16:80, 24:96], r2, rtol=0, atol=1e-6)
+    w = tmp_path / "matting.safetensors"
+    save_weights(net, {"alpha_max": 0.8}, w)
+    loaded, meta = load_net(w)
+    assert meta["guide"] == 8 and meta["hidden"] == 16 and loaded.guide == 8
+    with torch.no_grad():
+        torch.testing.assert_close(matte(loaded, x)[0], a)

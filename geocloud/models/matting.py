@@ -195,13 +195,24 @@ class MattingNet(nn.Module):
         slope = out[:, 1 + nb :]
         return alpha, colour, slope
 
-    def pixel_correction(self, guide_up: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The full-resolution head: (B, guide, H, W) upsampled context + (B, 4, H, W)
-        reflectance -> (B, 1, H, W) correction added to the local linear alpha."""
+    def pixel_correction(self, guide_up: torch.Tensor, mean_up: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The full-resolution head: (B, guide, H, W) upsampled context, (B, 4, H, W) upsampled
+        cell means and (B, 4, H, W) reflectance -> (B, 1, H, W) correction added to the local
+        linear alpha.
+
+        The pixel enters only *relative to its cells* (its bands, darkest and brightest visible
+        value minus those of the interpolated cell means): the opacity level comes from the
+        context, as in the local linear model, and a bright pixel alone does not read as cloud.
+        """
         assert self.pixel is not None
-        lo = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
-        hi = torch.maximum(torch.maximum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
-        own = torch.cat([x, lo, hi], dim=1).sub_(FEATURE_OFFSET).mul_(1.0 / FEATURE_SCALE)
+
+        def lo_hi(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            lo = torch.minimum(torch.minimum(t[:, 0:1], t[:, 1:2]), t[:, 2:3])
+            hi = torch.maximum(torch.maximum(t[:, 0:1], t[:, 1:2]), t[:, 2:3])
+            return lo, hi
+
+        (lo, hi), (mlo, mhi) = lo_hi(x), lo_hi(mean_up)
+        own = torch.cat([x - mean_up, lo - mlo, hi - mhi], dim=1).mul_(1.0 / FEATURE_SCALE)
         return self.pixel(torch.cat([guide_up, own], dim=1))
 
 
@@ -279,14 +290,16 @@ def matte_cells(
     slope_lo = coef_lo[:, :nb]
     cell_mean = feats[:, :nb] * FEATURE_SCALE + FEATURE_OFFSET
     offset_lo = alpha_lo - (slope_lo * cell_mean).sum(dim=1, keepdim=True)
-    up = upsample_region(torch.cat([offset_lo, coef_lo], dim=1), POOL, region)
+    lo_maps = [offset_lo, coef_lo] + ([cell_mean] if net.guide else [])
+    up = upsample_region(torch.cat(lo_maps, dim=1), POOL, region)
     if region is not None:
         r0, r1, c0, c1 = region
         x = x[..., r0:r1, c0:c1]
     alpha = (up[:, 1 : 1 + nb] * x).sum(dim=1, keepdim=True).add_(up[:, :1])
     if net.guide:
-        # the guide features were upsampled with the slopes (one interpolation call)
-        alpha = alpha + net.pixel_correction(up[:, 1 + nb :], x)
+        # the guide features and cell means were upsampled with the slopes (one interpolation)
+        g = 1 + nb + net.guide
+        alpha = alpha + net.pixel_correction(up[:, 1 + nb : g], up[:, g:], x)
     return alpha.clamp_(0.0, 1.0) if not alpha.requires_grad else alpha.clamp(0.0, 1.0), colour_lo
 
 
@@ -419,6 +432,7 @@ def save_weights(
         "extremes": net.extremes,
         "guide": net.guide,
         "hidden": net.pixel[0].out_channels if net.pixel is not None else 0,
+        "head_inputs": "pixel relative to the interpolated cell means" if net.guide else None,
         "normalisation": {
             "input": "TOA reflectance, bands " + ",".join(spec.bands),
             "features": f"per {POOL}x{POOL} cell: (band mean - {FEATURE_OFFSET}) / {FEATURE_SCALE}, "
