@@ -49,13 +49,23 @@ def _syn_row(name: str, r: dict) -> str:
     )
 
 
-def evaluate_all(weights: Path, args: argparse.Namespace) -> dict:
+def trained_on(weights: Path) -> tuple[str, ...]:
+    """The chips the weights were trained on, from their sidecar."""
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    return tuple(meta.get("training", {}).get("train_chips", []))
+
+
+def evaluate_all(weights: Path, args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> dict:
     model = load("cpu", weights=weights)
     t0 = time.perf_counter()
-    out: dict = {"weights": str(weights)}
+    out: dict = {"weights": str(weights), "excluded": list(exclude)}
     haze = EvalConfig(haze=True)
-    out["synthetic"] = evaluate_synthetic(model, args.data)
-    out["synthetic_haze"] = evaluate_synthetic(model, args.data, haze)
+    out["synthetic"] = evaluate_synthetic(model, args.data, exclude=exclude)
+    out["synthetic_haze"] = evaluate_synthetic(model, args.data, haze, exclude=exclude)
+    if exclude:  # the short run: held out for both weights
+        out["real"] = evaluate_real(model, args.data, exclude=exclude)
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        return out
     if args.refine:
         cfg = DecloudConfig(refine=True)
 
@@ -150,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline is not None:
         runs.append(("baseline", evaluate_all(args.baseline, args)))
     runs.append(("weights", evaluate_all(args.weights, args)))
+    if args.baseline is not None:
+        # the split follows the data folder: chips the baseline was trained on may be held out
+        # now; score both weights again on the chips neither was trained on
+        seen = tuple(sorted(set(trained_on(args.baseline)) | set(trained_on(args.weights))))
+        if seen:
+            print(f"(also scored without the chips either weights were trained on: {len(seen)} excluded)")
+            runs.append(("baseline, held out for both", evaluate_all(args.baseline, args, seen)))
+            runs.append(("weights, held out for both", evaluate_all(args.weights, args, seen)))
     report(runs, args.gate)
     if args.json:
         args.json.write_text(json.dumps(dict(runs), indent=2) + "\n")

@@ -263,7 +263,7 @@ PRODUCTS: dict[str, Product] = {
             name="clear",
             suffix="_clear.tif",
             description="declouded scene (blue, green, red, nir) in the input's dtype and DN scale; "
-            "nodata where alpha > alpha_max (0.8)",
+            "nodata where alpha > alpha_max (0.8) or the inversion leaves the valid range",
             needs=("alpha", "reflectance"),
             layout=lambda info, outs: RasterLayout(
                 4, info.dtype, _clear_nodata(info), ("blue", "green", "red", "nir")
@@ -274,8 +274,8 @@ PRODUCTS: dict[str, Product] = {
             name="quality",
             suffix="_clear_quality.tif",
             description="uint8 confidence of the clear product: 100 (1 - alpha/alpha_max), 200 ground in "
-            "cloud shadow, 0 nodata",
-            needs=("alpha", "reflectance"),  # (0 also where the inversion leaves the valid range)
+            "cloud shadow, 0 nodata or not recovered",
+            needs=("alpha", "reflectance"),  # r_c: a pixel whose inversion leaves the valid range is 0
             layout=lambda info, outs: RasterLayout(1, "uint8", 0, ("clear quality (percent)",), "nearest"),
             compute=lambda ctx: _decloud().compute_quality(ctx),
         ),

@@ -236,7 +236,11 @@ def evaluate_synthetic(
 
 
 def evaluate_real(
-    model: CloudModel, data_dir: str | Path, cfg: EvalConfig | None = None, gate: CloudModel | None = None
+    model: CloudModel,
+    data_dir: str | Path,
+    cfg: EvalConfig | None = None,
+    gate: CloudModel | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Mean alpha by class and ROC-AUC of alpha (cloud+thin vs clear) on held-out labelled chips.
 
@@ -250,6 +254,8 @@ def evaluate_real(
     per_chip = []
     bright_clear: list[np.ndarray] = []
     for chip in split.val:
+        if any(e in chip.key for e in exclude):
+            continue
         refl, label = read_chip(chip)
         valid = label != 255
         pred = model.predict(refl[None], valid[None])
