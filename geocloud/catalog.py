@@ -341,10 +341,9 @@ _VENDOR_NAME = re.compile(r"^(GF\d|ZY3|ZY-3|ZY02C)", re.I)
 
 
 def _archive_error(path: Path, exc: BaseException) -> str:
-    return (
-        f"ArchiveError: {path} is truncated or corrupt ({type(exc).__name__}: {exc or 'unexpected end of data'}); "
-        "download the delivery again"
-    ).splitlines()[0]
+    from .vendor.delivery import corrupt_archive_error
+
+    return f"ArchiveError: {corrupt_archive_error(path, exc)}".splitlines()[0]
 
 
 def catalog_scene(

@@ -165,6 +165,15 @@ def delivery_stem(p: str | os.PathLike[str]) -> str:
     return _ARCHIVE_SUFFIX.sub("", q.name) if is_archive(q) else q.name
 
 
+def corrupt_archive_error(path: Path, exc: BaseException) -> ArchiveError:
+    """The refusal of an archive that cannot be read to its end (``geocloud process`` and the
+    catalogue's error row say the same)."""
+    return ArchiveError(
+        f"{path} is truncated or corrupt ({type(exc).__name__}: {exc or 'unexpected end of data'}); "
+        "download the delivery again"
+    )
+
+
 @contextlib.contextmanager
 def delivery_scene(
     path: str | os.PathLike[str], outdir: str | os.PathLike[str], limits: ExtractLimits | None = None
@@ -199,10 +208,7 @@ def delivery_scene(
         try:
             delivery = open_delivery(p, work, limits)
         except (EOFError, tarfile.TarError, zlib.error) as exc:
-            raise ArchiveError(
-                f"{p} is truncated or corrupt ({type(exc).__name__}: {exc or 'unexpected end of data'}); "
-                "download the delivery again"
-            ) from None
+            raise corrupt_archive_error(p, exc) from None
         yield _single_raster(delivery, p), stem, p
     finally:
         shutil.rmtree(work, ignore_errors=True)
