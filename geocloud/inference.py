@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .models.base import CloudModel, Region
+from .models.fill import fill_nodata, inside_scene
 from .runtime import ThreadPool
 from .scene import SceneReader
 from .sensors import Radiometry
@@ -98,7 +99,7 @@ class _Batch:
 
 
 def _read_into(reader: SceneReader, radiometry: Radiometry, batch: _Batch, i: int,
-               lo: float, hi: float) -> tuple[int, int]:  # fmt: skip
+               lo: float, hi: float, fill: bool) -> tuple[int, int]:  # fmt: skip
     """Read block ``i`` of ``batch`` as reflectance into its slot; return (out of range, checked)."""
     dn, valid = reader.read(batch.blocks[i].window)
     x = batch.x[i]
@@ -107,6 +108,13 @@ def _read_into(reader: SceneReader, radiometry: Radiometry, batch: _Batch, i: in
     batch.valid[i] = valid
     if not valid.all():
         np.copyto(x, np.float32(0.0), where=~valid)
+    if fill and not valid.all():
+        # nodata inside the scene as its nearest valid pixel, not as black ground (a CNN
+        # missed cloud along a collar); past the scene's edges it stays 0
+        w = batch.blocks[i].window
+        scene = (reader.info.height, reader.info.width)
+        inside = inside_scene(int(w.row_off), int(w.col_off), valid.shape, scene)
+        fill_nodata(x, valid, ~valid & inside)
     # the physical-range check looks at every 4th pixel of every 4th row: enough to catch a
     # wrong scaling (strided views and a mask product: no copy of the block)
     sub, ok = x[:, ::4, ::4], valid[::4, ::4]
@@ -219,7 +227,7 @@ def predict_blocks(
                     break
                 batch = _Batch(chunk, bands)
                 reads = [
-                    read_pool.submit(_read_into, reader, radiometry, batch, i, lo, hi)
+                    read_pool.submit(_read_into, reader, radiometry, batch, i, lo, hi, model.spec.fill_nodata)
                     for i in range(len(chunk))
                 ]
                 reading.append((batch, reads))

@@ -34,6 +34,7 @@ import numpy as np
 
 from .config import ProcessConfig
 from .errors import ConfigError, InputError
+from .models.fill import fill_nodata
 
 
 def open_scene(path: str | os.PathLike[str], chunks: int | dict[str, int] = 1024, **kwargs: Any):
@@ -85,6 +86,8 @@ def _score_block(x: np.ndarray, model: Any, n_bands: int, multiple: int = 1) -> 
     ok = np.zeros((h + ph, w + pw), bool)
     ok[:h, :w] = valid
     refl[:, ~ok] = 0.0
+    if model.spec.fill_nodata:  # inside the scene only: the padding lies past its edge
+        fill_nodata(refl, ok, np.pad(~valid, ((0, ph), (0, pw))))
     score = model.predict(refl[None], ok[None]).maps["score"][0, 0, :h, :w].astype(np.float32)
     score[~valid] = np.nan
     return score

@@ -130,14 +130,24 @@ def test_predict_is_local_within_halo(mode: str) -> None:
     net = _net(64)
     model = CamModel(net, CamSidecar(config=net.config, lpp_mode=mode))
     rng = np.random.default_rng(1)
-    x = rng.random((1, 4, 256, 256), dtype=np.float32) * 0.5
-    v = np.ones((1, 256, 256), bool)
+    x = rng.random((1, 4, 384, 256), dtype=np.float32) * 0.5
+    v = np.ones((1, 384, 256), bool)
     a = model.predict(x, v).maps["score"]
     x2 = x.copy()
     h = model.spec.halo
-    x2[..., : 128 - h - 4, :] = 0.9  # change everything farther than the halo from rows >= 128
+    assert 192 - h - 4 > 0
+    x2[..., : 192 - h - 4, :] = 0.9  # change everything farther than the halo from rows >= 192
     b = model.predict(x2, v).maps["score"]
-    np.testing.assert_allclose(a[..., 128:, :], b[..., 128:, :], atol=1e-6)
+    np.testing.assert_allclose(a[..., 192:, :], b[..., 192:, :], atol=1e-6)
+    # with nodata filled as the engine fills it: the fill a pixel reads comes from within the halo
+    from geocloud.models.fill import fill_nodata
+
+    v[:, 192 - h // 2 : 192 + 8] = False
+    for arr in (x, x2):
+        fill_nodata(arr[0], v[0], ~v[0])
+    a = model.predict(x, v).maps["score"]
+    b = model.predict(x2, v).maps["score"]
+    np.testing.assert_allclose(a[..., 200:, :], b[..., 200:, :], atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["dilate", "dilate_last", "none"])
@@ -145,7 +155,7 @@ def test_block_offsets_aligned_to_block_multiple_agree(mode: str) -> None:
     net = _net(64)
     model = CamModel(net, CamSidecar(config=net.config, lpp_mode=mode))
     rng = np.random.default_rng(2)
-    n = 384
+    n = 512
     x = rng.random((1, 4, n, n), dtype=np.float32) * 0.5
     full = model.predict(x, np.ones((1, n, n), bool)).maps["score"]
     m, h = model.spec.block_multiple, model.spec.halo
@@ -813,3 +823,61 @@ def test_the_default_pipeline_on_cuda_matches_the_cpu(tmp_path: Path) -> None:
         with rasterio.open(r.outputs["mask"][0]) as m:
             masks[device] = m.read(1)
     assert (masks["cpu"] == masks["cuda"]).mean() > 0.999
+
+
+def _collar_scene(path: Path) -> Path:
+    """256^2 float32 reflectance: vegetation, and a thick cloud block touching a nodata
+    strip (columns 196-255) on its right."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(5)
+    x = np.empty((4, 256, 256), np.float32)
+    for b, v in enumerate((0.04, 0.07, 0.05, 0.30)):
+        x[b] = v + rng.normal(0, 0.01, (256, 256))
+    x[:, 20:236, 36:196] = 0.55 + rng.normal(0, 0.01, (4, 216, 160))
+    x[:, :, 196:] = -9999.0
+    prof = dict(driver="GTiff", width=256, height=256, count=4, dtype="float32", nodata=-9999.0,
+                crs="EPSG:32650", transform=from_origin(500000, 4000000, 16, 16))  # fmt: skip
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(x)
+        dst.descriptions = ("blue", "green", "red", "nir")
+    return path
+
+
+@needs_weights
+@pytest.mark.parametrize("block", ["", "200"])
+def test_cloud_touching_a_nodata_collar_is_found_up_to_the_collar(tmp_path: Path, block: str) -> None:
+    """A block at a collar holds nodata (stored as 0 for the model): the CAM must not read it
+    as dark ground and lose the cloud along the edge (issue 17, row 14)."""
+    from click.testing import CliRunner
+    from geocloud.cli.main import cli
+
+    scene = _collar_scene(tmp_path / "collar.tif")
+    extra = ["--block-size", block] if block else []
+    res = CliRunner().invoke(cli, ["process", str(scene), "-o", str(tmp_path / "o"), "--model", "cam",
+                                   "--products", "mask", "--no-shadow", "-q", *extra])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "o" / "collar_mask.tif") as src:
+        m = src.read(1)
+    assert (m[:, 196:] == 255).all()
+    edge = m[40:220, 176:196]  # the 20 px of cloud next to the collar
+    inner = m[40:220, 80:140]
+    assert (inner == 1).mean() > 0.99
+    assert (edge == 1).mean() > 0.99, f"cloud next to the collar found at {(edge == 1).mean():.3f}"
+
+
+def test_fill_nodata_fills_holes_from_the_nearest_valid_pixel() -> None:
+    from geocloud.models.fill import fill_nodata, inside_scene
+
+    x = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    v = np.ones((3, 4), bool)
+    v[:, :2] = False  # the left half is nodata
+    holes = ~v
+    holes[:, 0] = False  # ... but column 0 lies past the scene's edge: left as it is
+    fill_nodata(x, v, holes)
+    np.testing.assert_array_equal(x[0], [[0, 2, 2, 3], [4, 6, 6, 7], [8, 10, 10, 11]])
+    y = np.zeros((1, 3, 4), np.float32)
+    fill_nodata(y, np.zeros((3, 4), bool), np.ones((3, 4), bool))  # nothing to fill from
+    assert (y == 0).all()
+    inside = inside_scene(-1, 2, (3, 4), (10, 5))
+    np.testing.assert_array_equal(inside, [[0, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]])

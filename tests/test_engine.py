@@ -352,7 +352,7 @@ def test_block_reads_count_out_of_range_reflectance_on_valid_pixels_only(tmp_pat
     block = next(iter(make_tiling(128, 128, block_size=128, halo=0, feather=0, multiple=8)))
     batch = _Batch([block], 4)
     with SceneReader(info, rad.indexes) as reader:
-        bad, checked = _read_into(reader, rad, batch, 0, -0.05, 1.6)
+        bad, checked = _read_into(reader, rad, batch, 0, -0.05, 1.6, False)
     assert checked > 0 and bad / checked == pytest.approx(0.25)
     assert checked <= 4 * 64 * 128  # valid pixel-bands only
     assert not batch.valid[0, 64:].any() and (batch.x[0][:, 64:] == 0).all()  # nodata zeroed

@@ -50,6 +50,10 @@ class ModelSpec:
     bands: tuple[str, ...] = CANONICAL_BANDS
     #: pixels of context needed on each side of a pixel (>= receptive-field radius).
     halo: int = 0
+    #: the engine fills the block's nodata pixels inside the scene with their nearest valid
+    #: pixel's value before ``predict`` (:mod:`geocloud.models.fill`; else they hold 0).
+    #: Such a model's halo must be at least twice its receptive-field radius.
+    fill_nodata: bool = False
     #: block sides must be a multiple of this (network strides).
     block_multiple: int = 1
     #: block side the model was trained on / is fastest at.

@@ -435,12 +435,15 @@ class CamSidecar:
 
 def build_spec(sidecar: CamSidecar, dense: DenseCam) -> ModelSpec:
     s = sidecar.spec
-    need = int(np.ceil((dense.receptive_radius() + dense.stem) / 8) * 8)
+    # twice the receptive radius: the engine's nodata fill (geocloud.models.fill) that a pixel
+    # reads comes from valid pixels up to that far away, which must lie in every block weighing it
+    need = int(np.ceil((2 * dense.receptive_radius() + dense.stem) / 8) * 8)
     halo = need if dense.mode != sidecar.lpp_mode else max(int(s.get("halo", 0)), need)
     return ModelSpec(
         name=s.get("name", "cam"),
         bands=tuple(s.get("bands", CANONICAL_BANDS)),
         halo=halo,
+        fill_nodata=True,
         block_multiple=max(int(s.get("block_multiple", 1)), dense.stride),
         block_size=int(s.get("block_size", 512)),
         outputs={"score": 1},

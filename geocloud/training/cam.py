@@ -666,6 +666,7 @@ def calibrate_and_validate(
             "name": "cam",
             "bands": ["blue", "green", "red", "nir"],
             "halo": model.spec.halo,
+            "fill_nodata": model.spec.fill_nodata,
             "block_multiple": model.spec.block_multiple,
             "block_size": 512,
             "clear_mu": cal["clear_mu"],

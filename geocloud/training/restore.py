@@ -48,7 +48,15 @@ from ..models.restore import (
     RestoreGenerator,
     save_weights,
 )
-from .data import BlockRule, chip_list_hash, extract_blocks, load_catalog, read_chip, split_chips, unlabelled_clear_blocks
+from .data import (
+    BlockRule,
+    chip_list_hash,
+    extract_blocks,
+    load_catalog,
+    read_chip,
+    split_chips,
+    unlabelled_clear_blocks,
+)
 from .synth import BlockGenerator, CloudStyle, GeneratorConfig, augment
 
 log = logging.getLogger(__name__)
@@ -224,7 +232,6 @@ def train_restore(
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
     if data is None:
         if data_dir is None:
