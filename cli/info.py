@@ -10,19 +10,21 @@ from geocloud.config import ProcessConfig
 from geocloud.pipeline import describe_scene
 
 from .logs import setup_logging
-from .options import parse_band_numbers, scene_options
+from .options import parse_band_numbers, scene_options, shadow_options
 
 
 @click.command()
 @click.argument("scene")
 @scene_options
+@shadow_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(scene: str, sensor: str | None, bands: str | None, scale: float | None, offset: float,
-         sun_elevation: float | None, as_json: bool) -> None:  # fmt: skip
+         sun_elevation: float | None, no_shadow: bool, sun_azimuth: float | None, as_json: bool) -> None:  # fmt: skip
     """Show SCENE's sensor, bands, scaling, size and CRS, and what processing would do."""
     setup_logging(False, False)
-    config = ProcessConfig(sensor=sensor, bands=parse_band_numbers(bands))
-    d = describe_scene(scene, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    config = ProcessConfig(sensor=sensor, bands=parse_band_numbers(bands), shadow=not no_shadow)
+    d = describe_scene(scene, config, scale=scale, offset=offset, sun_elevation=sun_elevation,
+                       sun_azimuth=sun_azimuth)  # fmt: skip
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return

@@ -66,7 +66,8 @@ def scene_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--offset", type=FiniteFloat(), default=0.0, show_default=True,
                          help="See --scale (used only with --scale)."),
             click.option("--sun-elevation", type=click.FloatRange(0, 90, min_open=True), default=None,
-                         help="Sun elevation in degrees, for radiance-calibrated sensors without vendor XML."),
+                         help="Sun elevation in degrees (default: vendor XML, tags, Landsat MTL or "
+                         "Sentinel-2 MTD_TL.xml beside the scene)."),
         ]
     ):  # fmt: skip
         f = opt(f)
@@ -81,7 +82,8 @@ def shadow_options(f: Callable[..., Any]) -> Callable[..., Any]:
                          help="Leave cloud shadow out of the mask (0 clear, 1 cloud, 255 nodata, as format 1)."),
             click.option("--sun-azimuth", type=click.FloatRange(0, 360, max_open=True), default=None,
                          help="Sun azimuth in degrees clockwise from north, for the cloud-shadow direction "
-                         "(default: vendor XML, else searched from the image)."),
+                         "(default: vendor XML, Landsat MTL or Sentinel-2 MTD_TL.xml beside the scene, "
+                         "else searched from the image)."),
         ]
     ):  # fmt: skip
         f = opt(f)

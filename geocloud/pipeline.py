@@ -50,6 +50,7 @@ from .products import FileContext
 from .scene import SceneReader
 from .sensors import REFLECTANCE_RANGE
 from .stats import InferenceSettings, PixelCounts, RestorationSummary, SceneSize, SceneStats, TilingSummary
+from .sun import find_sun_metadata
 from .threshold import CLEAR, CLOUD, NODATA, SHADOW, ThresholdResult, fit_threshold
 
 log = logging.getLogger(__name__)
@@ -262,11 +263,11 @@ def _restoration_summary(plan: ScenePlan, second: ClassifyPass, valid_n: int) ->
 
 def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = None, *,
                    scale: float | None = None, offset: float = 0.0,
-                   sun_elevation: float | None = None) -> dict[str, Any]:  # fmt: skip
+                   sun_elevation: float | None = None, sun_azimuth: float | None = None) -> dict[str, Any]:  # fmt: skip
     """What ``geocloud info`` prints: the scene, its radiometry and the processing plan
     (the plan :func:`process_scene` would follow, from :func:`geocloud.plan.plan_scene`)."""
     sp, _ = plan_scene(path, ".", config or ProcessConfig(), scale=scale, offset=offset,
-                       sun_elevation=sun_elevation, describe=True)  # fmt: skip
+                       sun_elevation=sun_elevation, sun_azimuth=sun_azimuth, describe=True)  # fmt: skip
     info, radiometry, spec, tiling, swaths, config = sp.info, sp.radiometry, sp.spec, sp.tiling, sp.swaths, sp.config
     missing = sp.radiometry_missing
     plan: dict[str, Any] = {
@@ -276,6 +277,9 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
         "swaths": f"{len(swaths)} of at most {max(sw.x1 - sw.x0 for sw in swaths)} columns"
         + (" (compressed strips: whole rows are decoded once per swath)" if striped_compressed(info) else ""),
         "products": list(config.output.products),
+        "shadow": "off (--no-shadow)" if not config.shadow else (
+            "searched from the image (no sun azimuth known)" if sp.sun_azimuth is None
+            else f"along the sun azimuth {sp.sun_azimuth:.2f} degrees"),
         "outputs": [
             p.name for paths in output_paths(info.path, ".", config.output.products).values() for p in paths
         ],
@@ -299,6 +303,8 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
         "reflectance_gain": None if missing else [round(a, 8) for a in radiometry.a],
         "reflectance_offset": None if missing else [round(b, 8) for b in radiometry.b],
         "sun_elevation": radiometry.sun_elevation,
+        "sun_azimuth": sp.sun_azimuth,
+        "sun_metadata": sun.describe() if (sun := find_sun_metadata(info.path)) is not None else None,
         "plan": plan,
     }
 

@@ -29,6 +29,7 @@ from .models.base import CloudModel, ModelSpec
 from .products import PRODUCTS, FileProduct, RasterProduct, resolve_products
 from .scene import SceneInfo, SceneReader, open_scene
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
+from .sun import find_sun_metadata
 from .threshold import ThresholdResult
 from .tiling import Swath, Tiling, make_swaths, make_tiling
 
@@ -83,7 +84,8 @@ class ScenePlan:
     #: when the scaling is unknown (``geocloud info`` only): why, and the flag to pass.
     radiometry_missing: str | None = None
     #: the sun azimuth (degrees clockwise from north) for the shadow stage: --sun-azimuth,
-    #: else the vendor metadata's; None: searched from the image.
+    #: else the vendor XML's, else a Landsat MTL's or Sentinel-2 tile metadata's
+    #: (:mod:`geocloud.sun`); None: searched from the image.
     sun_azimuth: float | None = None
     #: the name the outputs are given (``<out_stem>_mask.tif``...) and the input named in the
     #: stats, when they are not the scene file's: a vendor delivery's (its folder or archive).
@@ -162,11 +164,13 @@ def scene_radiometry(info: SceneInfo, config: ProcessConfig, *, scale: float | N
     from .vendor import find_vendor_metadata
 
     vendor = find_vendor_metadata(info.path)
+    sun = find_sun_metadata(info.path)
     return resolve_radiometry(
         count=info.count, dtype=info.dtype, tags=info.tags, descriptions=info.descriptions,
         band_scales=info.scales, band_offsets=info.offsets, filename=info.path.name,
         sensor=config.sensor, bands=config.bands, scale=scale, offset=offset,
         sun_elevation=sun_elevation, vendor=vendor, colorinterp=info.colorinterp,
+        metadata_sun_elevation=sun.elevation if sun is not None else None,
     )  # fmt: skip
 
 
@@ -399,18 +403,23 @@ def plan_scene(
         predictors=config.inference.resolved_predictors(device),
         amp=config.inference.resolved_autocast(device),
         radiometry_missing=missing,
-        sun_azimuth=sun_azimuth if sun_azimuth is not None else _vendor_sun_azimuth(info),
+        sun_azimuth=sun_azimuth if sun_azimuth is not None else metadata_sun_azimuth(info.path),
         out_stem=stem,
         source=Path(source) if source is not None else None,
     )
     return plan, model
 
 
-def _vendor_sun_azimuth(info: SceneInfo) -> float | None:
+def metadata_sun_azimuth(scene: Path) -> float | None:
+    """The sun azimuth of the vendor XML beside ``scene``, else of a Landsat MTL or
+    Sentinel-2 tile metadata file (:func:`geocloud.sun.find_sun_metadata`), else None."""
     from .vendor import find_vendor_metadata
 
-    vendor = find_vendor_metadata(info.path)
-    return None if vendor is None else vendor.sun_azimuth
+    vendor = find_vendor_metadata(scene)
+    if vendor is not None and vendor.sun_azimuth is not None:
+        return vendor.sun_azimuth
+    sun = find_sun_metadata(scene)
+    return None if sun is None else sun.azimuth
 
 
 __all__ = [

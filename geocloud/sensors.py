@@ -397,6 +397,9 @@ class SceneFacts:
     acquired: datetime | None = None
     vendor: VendorRadiometry | None = None
     colorinterp: tuple[str, ...] = ()
+    #: the sun elevation of a Landsat MTL or Sentinel-2 tile metadata file beside the scene
+    #: (:func:`geocloud.sun.find_sun_metadata`), degrees.
+    metadata_sun_elevation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -470,7 +473,8 @@ def choose_bands(facts: SceneFacts, profile: SensorProfile) -> tuple[int, ...]:
 
 
 def scene_sun_elevation(facts: SceneFacts) -> float | None:
-    """``--sun-elevation``, else the vendor metadata's, else a SUN_ELEVATION-like tag."""
+    """``--sun-elevation``, else the vendor metadata's, else a SUN_ELEVATION-like tag, else
+    a Landsat MTL's or Sentinel-2 tile metadata's (:mod:`geocloud.sun`)."""
     sun_el = facts.sun_elevation
     if sun_el is None and facts.vendor is not None:
         sun_el = facts.vendor.sun_elevation
@@ -480,6 +484,8 @@ def scene_sun_elevation(facts: SceneFacts) -> float | None:
                 if k.upper() == key:
                     with contextlib.suppress(ValueError):
                         sun_el = float(v)
+    if sun_el is None:
+        sun_el = facts.metadata_sun_elevation
     return sun_el
 
 
@@ -624,6 +630,7 @@ def resolve_radiometry(
     acquired: datetime | None = None,
     vendor: VendorRadiometry | None = None,
     colorinterp: tuple[str, ...] = (),
+    metadata_sun_elevation: float | None = None,
 ) -> Radiometry:
     """Decide the band order and DN->reflectance conversion of a scene (module docstring):
     :func:`radiometry_from_facts` of the :class:`SceneFacts` these arguments make."""
@@ -632,6 +639,6 @@ def resolve_radiometry(
             count=count, dtype=dtype, tags=tags, descriptions=descriptions, band_scales=band_scales,
             band_offsets=band_offsets, filename=filename, sensor=sensor, bands=bands, scale=scale,
             offset=offset, sun_elevation=sun_elevation, acquired=acquired, vendor=vendor,
-            colorinterp=colorinterp,
+            colorinterp=colorinterp, metadata_sun_elevation=metadata_sun_elevation,
         )
     )  # fmt: skip
