@@ -1,7 +1,7 @@
 """Evaluate the matting model on held-out chips (see geocloud.training.matting_eval).
 
     python benchmarks/eval_matting.py --data ../shared/data [--weights W.safetensors]
-        [--baseline OLD.safetensors] [--refine] [--gate cam] [--json out.json]
+        [--baseline OLD.safetensors] [--refine] [--gate cam | --gate-cv runs/cv_stem2] [--json out.json]
 
 Prints, for the validation chips of the shared split (seed 0, half of each stratum):
 
@@ -17,7 +17,10 @@ Prints, for the validation chips of the shared split (seed 0, half of each strat
 
 ``--baseline`` evaluates other weights the same way and prints them side by side;
 ``--refine`` adds the figures with the local-smoothness refinement; ``--gate cam`` those of
-the clear product as ``geocloud process`` writes it (alpha 0 where the CAM mask says clear).
+the clear product as ``geocloud process`` writes it (alpha 0 where the CAM mask says clear);
+``--gate-cv CV`` the same with each chip gated by the CAM of the cross-validation fold that
+held it out (the shipped CAM was trained on every labelled chip, so ``--gate cam`` gates the
+held-out chips with a detector that saw them).
 """
 
 from __future__ import annotations
@@ -77,10 +80,13 @@ def evaluate_all(weights: Path, args: argparse.Namespace, exclude: tuple[str, ..
         out["refine_seconds"] = round(time.perf_counter() - t1, 1)
         out["synthetic_haze_refined"] = evaluate_synthetic(model, args.data, haze, refine=refine)
     detector = None
-    if args.gate:
+    if args.gate_cv is not None:
+        detector = cv_gate(args.gate_cv)
+    elif args.gate:
         from geocloud.models import load_model
 
         detector = load_model(args.gate, "cpu")
+    if detector is not None:
         out["synthetic_gated"] = evaluate_synthetic(model, args.data, gate=detector)
         out["synthetic_haze_gated"] = evaluate_synthetic(model, args.data, haze, gate=detector)
     out["real"] = evaluate_real(model, args.data)
@@ -138,6 +144,30 @@ def report(runs: list[tuple[str, dict]], gate: str | None) -> None:
     print(f"\ngoals: {GOALS}")
 
 
+def cv_gate(cv: Path):  # type: ignore[no-untyped-def]
+    """chip key -> the CAM of the cross-validation fold that held the chip out (loaded once
+    per fold).  A chip in no fold (labels not usable, so never scored by the CV) is gated by
+    fold 0's CAM."""
+    from geocloud.models.cam import load as load_cam
+
+    folds = sorted(cv.glob("fold*"))
+    if not folds:
+        raise SystemExit(f"no fold*/ in {cv}: run benchmarks/eval_cam.py --out {cv} first")
+    fold_of = {}
+    for d in folds:
+        for key in json.loads((d / "heldout.json").read_text())["chips"]:
+            fold_of[key] = d
+    models: dict[Path, object] = {}
+
+    def gate(key: str):  # type: ignore[no-untyped-def]
+        d = fold_of.get(key, folds[0])
+        if d not in models:
+            models[d] = load_cam("cpu", d / "cam.safetensors")
+        return models[d]
+
+    return gate
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -149,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         "--gate",
         default=None,
         help="also evaluate the pipeline's clear product: alpha gated by this detector's mask (e.g. cam)",
+    )
+    ap.add_argument(
+        "--gate-cv",
+        type=Path,
+        default=None,
+        metavar="CV",
+        help="as --gate cam, each chip gated by the CAM of the cross-validation fold that held it out "
+        "(CV/fold*/cam.safetensors and heldout.json of benchmarks/eval_cam.py): a gate that never saw the chip",
     )
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
     args = ap.parse_args(argv)
@@ -168,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(also scored without the chips either weights were trained on: {len(seen)} excluded)")
             runs.append(("baseline, held out for both", evaluate_all(args.baseline, args, seen)))
             runs.append(("weights, held out for both", evaluate_all(args.weights, args, seen)))
-    report(runs, args.gate)
+    report(runs, "cross-validation fold's cam" if args.gate_cv is not None else args.gate)
     if args.json:
         args.json.write_text(json.dumps(dict(runs), indent=2) + "\n")
     return 0

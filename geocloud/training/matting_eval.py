@@ -120,6 +120,15 @@ def synthetic_cases(
     return cases
 
 
+#: a detector for the gate, or one per chip key (e.g. the cross-validation fold's that held
+#: the chip out, so the gate never saw the chip it gates).
+Gate = CloudModel | Callable[[str], CloudModel]
+
+
+def _gate_for(gate: Gate, key: str) -> CloudModel:
+    return gate if isinstance(gate, CloudModel) else gate(key)
+
+
 def gate_clear(gate: CloudModel, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Where ``gate``'s mask says clear for reflectance ``y`` (C, H, W): the engine's mask
     rule at the model's default threshold, edges grown (as ``geocloud process`` gates the
@@ -135,7 +144,7 @@ def evaluate_synthetic(
     cfg: EvalConfig | None = None,
     refine: Refiner | None = None,
     exclude: tuple[str, ...] = (),
-    gate: CloudModel | None = None,
+    gate: Gate | None = None,
 ) -> dict[str, Any]:
     """Alpha MAE and background PSNR/SSIM of composites over held-out chips' clear pixels.
 
@@ -166,7 +175,7 @@ def evaluate_synthetic(
             a_hat, r_hat = refine(y, a_hat, r_hat)
             a_hat = a_hat.reshape(alpha.shape)
         if gate is not None:
-            clear = gate_clear(gate, y, valid)
+            clear = gate_clear(_gate_for(gate, key), y, valid)
             a_hat = np.where(clear, 0.0, a_hat).astype(np.float32)
             r_hat = np.where(clear[None], 0.0, r_hat).astype(np.float32)
         e = np.abs(a_hat - alpha)[known]
@@ -239,7 +248,7 @@ def evaluate_real(
     model: CloudModel,
     data_dir: str | Path,
     cfg: EvalConfig | None = None,
-    gate: CloudModel | None = None,
+    gate: Gate | None = None,
     exclude: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Mean alpha by class and ROC-AUC of alpha (cloud+thin vs clear) on held-out labelled chips.
@@ -261,7 +270,7 @@ def evaluate_real(
         pred = model.predict(refl[None], valid[None])
         a = pred.maps["alpha"][0, 0]
         if gate is not None:
-            a = np.where(gate_clear(gate, refl, valid[None]), np.float32(0.0), a)
+            a = np.where(gate_clear(_gate_for(gate, chip.key), refl, valid[None]), np.float32(0.0), a)
         for cls in (CLEAR, CLOUD, THIN):
             per[chip.label_quality].setdefault(cls, []).append(a[label == cls])
         cm = (label == CLOUD) | (label == THIN)
