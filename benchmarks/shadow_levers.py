@@ -65,7 +65,9 @@ def clear_fp(per: dict[str, tuple[int, ...]], keys: list[str]) -> float:
 def hysteresis(refl, cloud, valid, cfg, low=0.1, grow=6):  # type: ignore[no-untyped-def]
     from geocloud.shadow import _square, estimate_shift, potential_shadow, projection, shadow_mask
 
-    shift = estimate_shift(cloud, potential_shadow(refl, valid, cloud, cfg).astype(np.float32), valid, config=cfg)
+    shift = estimate_shift(
+        cloud, potential_shadow(refl, valid, cloud, cfg).astype(np.float32), valid, config=cfg
+    )
     core = shadow_mask(refl, cloud, valid, shift, cfg)
     if shift is None or not core.any():
         return core
@@ -94,7 +96,11 @@ def per_object(refl, cloud, valid, cfg, min_share=0.3):  # type: ignore[no-untyp
             cand = sh & valid & ~cloud
             if cand.sum() >= 0.3 * obj.sum() and pot[cand].mean() > best:
                 best, bt = float(pot[cand].mean()), t
-        own = dataclasses.replace(cfg, sweep=(bt * 0.85, bt * 1.15)) if bt is not None and best >= min_share else cfg
+        own = (
+            dataclasses.replace(cfg, sweep=(bt * 0.85, bt * 1.15))
+            if bt is not None and best >= min_share
+            else cfg
+        )
         proj |= projection(obj, shift, own)
     out = pot & proj
     out = ndimage.binary_opening(out, np.ones((3, 3))) & out
@@ -106,7 +112,9 @@ def head_features(refl, cloud, valid, cfg):  # type: ignore[no-untyped-def]
 
     from geocloud.shadow import darkness, estimate_shift, potential_shadow, projection, shadow_mask
 
-    shift = estimate_shift(cloud, potential_shadow(refl, valid, cloud, cfg).astype(np.float32), valid, config=cfg)
+    shift = estimate_shift(
+        cloud, potential_shadow(refl, valid, cloud, cfg).astype(np.float32), valid, config=cfg
+    )
     geo = shadow_mask(refl, cloud, valid, shift, cfg)
     none = np.zeros_like(cloud)
     proj = projection(cloud, shift, cfg) if shift is not None else none
@@ -146,17 +154,22 @@ def learned_head(items: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
         for _ in range(300):
             b = torch.randperm(len(x))[:8192]
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                net((x[b] - mu) / sd).squeeze(1), y[b], pos_weight=pw)
+                net((x[b] - mu) / sd).squeeze(1), y[b], pos_weight=pw
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
             p = torch.sigmoid(net((x - mu) / sd).squeeze(1)).numpy()
         yb = y.numpy().astype(bool)
-        t = max((2 * (p >= t)[yb].sum() / ((p >= t).sum() + yb.sum()), t) for t in np.arange(0.2, 0.95, 0.05))[1]
+        t = max(
+            (2 * (p >= t)[yb].sum() / ((p >= t).sum() + yb.sum()), t) for t in np.arange(0.2, 0.95, 0.05)
+        )[1]
         f, ok, _ = items[held]
         with torch.no_grad():
-            ph = torch.sigmoid(net((torch.from_numpy(f.reshape(f.shape[0], -1).T) - mu) / sd).squeeze(1)).numpy()
+            ph = torch.sigmoid(
+                net((torch.from_numpy(f.reshape(f.shape[0], -1).T) - mu) / sd).squeeze(1)
+            ).numpy()
         out[held] = (ph.reshape(ok.shape) >= t) & ok
     return out
 
@@ -183,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         refl, label = read_chip(c)
         cached = args.cache / c.set / f"{c.id}.mask.npy"
         if not cached.is_file():
-            print(f"{cached} missing: run benchmarks/eval_shadow.py --cache {args.cache} first", file=sys.stderr)
+            print(
+                f"{cached} missing: run benchmarks/eval_shadow.py --cache {args.cache} first", file=sys.stderr
+            )
             return 2
         chips.append((c, refl, label, label != 255, np.load(cached) == 1))
     shadow = [c.key for c, _, label, _, _ in chips if (label == 3).any()]
@@ -195,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| lever | cloud | P | R | F1 | F1 without ukis_samples | clear FP % trusted | good |")
     print("|---|---|---|---|---|---|---|---|")
     for which in ("label", "engine"):
-        per: dict[str, dict[str, tuple[int, ...]]] = {n: {} for n in ("geometric", "hysteresis", "per-object", "learned head")}
+        per: dict[str, dict[str, tuple[int, ...]]] = {
+            n: {} for n in ("geometric", "hysteresis", "per-object", "learned head")
+        }
         items = {}
         for c, refl, label, valid, eng in chips:
             if c.key not in trusted:

@@ -20,7 +20,10 @@ How it maps onto the engine:
   size is a multiple of the model's block multiple (8 for the CAM; the default 1024 is);
 * the scene threshold is a lazy reduction of :class:`geocloud.threshold.ScoreStats` over
   full-width strips, then :func:`geocloud.threshold.fit_threshold`; the mask is
-  :func:`geocloud.threshold.classify` with it (0 clear, 1 cloud, 255 nodata).
+  :func:`geocloud.threshold.classify` with it (0 clear, 1 cloud, 255 nodata);
+* cloud shadow (class 2, unless ``config.shadow`` is False): the displacement is searched
+  once on a pooled view of the scene and the class marked per chunk grown by the halo of
+  the longest displacement, as the engine's shadow stage does (:func:`_shadow`).
 
 Everything stays lazy until computed; results carry the input's x/y coordinates and CRS.
 """
@@ -155,6 +158,88 @@ def _mask(score: Any, result: Any, spec: Any, threshold_cfg: Any) -> Any:
     return da.overlap.trim_internal(m, {0: radius, 1: radius}, boundary=edges)
 
 
+def _view_estimate(refl_sum: np.ndarray, n_ok: np.ndarray, n_cloud: np.ndarray, factor: int,
+                   sun_azimuth: float | None, sun_elevation: float | None, pixel_size: float | None,
+                   config: Any) -> Any:  # fmt: skip
+    """The scene's shadow displacement (full-resolution px) from the pooled view, as
+    :meth:`geocloud.passes.ShadowStage.estimate` finds it."""
+    from .shadow import estimate_shift, potential_shadow
+
+    f = factor
+    valid = n_ok >= (f * f) / 2
+    refl = (refl_sum / np.maximum(n_ok, 1)).astype(np.float32)
+    cloud = (n_cloud * 2 > n_ok) & valid
+    cfg = config.scaled(1.0 / f) if f > 1 else config
+    dark = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
+    shift = estimate_shift(cloud, dark, valid, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation,
+                           pixel_size=pixel_size * f if pixel_size else None, config=cfg)  # fmt: skip
+    return shift.scaled(f) if shift is not None and f > 1 else shift
+
+
+def _shadow_block(x: np.ndarray, n_bands: int, shift: Any, config: Any) -> np.ndarray:
+    """(bands + 2, h, w): reflectance, validity and the mask -> the mask with class 2 on
+    the clear pixels :func:`geocloud.shadow.shadow_mask` finds."""
+    from .shadow import shadow_mask
+    from .threshold import CLEAR, CLOUD, NODATA, SHADOW
+
+    mask = x[n_bands + 1].astype(np.uint8)
+    if shift is None:
+        return mask
+    cloud = mask == CLOUD
+    if not cloud.any():
+        return mask
+    valid = (x[n_bands] > 0.5) & (mask != NODATA)
+    shadow = shadow_mask(x[:n_bands], cloud, valid, shift, config)
+    mask[shadow & (mask == CLEAR)] = SHADOW
+    return mask
+
+
+def _shadow(refl: Any, valid: Any, mask: Any, *, n_bands: int, sun_azimuth: float | None,
+            sun_elevation: float | None, pixel_size: float | None) -> tuple[Any, Any]:  # fmt: skip
+    """The lazy mask with the cloud-shadow class, and the delayed displacement.
+
+    The displacement is searched once on a view of the scene pooled to at most
+    :data:`geocloud.passes.SHADOW_VIEW_PX` px on its long side, as the engine's shadow stage
+    does; each chunk is then grown by the halo of the longest displacement searched (the
+    actual one is not known when the graph is built), which covers what
+    :func:`geocloud.shadow.shadow_mask` reads around it.
+    """
+    import dask
+    import dask.array as da
+
+    from .passes import SHADOW_VIEW_PX
+    from .shadow import ShadowConfig, ShadowShift
+    from .threshold import CLOUD
+
+    cfg = ShadowConfig()
+    height, width = mask.shape
+    f = max(1, -(-max(height, width) // SHADOW_VIEW_PX))
+    h, w = height // f, width // f
+    if h == 0 or w == 0:
+        f, h, w = 1, height, width
+    ck = max(f, 1024 // f * f)
+    ok = valid[: h * f, : w * f].astype(np.float32).rechunk(ck)
+    cl = ((mask[: h * f, : w * f] == CLOUD) & valid[: h * f, : w * f]).astype(np.float32).rechunk(ck)
+    rs = (refl[:, : h * f, : w * f] * ok[None]).rechunk({0: -1, 1: ck, 2: ck})
+    pool2 = {0: f, 1: f}
+    sums = (da.coarsen(np.sum, rs, {0: 1, 1: f, 2: f}), da.coarsen(np.sum, ok, pool2),
+            da.coarsen(np.sum, cl, pool2))  # fmt: skip
+    shift = dask.delayed(_view_estimate)(*sums, f, sun_azimuth, sun_elevation, pixel_size, cfg)
+    longest = cfg.max_shift_px(pixel_size) + f
+    depth = cfg.halo(ShadowShift(dy=longest, dx=0.0, score=0.0))
+    stack = da.concatenate([refl, valid[None].astype(np.float32), mask[None].astype(np.float32)], axis=0)
+    # chunks at least as long as the halo (dask's overlap needs it); an axis that fits in
+    # one such chunk needs no overlap at all
+    sizes, depths = {0: -1}, {0: 0}
+    for axis, n in ((1, height), (2, width)):
+        size = max(depth, max(mask.chunks[axis - 1]))
+        sizes[axis], depths[axis] = (-1, 0) if size >= n else (size, depth)
+    stack = stack.rechunk(sizes)
+    out = da.map_overlap(_shadow_block, stack, depth=depths, boundary="none",
+                         drop_axis=0, dtype=np.uint8, n_bands=n_bands, shift=shift, config=cfg)  # fmt: skip
+    return out.rechunk(mask.chunks), shift
+
+
 def detect_clouds(
     scene: Any,
     config: ProcessConfig | None = None,
@@ -164,13 +249,17 @@ def detect_clouds(
     scale: float | None = None,
     offset: float = 0.0,
     sun_elevation: float | None = None,
+    sun_azimuth: float | None = None,
 ):
     """Lazy cloud score and mask of a scene (path, or a DataArray from :func:`open_scene`).
 
     Returns an ``xarray.Dataset`` with ``score`` (float32, NaN nodata), ``mask`` (uint8:
-    0 clear, 1 cloud, 255 nodata) and ``threshold`` (0-d), with the scene's coordinates
-    and CRS, all lazy.  ``config`` is the same :class:`~geocloud.config.ProcessConfig`
-    the CLI builds (model, sensor, bands, threshold options).
+    0 clear, 1 cloud, 2 cloud shadow, 255 nodata; no class 2 with ``config.shadow``
+    False, as ``--no-shadow``) and ``threshold`` (0-d), with the scene's coordinates and
+    CRS, all lazy.  ``config`` is the same :class:`~geocloud.config.ProcessConfig` the CLI
+    builds (model, sensor, bands, threshold options); ``sun_azimuth`` is ``--sun-azimuth``
+    (default: the vendor XML, a Landsat MTL or Sentinel-2 ``MTD_TL.xml`` beside the scene,
+    else searched).
     """
     import dask
     import dask.array as da
@@ -243,6 +332,18 @@ def detect_clouds(
     result = dask.delayed(_fit)(parts, h, w, spec, cfg.threshold)
     thr = da.from_delayed(dask.delayed(lambda r: np.float64(r.value))(result), shape=(), dtype=np.float64)
     mask = _mask(score, result, spec, cfg.threshold)
+    classes = "0 clear, 1 cloud, 255 nodata"
+    if cfg.shadow:
+        from .plan import metadata_sun_azimuth
+
+        crs = info.crs
+        projected_m = crs is not None and crs.is_projected and crs.linear_units_factor[1] == 1.0
+        mask, _ = _shadow(
+            refl, valid, mask, n_bands=n_bands,
+            sun_azimuth=sun_azimuth if sun_azimuth is not None else metadata_sun_azimuth(info.path),
+            sun_elevation=radiometry.sun_elevation, pixel_size=abs(float(info.transform.a)) if projected_m else None,
+        )  # fmt: skip
+        classes = "0 clear, 1 cloud, 2 cloud shadow, 255 nodata"
 
     coords = {"y": arr.coords["y"], "x": arr.coords["x"]}
     ds = xr.Dataset(
@@ -251,7 +352,7 @@ def detect_clouds(
             "mask": (
                 ("y", "x"),
                 mask,
-                {"long_name": "cloud mask", "flag_values": "0 clear, 1 cloud, 255 nodata", "_FillValue": 255},
+                {"long_name": "cloud mask", "flag_values": classes, "_FillValue": 255},
             ),  # fmt: skip
             "threshold": ((), thr, {"long_name": "scene threshold on the score"}),
         },

@@ -58,8 +58,7 @@ def clear_scene(tmp_path_factory):
 
 
 def _cli(scene, outdir, cfg, model=None):
-    # (the notebook API has no cloud-shadow class: compared with the 0/1/255 mask)
-    cfg = ProcessConfig(model=cfg.model, tiling=cfg.tiling, shadow=False,
+    cfg = ProcessConfig(model=cfg.model, tiling=cfg.tiling, shadow=cfg.shadow,
                         output=OutputConfig(products=("mask", "score", "stats"), overwrite=True))  # fmt: skip
     r = process_scene(scene, outdir, cfg, model=model)
     with rasterio.open(r.outputs["mask"][0]) as m, rasterio.open(r.outputs["score"][0]) as s:
@@ -147,3 +146,30 @@ def test_aligned_chunks(n, size, multiple, halo):
     assert all(b % multiple == 0 for b in np.cumsum(ch)[:-1])  # inner boundaries on the grid
     if len(ch) > 1:
         assert min(ch) >= halo
+
+
+@pytest.fixture(scope="module")
+def shadowed(tmp_path_factory):
+    """Clouds casting shadows (sun azimuth 150): 2600 x 1800 px, so the displacement is
+    searched on a pooled view (factor 2), as the engine does."""
+    d = tmp_path_factory.mktemp("xa_shadow")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_scene(d / "GF1_WFV1_shadowed.tif", 2600, 1800, seed=3, cloud_cover=0.1, shadows=True,
+                          thin_cover=0.0, cloud_scale=256, write_truth=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["spectral", "cam"])
+def test_shadow_class_equals_cli(shadowed, tmp_path, model):
+    """The lazy mask has the cloud-shadow class, pixel for pixel the engine's, with chunks
+    shorter than the shadow halo; without shadow (``--no-shadow``) it has none."""
+    cfg = ProcessConfig(model=model)
+    mask, _, stats, _, _ = _cli(shadowed, tmp_path / "on", cfg)
+    assert (mask == 2).sum() > 10000 and stats["shadow"]["detected"]
+    c = gx.detect_clouds(shadowed, cfg, chunks=200).mask.values
+    assert np.array_equal(c, mask)
+    off = ProcessConfig(model=model, shadow=False)
+    mask_off, _, _, _, _ = _cli(shadowed, tmp_path / "off", off)
+    c_off = gx.detect_clouds(shadowed, off, chunks=1024)
+    assert "2 cloud shadow" not in c_off.mask.attrs["flag_values"]
+    assert np.array_equal(c_off.mask.values, mask_off) and not (mask_off == 2).any()
