@@ -22,6 +22,7 @@ Command-line angles (``--sun-azimuth``, ``--sun-elevation``) and the vendor XML 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -90,7 +91,8 @@ def read_s2_tile_metadata(path: str | Path) -> SunAngles | None:
 
 def _matching_mtl(folder: Path, stem: str) -> Path | None:
     try:
-        mtls = sorted(p for p in folder.iterdir() if p.name.upper().endswith("_MTL.TXT") and p.is_file())
+        with os.scandir(folder) as entries:  # (a few ms for a folder of 10 000 files)
+            mtls = sorted(Path(e.path) for e in entries if e.name.upper().endswith("_MTL.TXT") and e.is_file())
     except OSError:
         return None
     named = [p for p in mtls if stem.upper().startswith(p.name[: -len("_MTL.txt")].upper())]
