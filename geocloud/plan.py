@@ -95,15 +95,7 @@ class ScenePlan:
     @property
     def pixel_size_m(self) -> float | None:
         """Ground pixel size in metres (a projected CRS in metres), else None."""
-        crs = self.info.crs
-        if crs is None or not crs.is_projected:
-            return None
-        try:
-            if crs.linear_units_factor[1] != 1.0:
-                return None
-        except Exception:  # noqa: BLE001 - a CRS pyproj cannot describe: no pixel size
-            return None
-        return abs(float(self.info.transform.a))
+        return pixel_size_m(self.info)
 
     @property
     def stem(self) -> str:
@@ -408,6 +400,19 @@ def plan_scene(
         source=Path(source) if source is not None else None,
     )
     return plan, model
+
+
+def pixel_size_m(info: SceneInfo) -> float | None:
+    """Ground pixel size in metres of a scene in a projected CRS in metres, else None."""
+    crs = info.crs
+    if crs is None or not crs.is_projected:
+        return None
+    try:
+        if crs.linear_units_factor[1] != 1.0:
+            return None
+    except Exception:  # noqa: BLE001 - a CRS pyproj cannot describe: no pixel size
+        return None
+    return abs(float(info.transform.a))
 
 
 def metadata_sun_azimuth(scene: Path) -> float | None:

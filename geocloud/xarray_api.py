@@ -334,14 +334,12 @@ def detect_clouds(
     mask = _mask(score, result, spec, cfg.threshold)
     classes = "0 clear, 1 cloud, 255 nodata"
     if cfg.shadow:
-        from .plan import metadata_sun_azimuth
+        from .plan import metadata_sun_azimuth, pixel_size_m
 
-        crs = info.crs
-        projected_m = crs is not None and crs.is_projected and crs.linear_units_factor[1] == 1.0
         mask, _ = _shadow(
             refl, valid, mask, n_bands=n_bands,
             sun_azimuth=sun_azimuth if sun_azimuth is not None else metadata_sun_azimuth(info.path),
-            sun_elevation=radiometry.sun_elevation, pixel_size=abs(float(info.transform.a)) if projected_m else None,
+            sun_elevation=radiometry.sun_elevation, pixel_size=pixel_size_m(info),
         )  # fmt: skip
         classes = "0 clear, 1 cloud, 2 cloud shadow, 255 nodata"
 
