@@ -104,6 +104,7 @@ def _geocloud(*args: str) -> None:
 
 def record(dest: Path, cache_dir: Path, size: int) -> dict[str, Any]:
     from bench_scene import build_scene
+
     from geocloud.synthetic import make_scene
 
     scene, _ = build_scene(size, cache_dir)

@@ -182,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out / f"fold{i}"
             keys = [c.key for c in fold]
             tag = out / "heldout.json"
-            if args.reuse and (out / "cam.safetensors").is_file() and tag.is_file():
-                if json.loads(tag.read_text())["hash"] == chip_list_hash(fold):
-                    train_info[i] = {"reused": True}
-                    continue
+            if (args.reuse and (out / "cam.safetensors").is_file() and tag.is_file()
+                    and json.loads(tag.read_text())["hash"] == chip_list_hash(fold)):  # fmt: skip
+                train_info[i] = {"reused": True}
+                continue
             out.mkdir(parents=True, exist_ok=True)
             tag.write_text(json.dumps({"hash": chip_list_hash(fold), "chips": keys}, indent=1))
             jobs[i] = pool.submit(train_fold, str(args.data), str(out), keys, overrides)

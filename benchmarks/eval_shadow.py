@@ -87,8 +87,8 @@ def geocloud_mask(chip: Any, weights: Path, cache: Path | None) -> np.ndarray:
     import rasterio
 
     from geocloud import OutputConfig, ProcessConfig, process_scene
-    from geocloud.scene import without_georef_warning
     from geocloud.models.cam import load as load_cam
+    from geocloud.scene import without_georef_warning
 
     cfg = ProcessConfig(model="cam", output=OutputConfig(products=("mask",), overwrite=True))
     with tempfile.TemporaryDirectory() as tmp:

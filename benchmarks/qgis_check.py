@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsRasterLayer, QgsVectorLayer
+    from qgis.core import Qgis, QgsApplication, QgsRasterLayer, QgsVectorLayer
 
     cat = Path(argv[1]).absolute()
     scenes = cat.with_name(f"{cat.stem}_scenes")
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     import tempfile
 
     # GDAL prints its warnings ("Warning 1: This version of GeoPackage ...") on fd 2: catch them
-    err = tempfile.TemporaryFile()
+    err = tempfile.TemporaryFile()  # noqa: SIM115 - fd 2 points at it until the layers are loaded
     saved = os.dup(2)
     os.dup2(err.fileno(), 2)
     if cat.suffix.lower() == ".gpkg":

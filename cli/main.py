@@ -87,8 +87,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
         quiet_gdal()
 
 
-from . import train_matting  # noqa: E402,F401  (registers "geocloud train matting")
-from . import train_restore  # noqa: E402,F401  (registers "geocloud train restore")
+# (train_matting and train_restore register "geocloud train matting" and "... restore")
+from . import train_matting, train_restore  # noqa: E402,F401
 from .catalog import catalog  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .info import info  # noqa: E402

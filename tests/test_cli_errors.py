@@ -567,10 +567,8 @@ def test_evaluate_json_to_an_unwritable_path(make_raster, tmp_path: Path) -> Non
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a file instead
-            target = mask / "report.json"
-        else:
-            target = ro / "report.json"
+        # root ignores permissions: then use a path under a file instead
+        target = mask / "report.json" if os.access(ro, os.W_OK) else ro / "report.json"
         res = run("evaluate", mask, "--truth", mask, "--json", target)
         assert_user_error(res, r"cannot be created|not writable|not a directory", r"--json")
     finally:
