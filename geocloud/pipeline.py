@@ -50,7 +50,6 @@ from .products import FileContext
 from .scene import SceneReader
 from .sensors import REFLECTANCE_RANGE
 from .stats import InferenceSettings, PixelCounts, RestorationSummary, SceneSize, SceneStats, TilingSummary
-from .sun import find_sun_metadata
 from .threshold import CLEAR, CLOUD, NODATA, SHADOW, ThresholdResult, fit_threshold
 
 log = logging.getLogger(__name__)
@@ -304,7 +303,7 @@ def describe_scene(path: str | os.PathLike[str], config: ProcessConfig | None = 
         "reflectance_offset": None if missing else [round(b, 8) for b in radiometry.b],
         "sun_elevation": radiometry.sun_elevation,
         "sun_azimuth": sp.sun_azimuth,
-        "sun_metadata": sun.describe() if (sun := find_sun_metadata(info.path)) is not None else None,
+        "sun_metadata": sp.sun.describe() if sp.sun is not None else None,
         "plan": plan,
     }
 

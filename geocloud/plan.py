@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio.windows import Window
@@ -29,9 +30,12 @@ from .models.base import CloudModel, ModelSpec
 from .products import PRODUCTS, FileProduct, RasterProduct, resolve_products
 from .scene import SceneInfo, SceneReader, open_scene
 from .sensors import REFLECTANCE_RANGE, Radiometry, resolve_radiometry
-from .sun import find_sun_metadata
+from .sun import SunAngles, find_sun_metadata
 from .threshold import ThresholdResult
 from .tiling import Swath, Tiling, make_swaths, make_tiling
+
+if TYPE_CHECKING:
+    from .vendor.metadata import VendorMetadata
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,8 @@ class ScenePlan:
     #: else the vendor XML's, else a Landsat MTL's or Sentinel-2 tile metadata's
     #: (:mod:`geocloud.sun`); None: searched from the image.
     sun_azimuth: float | None = None
+    #: the sun angles of a Landsat MTL or Sentinel-2 ``MTD_TL.xml`` beside the scene, if any.
+    sun: SunAngles | None = None
     #: the name the outputs are given (``<out_stem>_mask.tif``...) and the input named in the
     #: stats, when they are not the scene file's: a vendor delivery's (its folder or archive).
     out_stem: str | None = None
@@ -150,19 +156,41 @@ def output_paths(scene: str | os.PathLike[str], outdir: str | os.PathLike[str],
     return {p.name: p.paths(Path(outdir), stem) for p in resolve_products(products)}
 
 
-def scene_radiometry(info: SceneInfo, config: ProcessConfig, *, scale: float | None = None,
-                     offset: float = 0.0, sun_elevation: float | None = None) -> Radiometry:  # fmt: skip
-    """The scene's band order and DN->reflectance conversion (see :mod:`geocloud.sensors`)."""
-    from .vendor import find_vendor_metadata
+@dataclass(frozen=True)
+class SceneMetadata:
+    """The metadata files beside a scene, read once per run: CRESDA's vendor XML
+    (:func:`geocloud.vendor.find_vendor_metadata`) and a Landsat MTL or Sentinel-2 tile
+    metadata file (:func:`geocloud.sun.find_sun_metadata`)."""
 
-    vendor = find_vendor_metadata(info.path)
-    sun = find_sun_metadata(info.path)
+    vendor: VendorMetadata | None
+    sun: SunAngles | None
+
+    @classmethod
+    def read(cls, scene: Path) -> SceneMetadata:
+        from .vendor import find_vendor_metadata
+
+        return cls(find_vendor_metadata(scene), find_sun_metadata(scene))
+
+    @property
+    def sun_azimuth(self) -> float | None:
+        """The vendor XML's sun azimuth, else the MTL's or ``MTD_TL.xml``'s, else None."""
+        if self.vendor is not None and self.vendor.sun_azimuth is not None:
+            return self.vendor.sun_azimuth
+        return None if self.sun is None else self.sun.azimuth
+
+
+def scene_radiometry(info: SceneInfo, config: ProcessConfig, *, scale: float | None = None,
+                     offset: float = 0.0, sun_elevation: float | None = None,
+                     metadata: SceneMetadata | None = None) -> Radiometry:  # fmt: skip
+    """The scene's band order and DN->reflectance conversion (see :mod:`geocloud.sensors`);
+    ``metadata``: the files beside the scene, when already read."""
+    meta = metadata if metadata is not None else SceneMetadata.read(info.path)
     return resolve_radiometry(
         count=info.count, dtype=info.dtype, tags=info.tags, descriptions=info.descriptions,
         band_scales=info.scales, band_offsets=info.offsets, filename=info.path.name,
         sensor=config.sensor, bands=config.bands, scale=scale, offset=offset,
-        sun_elevation=sun_elevation, vendor=vendor, colorinterp=info.colorinterp,
-        metadata_sun_elevation=sun.elevation if sun is not None else None,
+        sun_elevation=sun_elevation, vendor=meta.vendor, colorinterp=info.colorinterp,
+        metadata_sun_elevation=meta.sun.elevation if meta.sun is not None else None,
     )  # fmt: skip
 
 
@@ -345,14 +373,16 @@ def plan_scene(
     info = open_scene(path)
     outdir = Path(outdir)
     missing: str | None = None
+    meta = SceneMetadata.read(info.path)
     try:
-        radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation)
+        radiometry = scene_radiometry(info, config, scale=scale, offset=offset, sun_elevation=sun_elevation,
+                                      metadata=meta)  # fmt: skip
     except SensorError as exc:
         if not describe or scale is not None:
             raise
         # describe everything else, and say what is missing and which flag to pass: this is
         # when a user needs `info` (the band order does not depend on the scaling)
-        radiometry = scene_radiometry(info, config, scale=1.0, sun_elevation=sun_elevation)
+        radiometry = scene_radiometry(info, config, scale=1.0, sun_elevation=sun_elevation, metadata=meta)
         missing = str(exc)
     if not describe:
         if config.range_check:
@@ -395,7 +425,8 @@ def plan_scene(
         predictors=config.inference.resolved_predictors(device),
         amp=config.inference.resolved_autocast(device),
         radiometry_missing=missing,
-        sun_azimuth=sun_azimuth if sun_azimuth is not None else metadata_sun_azimuth(info.path),
+        sun_azimuth=sun_azimuth if sun_azimuth is not None else meta.sun_azimuth,
+        sun=meta.sun,
         out_stem=stem,
         source=Path(source) if source is not None else None,
     )
@@ -415,19 +446,8 @@ def pixel_size_m(info: SceneInfo) -> float | None:
     return abs(float(info.transform.a))
 
 
-def metadata_sun_azimuth(scene: Path) -> float | None:
-    """The sun azimuth of the vendor XML beside ``scene``, else of a Landsat MTL or
-    Sentinel-2 tile metadata file (:func:`geocloud.sun.find_sun_metadata`), else None."""
-    from .vendor import find_vendor_metadata
-
-    vendor = find_vendor_metadata(scene)
-    if vendor is not None and vendor.sun_azimuth is not None:
-        return vendor.sun_azimuth
-    sun = find_sun_metadata(scene)
-    return None if sun is None else sun.azimuth
-
-
 __all__ = [
+    "SceneMetadata",
     "ScenePlan",
     "check_reflectance_range",
     "gdal_cache",

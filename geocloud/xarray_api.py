@@ -265,7 +265,7 @@ def detect_clouds(
     import dask.array as da
     import xarray as xr
 
-    from .plan import load_model_for, scene_radiometry
+    from .plan import SceneMetadata, load_model_for, scene_radiometry
     from .scene import open_scene as _open
 
     cfg = config or ProcessConfig()
@@ -278,7 +278,8 @@ def detect_clouds(
             "XML, tags and nodata mask) is unknown; open it with open_scene(path) first"
         )
     info = _open(path)
-    radiometry = scene_radiometry(info, cfg, scale=scale, offset=offset, sun_elevation=sun_elevation)
+    meta = SceneMetadata.read(info.path)
+    radiometry = scene_radiometry(info, cfg, scale=scale, offset=offset, sun_elevation=sun_elevation, metadata=meta)
     model = model or load_model_for(cfg)
     spec = model.spec
     halo = spec.halo if cfg.tiling.halo is None else cfg.tiling.halo
@@ -334,11 +335,11 @@ def detect_clouds(
     mask = _mask(score, result, spec, cfg.threshold)
     classes = "0 clear, 1 cloud, 255 nodata"
     if cfg.shadow:
-        from .plan import metadata_sun_azimuth, pixel_size_m
+        from .plan import pixel_size_m
 
         mask, _ = _shadow(
             refl, valid, mask, n_bands=n_bands,
-            sun_azimuth=sun_azimuth if sun_azimuth is not None else metadata_sun_azimuth(info.path),
+            sun_azimuth=sun_azimuth if sun_azimuth is not None else meta.sun_azimuth,
             sun_elevation=radiometry.sun_elevation, pixel_size=pixel_size_m(info),
         )  # fmt: skip
         classes = "0 clear, 1 cloud, 2 cloud shadow, 255 nodata"
