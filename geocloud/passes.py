@@ -40,7 +40,7 @@ from .products import RasterProduct, WindowContext, mask_rule
 from .runtime import ThreadPool, signals_deferred
 from .scene import SceneReader
 from .sensors import REFLECTANCE_RANGE
-from .shadow import ShadowConfig, ShadowShift, estimate_shift, potential_shadow, shadow_mask
+from .shadow import ShadowConfig, ShadowShift, pooled_shift, shadow_mask
 from .stats import ShadowSummary
 from .threshold import CLEAR, CLOUD, NODATA, SHADOW, ScoreStats, ThresholdResult, classify_result
 from .tiling import Swath, grow_window, swath_blocks, weight_sums
@@ -220,6 +220,13 @@ class InferencePass:
 
 #: the shadow stage's decimated view is at most this many px on its long side.
 SHADOW_VIEW_PX = 2048
+
+
+def shadow_view_factor(height: int, width: int) -> int:
+    """The pooling factor of the view the shadow displacement is searched on: at most
+    :data:`SHADOW_VIEW_PX` px on the long side, 1 when a side would pool to nothing."""
+    f = max(1, -(-max(height, width) // SHADOW_VIEW_PX))
+    return 1 if height // f == 0 or width // f == 0 else f
 #: rows of the scene read at a time to build that view.
 SHADOW_VIEW_ROWS = 512
 
@@ -239,22 +246,20 @@ class ShadowStage:
         self.plan, self.reader, self.score, self.threshold = plan, reader, score, threshold
         self.config = config or ShadowConfig()
         info = plan.info
-        self.factor = max(1, -(-max(info.height, info.width) // SHADOW_VIEW_PX))
+        self.factor = shadow_view_factor(info.height, info.width)
         self.shift: ShadowShift | None = None
         self.halo = 0
 
     def _cloud(self, score: np.ndarray) -> np.ndarray:
         return classify_result(score, self.threshold) == CLOUD
 
-    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(reflectance (4, h, w), cloud, valid) of the scene, each ``factor`` x ``factor``
-        block of pixels averaged (cloud and valid: the majority); the last rows and columns
-        that do not fill a block are left out.  DN are averaged, then converted (the
-        conversion is linear)."""
+    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(mean reflectance (4, h, w) of the valid pixels, valid pixels, valid cloud pixels,
+        factor) of the scene pooled ``factor`` x ``factor`` (:func:`geocloud.shadow.pooled_shift`
+        reads it); the last rows and columns that do not fill a cell are left out.  DN are
+        averaged, then converted (the conversion is linear)."""
         info, f, rad = self.plan.info, self.factor, self.plan.radiometry
         h, w = info.height // f, info.width // f
-        if h == 0 or w == 0:
-            f, h, w = 1, info.height, info.width
         dn_sum = np.zeros((4, h, w), np.float32)
         n_ok = np.zeros((h, w), np.float32)
         n_cloud = np.zeros((h, w), np.float32)
@@ -275,23 +280,16 @@ class ShadowStage:
             dn_sum[:, k : k + nh] = pool(x)
             n_ok[k : k + nh] = pool(ok.astype(np.float32))
             n_cloud[k : k + nh] = pool((self._cloud(self.score.read(win)[0]) & ok).astype(np.float32))
-        valid = n_ok >= (f * f) / 2
         mean_dn = dn_sum / np.maximum(n_ok, 1)
-        refl = rad.to_reflectance(mean_dn)
-        return refl, (n_cloud * 2 > n_ok) & valid, valid
+        return rad.to_reflectance(mean_dn), n_ok, n_cloud, f
 
     def estimate(self) -> ShadowShift | None:
         """The scene's shadow displacement (px, full resolution), or None when no shadow is
         detectable; sets the halo :meth:`apply` reads around each window."""
-        plan, f = self.plan, self.factor
-        refl, cloud, valid = self.view()
-        cfg = self.config.scaled(1.0 / f) if f > 1 else self.config
-        dark = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
-        px = plan.pixel_size_m
-        shift = estimate_shift(cloud, dark, valid, sun_azimuth=plan.sun_azimuth,
-                               sun_elevation=plan.radiometry.sun_elevation,
-                               pixel_size=px * f if px else None, config=cfg)  # fmt: skip
-        self.shift = shift.scaled(f) if shift is not None and f > 1 else shift
+        plan = self.plan
+        self.shift = pooled_shift(*self.view(), sun_azimuth=plan.sun_azimuth,
+                                  sun_elevation=plan.radiometry.sun_elevation, pixel_size=plan.pixel_size_m,
+                                  config=self.config)  # fmt: skip
         self.halo = self.config.halo(self.shift) if self.shift is not None else 0
         return self.shift
 

@@ -54,6 +54,7 @@ __all__ = [
     "darkness",
     "potential_shadow",
     "estimate_shift",
+    "pooled_shift",
     "shadow_mask",
     "shift_from_sun",
 ]
@@ -304,6 +305,35 @@ def estimate_shift(
     if not math.isfinite(best) or best < cfg.min_excess:
         return None
     return ShadowShift(dy=dy, dx=dx, score=best, from_sun=from_sun)
+
+
+def pooled_shift(
+    refl: np.ndarray,
+    n_ok: np.ndarray,
+    n_cloud: np.ndarray,
+    factor: int,
+    *,
+    sun_azimuth: float | None = None,
+    sun_elevation: float | None = None,
+    pixel_size: float | None = None,
+    config: ShadowConfig | None = None,
+) -> ShadowShift | None:
+    """:func:`estimate_shift` on a view of a scene pooled ``factor`` x ``factor``, scaled
+    back to full-resolution px (``config`` and ``pixel_size`` are the full resolution's).
+
+    ``refl`` (4, h, w) is each cell's mean reflectance over its valid pixels; ``n_ok`` and
+    ``n_cloud`` count its valid and its valid cloud pixels.  A cell is valid when at least
+    half its pixels are, and cloud when most of its valid pixels are.
+    """
+    cfg = config or ShadowConfig()
+    f = factor
+    valid = n_ok >= (f * f) / 2
+    cloud = (n_cloud * 2 > n_ok) & valid
+    view_cfg = cfg.scaled(1.0 / f) if f > 1 else cfg
+    dark = potential_shadow(refl, valid, cloud, view_cfg).astype(np.float32)
+    shift = estimate_shift(cloud, dark, valid, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation,
+                           pixel_size=pixel_size * f if pixel_size else None, config=view_cfg)  # fmt: skip
+    return shift.scaled(f) if shift is not None and f > 1 else shift
 
 
 def _parabola(a: float, b: float, c: float) -> float:

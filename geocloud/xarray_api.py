@@ -158,24 +158,6 @@ def _mask(score: Any, result: Any, spec: Any, threshold_cfg: Any) -> Any:
     return da.overlap.trim_internal(m, {0: radius, 1: radius}, boundary=edges)
 
 
-def _view_estimate(refl_sum: np.ndarray, n_ok: np.ndarray, n_cloud: np.ndarray, factor: int,
-                   sun_azimuth: float | None, sun_elevation: float | None, pixel_size: float | None,
-                   config: Any) -> Any:  # fmt: skip
-    """The scene's shadow displacement (full-resolution px) from the pooled view, as
-    :meth:`geocloud.passes.ShadowStage.estimate` finds it."""
-    from .shadow import estimate_shift, potential_shadow
-
-    f = factor
-    valid = n_ok >= (f * f) / 2
-    refl = (refl_sum / np.maximum(n_ok, 1)).astype(np.float32)
-    cloud = (n_cloud * 2 > n_ok) & valid
-    cfg = config.scaled(1.0 / f) if f > 1 else config
-    dark = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
-    shift = estimate_shift(cloud, dark, valid, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation,
-                           pixel_size=pixel_size * f if pixel_size else None, config=cfg)  # fmt: skip
-    return shift.scaled(f) if shift is not None and f > 1 else shift
-
-
 def _shadow_block(x: np.ndarray, n_bands: int, shift: Any, config: Any) -> np.ndarray:
     """(bands + 2, h, w): reflectance, validity and the mask -> the mask with class 2 on
     the clear pixels :func:`geocloud.shadow.shadow_mask` finds."""
@@ -199,7 +181,7 @@ def _shadow(refl: Any, valid: Any, mask: Any, *, n_bands: int, sun_azimuth: floa
     """The lazy mask with the cloud-shadow class, and the delayed displacement.
 
     The displacement is searched once on a view of the scene pooled to at most
-    :data:`geocloud.passes.SHADOW_VIEW_PX` px on its long side, as the engine's shadow stage
+    :data:`geocloud.passes.SHADOW_VIEW_PX` px on its long side (:func:`geocloud.passes.shadow_view_factor`), as the engine's shadow stage
     does; each chunk is then grown by the halo of the longest displacement searched (the
     actual one is not known when the graph is built), which covers what
     :func:`geocloud.shadow.shadow_mask` reads around it.
@@ -207,24 +189,22 @@ def _shadow(refl: Any, valid: Any, mask: Any, *, n_bands: int, sun_azimuth: floa
     import dask
     import dask.array as da
 
-    from .passes import SHADOW_VIEW_PX
-    from .shadow import ShadowConfig, ShadowShift
+    from .passes import shadow_view_factor
+    from .shadow import ShadowConfig, ShadowShift, pooled_shift
     from .threshold import CLOUD
 
     cfg = ShadowConfig()
     height, width = mask.shape
-    f = max(1, -(-max(height, width) // SHADOW_VIEW_PX))
+    f = shadow_view_factor(height, width)
     h, w = height // f, width // f
-    if h == 0 or w == 0:
-        f, h, w = 1, height, width
     ck = max(f, 1024 // f * f)
     ok = valid[: h * f, : w * f].astype(np.float32).rechunk(ck)
     cl = ((mask[: h * f, : w * f] == CLOUD) & valid[: h * f, : w * f]).astype(np.float32).rechunk(ck)
     rs = (refl[:, : h * f, : w * f] * ok[None]).rechunk({0: -1, 1: ck, 2: ck})
-    pool2 = {0: f, 1: f}
-    sums = (da.coarsen(np.sum, rs, {0: 1, 1: f, 2: f}), da.coarsen(np.sum, ok, pool2),
-            da.coarsen(np.sum, cl, pool2))  # fmt: skip
-    shift = dask.delayed(_view_estimate)(*sums, f, sun_azimuth, sun_elevation, pixel_size, cfg)
+    n_ok, n_cloud = da.coarsen(np.sum, ok, {0: f, 1: f}), da.coarsen(np.sum, cl, {0: f, 1: f})
+    mean = da.coarsen(np.sum, rs, {0: 1, 1: f, 2: f}) / da.maximum(n_ok, 1)[None]
+    shift = dask.delayed(pooled_shift)(mean, n_ok, n_cloud, f, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation,
+                                       pixel_size=pixel_size, config=cfg)  # fmt: skip
     longest = cfg.max_shift_px(pixel_size) + f
     depth = cfg.halo(ShadowShift(dy=longest, dx=0.0, score=0.0))
     stack = da.concatenate([refl, valid[None].astype(np.float32), mask[None].astype(np.float32)], axis=0)
