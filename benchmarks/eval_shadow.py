@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 
 GOALS = {"clear_fp": 0.02}
+#: the groups of :func:`label_groups` shadow precision, recall and F1 are pooled over.
+SHADOW_GROUPS = ("shadow chips", "shadow chips without ukis_samples")
 
 
 def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
@@ -102,6 +104,7 @@ def geocloud_mask(chip: Any, weights: Path, cache: Path | None) -> np.ndarray:
 
 
 def run_method(refl: np.ndarray, cloud: np.ndarray, valid: np.ndarray, cfg: Any) -> tuple[np.ndarray, Any]:
+    """The shadow method on a whole chip: (shadow mask, displacement or None)."""
     from geocloud.shadow import estimate_shift, potential_shadow, shadow_mask
 
     ev = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
@@ -235,36 +238,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def label_groups(chips: list[Any], has_shadow: list[str], cloud_free: list[str]) -> dict[str, list[str]]:
+    """The chip keys each figure pools over.  A label's clear is truly shadow-free only where
+    the labeller marked shadow (chips with shadow) or where no cloud can cast one (cloud-free
+    chips): the other cloudy chips' labels (all of s2_oncloudn, several L8 Biome scenes)
+    leave their shadows clear, so the *trusted* chips are those two kinds."""
+    good = {c.key for c in chips if c.label_quality == "good"}
+    trusted = list(has_shadow) + [k for k in cloud_free if k not in has_shadow]
+    return {
+        "shadow chips": list(has_shadow),
+        "shadow chips without ukis_samples": [k for k in has_shadow if not k.startswith("ukis_samples/")],
+        "trusted chips": trusted,
+        "trusted chips, good labels": [k for k in trusted if k in good],
+        "all chips": [c.key for c in chips],
+        "all chips without ukis_samples": [c.key for c in chips if c.set != "ukis_samples"],
+    }
+
+
+def pooled(per: dict[str, dict[str, int]], keys: list[str]) -> dict[str, float]:
+    """Shadow tp, fp, fn, precision, recall and F1 summed over the chips ``keys``."""
+    tp, fp, fn = (sum(per[k][x] for k in keys) for x in ("tp", "fp", "fn"))
+    return {"tp": tp, "fp": fp, "fn": fn, **prf(tp, fp, fn)}
+
+
+def clear_rate(per: dict[str, dict[str, int]], keys: list[str]) -> float:
+    """Clear pixels called shadow, as a share of the clear pixels of the chips ``keys``."""
+    return sum(per[k]["clear_fp"] for k in keys) / max(sum(per[k]["clear"] for k in keys), 1)
+
+
 def summarise(
     res: dict[str, dict[str, dict[str, int]]], chips: list[Any], has_shadow: list[str], cloud_free: list[str]
 ) -> dict[str, Any]:
-    # a label's clear is truly shadow-free only where the labeller marked shadow (chips with
-    # shadow) or where no cloud can cast one (cloud-free chips): the other cloudy chips'
-    # labels (all of s2_oncloudn, several L8 Biome scenes) leave their shadows clear
-    good = {c.key for c in chips if c.label_quality == "good"}
-    trusted = list(has_shadow) + [k for k in cloud_free if k not in has_shadow]
+    groups = label_groups(chips, has_shadow, cloud_free)
     out: dict[str, Any] = {"shadow_chips": has_shadow, "cloud_free_chips": cloud_free, "methods": {}}
     for name, per in res.items():
-        groups = {}
-        for g, keys in (
-            ("shadow chips", has_shadow),
-            (
-                "shadow chips without ukis_samples",
-                [k for k in has_shadow if not k.startswith("ukis_samples/")],
-            ),
-        ):
-            tp, fp, fn = (sum(per[k][x] for k in keys) for x in ("tp", "fp", "fn"))
-            groups[g] = {"tp": tp, "fp": fp, "fn": fn, **prf(tp, fp, fn)}
-        clear_keys = {
-            "trusted chips": trusted,
-            "trusted chips, good labels": [k for k in trusted if k in good],
-            "all chips": [c.key for c in chips],
-            "all chips without ukis_samples": [c.key for c in chips if c.set != "ukis_samples"],
-            "shadow chips": list(has_shadow),
-            "shadow chips without ukis_samples": [k for k in has_shadow if not k.startswith("ukis_samples/")],
-        }
-        clear = {g: sum(per[k]["clear_fp"] for k in keys) / max(sum(per[k]["clear"] for k in keys), 1)
-                 for g, keys in clear_keys.items()}  # fmt: skip
         chip_rows = {}
         for c in chips:
             m = per[c.key]
@@ -273,7 +280,11 @@ def summarise(
                 **prf(m["tp"], m["fp"], m["fn"]),
                 "clear_fp_rate": m["clear_fp"] / max(m["clear"], 1),
             }
-        out["methods"][name] = {"groups": groups, "clear_fp": clear, "chips": chip_rows}
+        out["methods"][name] = {
+            "groups": {g: pooled(per, groups[g]) for g in SHADOW_GROUPS},
+            "clear_fp": {g: clear_rate(per, keys) for g, keys in groups.items()},
+            "chips": chip_rows,
+        }
     return out
 
 

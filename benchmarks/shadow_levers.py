@@ -8,7 +8,7 @@ held it out); its cloud (``mask == 1``) is the "engine" cloud input, the label's
 (codes 1 and 2) the "label" one.  For each lever and each cloud input: shadow precision,
 recall and F1 over the 9 chips whose label marks shadow (and without ``ukis_samples``), and
 the clear-land false-positive rate on the *trusted* chips (shadow-labelled or cloud-free;
-"good": without the coarse ``ukis_landsat5``), as ``eval_shadow.py`` counts them.
+"good": those of them with good labels), with ``eval_shadow.py``'s counts and chip groups.
 
 Levers:
 
@@ -44,31 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def counts(pred: np.ndarray, label: np.ndarray) -> tuple[int, int, int, int, int]:
-    sh = label == 3
-    return (int((pred & sh).sum()), int((pred & ~sh & (label != 255)).sum()), int((~pred & sh).sum()),
-            int((pred & (label == 0)).sum()), int((label == 0).sum()))  # fmt: skip
-
-
-def prf(per: dict[str, tuple[int, ...]], keys: list[str]) -> tuple[float, float, float]:
-    tp, fp, fn = (sum(per[k][i] for k in keys) for i in range(3))
-    p, r = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-    return p, r, 2 * p * r / max(p + r, 1e-9)
-
-
-def clear_fp(per: dict[str, tuple[int, ...]], keys: list[str]) -> float:
-    return sum(per[k][3] for k in keys) / max(sum(per[k][4] for k in keys), 1)
+from eval_shadow import clear_rate, counts, label_groups, pooled, run_method  # (benchmarks/ is on sys.path)
 
 
 def hysteresis(refl, cloud, valid, cfg, low=0.1, grow=6):  # type: ignore[no-untyped-def]
-    from geocloud.shadow import _square, estimate_shift, potential_shadow, projection, shadow_mask
+    from geocloud.shadow import _square, potential_shadow, projection
 
-    shift = estimate_shift(
-        cloud, potential_shadow(refl, valid, cloud, cfg).astype(np.float32), valid, config=cfg
-    )
-    core = shadow_mask(refl, cloud, valid, shift, cfg)
+    core, shift = run_method(refl, cloud, valid, cfg)
     if shift is None or not core.any():
         return core
     pot = potential_shadow(refl, valid, cloud, dataclasses.replace(cfg, dark_drop=low))
@@ -107,15 +89,12 @@ def per_object(refl, cloud, valid, cfg, min_share=0.3):  # type: ignore[no-untyp
     return out & valid & ~cloud
 
 
-def head_features(refl, cloud, valid, cfg):  # type: ignore[no-untyped-def]
+def head_features(refl, cloud, valid, cfg, geo, shift):  # type: ignore[no-untyped-def]
+    """Per-pixel inputs of the learned head, the geometric method's ``geo`` and ``shift`` among them."""
     from scipy import ndimage
 
-    from geocloud.shadow import darkness, estimate_shift, potential_shadow, projection, shadow_mask
+    from geocloud.shadow import darkness, projection
 
-    shift = estimate_shift(
-        cloud, potential_shadow(refl, valid, cloud, cfg).astype(np.float32), valid, config=cfg
-    )
-    geo = shadow_mask(refl, cloud, valid, shift, cfg)
     none = np.zeros_like(cloud)
     proj = projection(cloud, shift, cfg) if shift is not None else none
     wide = projection(cloud, shift, dataclasses.replace(cfg, dilate=8)) if shift is not None else none
@@ -123,9 +102,8 @@ def head_features(refl, cloud, valid, cfg):  # type: ignore[no-untyped-def]
     dv = [darkness(np.stack([refl[0], refl[1], refl[2], refl[b]]), valid, cloud, cfg) for b in (0, 1, 2)]
     dist = ndimage.distance_transform_edt(~cloud) if cloud.any() else np.full(cloud.shape, 999.0)
     ratio = np.log(np.clip(refl[3] / np.maximum(refl[2], 1e-3), 0.05, 20))
-    f = np.stack([*refl, d, *dv, ratio, proj, wide, geo, np.minimum(dist, 100) / 100.0,
-                  np.full(d.shape, float(shift is not None))]).astype(np.float32)  # fmt: skip
-    return f, geo
+    return np.stack([*refl, d, *dv, ratio, proj, wide, geo, np.minimum(dist, 100) / 100.0,
+                     np.full(d.shape, float(shift is not None))]).astype(np.float32)  # fmt: skip
 
 
 def learned_head(items: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
@@ -184,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import logging
 
-    from geocloud.shadow import ShadowConfig, estimate_shift, potential_shadow, shadow_mask
+    from geocloud.shadow import ShadowConfig
     from geocloud.training.data import load_catalog, read_chip
 
     logging.getLogger("geocloud").setLevel(logging.ERROR)
     cfg = ShadowConfig()
-    chips = []
+    chips, data = [], {}
     for c in load_catalog(args.data, four_band_only=True):
         if not c.labels_usable:
             continue
@@ -200,52 +178,54 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cached} missing: run benchmarks/eval_shadow.py --cache {args.cache} first", file=sys.stderr
             )
             return 2
-        chips.append((c, refl, label, label != 255, np.load(cached) == 1))
-    shadow = [c.key for c, _, label, _, _ in chips if (label == 3).any()]
-    free = [c.key for c, _, label, _, _ in chips if not ((label == 1) | (label == 2)).any()]
-    trusted = shadow + [k for k in free if k not in shadow]
-    good = [k for k in trusted if k != "ukis_samples/ukis_landsat5"]
-    no_ukis = [k for k in shadow if not k.startswith("ukis_samples/")]
+        chips.append(c)
+        data[c.key] = (refl, label, label != 255, np.load(cached) == 1)
+    shadow = [k for k, (_, label, _, _) in data.items() if (label == 3).any()]
+    free = [k for k, (_, label, _, _) in data.items() if not ((label == 1) | (label == 2)).any()]
+    groups = label_groups(chips, shadow, free)
+    trusted, good = groups["trusted chips"], groups["trusted chips, good labels"]
+    no_ukis = groups["shadow chips without ukis_samples"]
 
     print("| lever | cloud | P | R | F1 | F1 without ukis_samples | clear FP % trusted | good |")
     print("|---|---|---|---|---|---|---|---|")
+    found = {}  # the geometric method's shadow with the label's cloud, for the spectra below
     for which in ("label", "engine"):
-        per: dict[str, dict[str, tuple[int, ...]]] = {
+        per: dict[str, dict[str, dict[str, int]]] = {
             n: {} for n in ("geometric", "hysteresis", "per-object", "learned head")
         }
         items = {}
-        for c, refl, label, valid, eng in chips:
-            if c.key not in trusted:
-                continue
+        for k in (c.key for c in chips if c.key in trusted):  # catalogue order, as the head was trained
+            refl, label, valid, eng = data[k]
             cloud = (((label == 1) | (label == 2)) if which == "label" else eng) & valid
-            ev = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
-            geo = shadow_mask(refl, cloud, valid, estimate_shift(cloud, ev, valid, config=cfg), cfg)
-            per["geometric"][c.key] = counts(geo & valid, label)
-            per["hysteresis"][c.key] = counts(hysteresis(refl, cloud, valid, cfg) & valid, label)
-            per["per-object"][c.key] = counts(per_object(refl, cloud, valid, cfg) & valid, label)
-            f, _ = head_features(refl, cloud, valid, cfg)
-            items[c.key] = (f, valid & ~cloud & (label != 255), label)
+            geo, shift = run_method(refl, cloud, valid, cfg)
+            if which == "label":
+                found[k] = geo
+            per["geometric"][k] = counts(geo & valid, label)
+            per["hysteresis"][k] = counts(hysteresis(refl, cloud, valid, cfg) & valid, label)
+            per["per-object"][k] = counts(per_object(refl, cloud, valid, cfg) & valid, label)
+            items[k] = (
+                head_features(refl, cloud, valid, cfg, geo, shift),
+                valid & ~cloud & (label != 255),
+                label,
+            )
         for k, pred in learned_head(items).items():
             per["learned head"][k] = counts(pred, items[k][2])
         for name, res in per.items():
-            p, r, f1 = prf(res, shadow)
-            print(f"| {name} | {which} | {p:.3f} | {r:.3f} | {f1:.3f} | {prf(res, no_ukis)[2]:.3f} | "
-                  f"{100 * clear_fp(res, trusted):.2f} | {100 * clear_fp(res, good):.2f} |", flush=True)  # fmt: skip
+            g = pooled(res, shadow)
+            print(f"| {name} | {which} | {g['precision']:.3f} | {g['recall']:.3f} | {g['f1']:.3f} | "
+                  f"{pooled(res, no_ukis)['f1']:.3f} | {100 * clear_rate(res, trusted):.2f} | "
+                  f"{100 * clear_rate(res, good):.2f} |", flush=True)  # fmt: skip
 
     print("\nmedian reflectance (blue green red nir) of labelled shadow found / missed by the geometric method "
           "(label cloud), and of clear ground")  # fmt: skip
-    for c, refl, label, valid, _ in chips:
-        if c.key not in shadow:
-            continue
-        cloud = ((label == 1) | (label == 2)) & valid
-        ev = potential_shadow(refl, valid, cloud, cfg).astype(np.float32)
-        geo = shadow_mask(refl, cloud, valid, estimate_shift(cloud, ev, valid, config=cfg), cfg)
-        sh = label == 3
+    for k in shadow:
+        refl, label, _, _ = data[k]
+        sh, geo = label == 3, found[k]
 
         def med(m: np.ndarray, refl: np.ndarray = refl) -> str:
             return " ".join(f"{np.median(refl[b][m]):.3f}" for b in range(4)) if m.any() else "-"
 
-        print(f"  {c.key}: found [{med(sh & geo)}] missed [{med(sh & ~geo)}] clear [{med(label == 0)}]")
+        print(f"  {k}: found [{med(sh & geo)}] missed [{med(sh & ~geo)}] clear [{med(label == 0)}]")
     return 0
 
 
