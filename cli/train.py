@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +20,50 @@ from .progress import ProgressBar
 if TYPE_CHECKING:
     from geocloud.training.cam import CamTrainConfig
 
+#: --data of the trainers that read labelled chips.
+CHIPS_HELP = "A folder with catalog.csv of labelled 4-band chips (like ../shared/data)."
+
 
 @click.group()
 def train() -> None:
     """Train a model on your own data (see docs/cam.md)."""
+
+
+def data_out_options(model: str, data_help: str = CHIPS_HELP) -> Callable[[Any], Any]:
+    """--data DIR (``data_dir``) and --out DIR (``out_dir``, for ``<model>.safetensors`` and
+    its ``<model>.json`` sidecar) of a ``train`` subcommand."""
+
+    def deco(f: Any) -> Any:
+        f = click.option(
+            "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+            help=f"Output folder for {model}.safetensors and its {model}.json sidecar.",
+        )(f)  # fmt: skip
+        return click.option(
+            "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help=data_help,
+        )(f)  # fmt: skip
+
+    return deco
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The options the user gave (not None): the changes to a trainer's default config."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@contextmanager
+def training_steps(label: str, out_dir: Path, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """Check ``out_dir`` before training (not after it), then yield the trainer's
+    ``progress(done, total)`` callback: a progress bar drawn at the first step, so data
+    errors come first, and closed however training ends."""
+    from geocloud.outputs import check_writable_dir
+
+    check_writable_dir(out_dir, "--out")
+    bar = ProgressBar(label, disable=quiet)
+    try:
+        yield lambda done, total: bar.update("steps", done, total)
+    finally:
+        bar.close()
 
 
 def _defaults() -> CamTrainConfig:
@@ -31,20 +73,10 @@ def _defaults() -> CamTrainConfig:
 
 
 @train.command("cam")
-@click.option(
-    "--data",
-    "data_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A folder with catalog.csv (labelled chips, like ../shared/data) or tags.csv "
+@data_out_options(
+    "cam",
+    "A folder with catalog.csv (labelled chips, like ../shared/data) or tags.csv "
     "(your own scenes with cloudy/clear block tags: scene,row,col,size,label[,scale]).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder for cam.safetensors and its cam.json sidecar.",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the split, generator and weights."
@@ -89,39 +121,24 @@ def train_cam(data_dir: Path, out_dir: Path, seed: int, epochs: int | None, step
               lpp_mode: str | None, device: str, baseline: bool, recalibrate_from: Path | None,
               quiet: bool) -> None:  # fmt: skip
     """Train the CAM cloud detector on block labels; writes OUT/cam.safetensors + OUT/cam.json."""
-    from geocloud.outputs import check_writable_dir
     from geocloud.training.cam import run_training
 
     setup_logging(quiet, False)
-    changes: dict[str, Any] = {
-        k: v
-        for k, v in dict(
-            epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, threads=threads,
-            val_fraction=val_fraction, lpp_mode=lpp_mode,
-        ).items()
-        if v is not None
-    }  # fmt: skip
+    changes = given(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, threads=threads,
+                    val_fraction=val_fraction, lpp_mode=lpp_mode)  # fmt: skip
     cfg = dataclasses.replace(_defaults(), seed=seed, device=device, **changes)
     base = None
     if baseline:
         from geocloud.models import load_model
 
         base = load_model("spectral")
-    check_writable_dir(out_dir, "--out")  # before training, not after it
-    bar = ProgressBar("train cam", disable=quiet)  # drawn at the first step: data errors come first
-
-    def progress(done: int, total: int) -> None:
-        bar.update("steps", done, total)
-
-    try:
+    with training_steps("train cam", out_dir, quiet) as progress:
         if recalibrate_from is not None:
             from geocloud.training.cam import recalibrate
 
             side = recalibrate(data_dir, recalibrate_from, out_dir, cfg, baseline=base)
         else:
             side = run_training(data_dir, out_dir, cfg, progress=progress, baseline=base)
-    finally:
-        bar.close()
     if quiet:
         return
     click.echo(f"wrote {out_dir / 'cam.safetensors'} and cam.json")

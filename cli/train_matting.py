@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from .logs import setup_logging
-from .progress import ProgressBar
-from .train import train
+from .train import data_out_options, given, train, training_steps
 
 if TYPE_CHECKING:
     from geocloud.training.matting import MattingTrainConfig
@@ -24,20 +23,7 @@ def _defaults() -> MattingTrainConfig:
 
 
 @train.command("matting")
-@click.option(
-    "--data",
-    "data_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A folder with catalog.csv of labelled 4-band chips (like ../shared/data).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder for matting.safetensors and its matting.json sidecar.",
-)
+@data_out_options("matting")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generators and weights.")
 @click.option(
     "--gan-steps",
@@ -59,33 +45,15 @@ def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | Non
                   batch_size: int | None, threads: int | None, evaluate: bool, quiet: bool) -> None:  # fmt: skip
     """Train the matting model; writes OUT/matting.safetensors + OUT/matting.json."""
     from geocloud.models.matting import MattingModel
-    from geocloud.outputs import check_writable_dir
     from geocloud.training.matting import save_result
     from geocloud.training.matting import train_matting as run
     from geocloud.training.matting_eval import evaluate_real, evaluate_synthetic
 
     setup_logging(quiet, False)
-    changes: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "gan_steps": gan_steps,
-            "f_steps": f_steps,
-            "batch": batch_size,
-            "threads": threads,
-        }.items()
-        if v is not None
-    }
+    changes = given(gan_steps=gan_steps, f_steps=f_steps, batch=batch_size, threads=threads)
     cfg = dataclasses.replace(_defaults(), seed=seed, **changes)
-    check_writable_dir(out_dir, "--out")  # before training, not after it
-    bar = ProgressBar("train matting", disable=quiet)  # drawn at the first step: data errors come first
-
-    def progress(done: int, total: int) -> None:
-        bar.update("steps", done, total)
-
-    try:
+    with training_steps("train matting", out_dir, quiet) as progress:
         result = run(data_dir, cfg, progress=progress)
-    finally:
-        bar.close()
     metrics = None
     if evaluate:
         model = MattingModel(result.net)
