@@ -36,36 +36,31 @@ PRED_SUFFIXES = ("_mask", "_cloudmask", "_pred")
 GEOCLOUD_CODES: dict[int, bool | None] = {0: False, 1: True, 2: False, 255: None}
 
 
+#: codes kind -> (code table, how the refusal names the codes, the fix it suggests).
+_CODE_KINDS: dict[str, tuple[dict[int, bool | None], str, str]] = {
+    "label": (CODES, "the codes 0 clear, 1 cloud, 2 thin, 3 shadow, 255 nodata",
+              "pass a geocloud mask (or a label raster with those codes)"),
+    "geocloud": (GEOCLOUD_CODES, "a geocloud mask's codes 0 clear, 1 cloud, 2 cloud shadow, 255 nodata",
+                 "pass a geocloud *_mask.tif"),
+}  # fmt: skip
+
+
 def to_cloud(mask: np.ndarray, what: str, codes: str = "label") -> np.ndarray:
     """uint8 (H, W) codes -> uint8 with 1 cloud, 0 not cloud, 255 ignored.
 
     ``codes="label"``: the label codes (:data:`CODES`: 1 thick and 2 thin cloud are cloud,
     3 shadow is not); ``codes="geocloud"``: a geocloud mask (1 cloud; 2 cloud shadow is not
     cloud)."""
-    if codes == "geocloud":
-        values = np.unique(mask)
-        bad = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in GEOCLOUD_CODES)]
-        if bad:
-            shown = ", ".join(f"{v:g}" for v in bad[:5])
-            raise InputError(
-                f"{what} holds values [{shown}] outside a geocloud mask's codes 0 clear, 1 cloud, "
-                "2 cloud shadow, 255 nodata; pass a geocloud *_mask.tif"
-            )
-        out = np.zeros(mask.shape, np.uint8)
-        out[mask == 1] = 1
-        out[mask == 255] = 255
-        return out
+    table, names, hint = _CODE_KINDS[codes]
     values = np.unique(mask)
-    bad = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in CODES)]  # NaN too
+    bad = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in table)]  # NaN too
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:5])
-        raise InputError(
-            f"{what} holds values [{shown}] outside the codes 0 clear, 1 cloud, 2 thin, 3 shadow, 255 nodata; "
-            "pass a geocloud mask (or a label raster with those codes)"
-        )
+        raise InputError(f"{what} holds values [{shown}] outside {names}; {hint}")
     out = np.zeros(mask.shape, np.uint8)
-    out[(mask == 1) | (mask == 2)] = 1
-    out[mask == 255] = 255
+    for code, cloud in table.items():
+        if cloud is not False:
+            out[mask == code] = 1 if cloud else 255
     return out
 
 
