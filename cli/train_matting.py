@@ -33,6 +33,20 @@ def _defaults() -> MattingTrainConfig:
 )
 @click.option("--f-steps", type=click.IntRange(1), default=None, help="Matting-net (F) steps.")
 @click.option("--batch-size", type=click.IntRange(2), default=None, help="Blocks per batch.")
+@click.option(
+    "--arch",
+    type=click.Choice(["cells", "unet"]),
+    default=None,
+    help="F's architecture: 'unet' (alpha at 1/2 resolution) or 'cells' (alpha from 8x8 cells by a "
+    "local linear model). Default: MattingTrainConfig.",
+)
+@click.option(
+    "--layer-scales",
+    default=None,
+    metavar="LIST",
+    help="Draw the procedural cloud layers over these multiples of the block side and crop them, "
+    "e.g. 1,2,4 (default: 1, the layers are block-sized).",
+)
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default 1).")
 @click.option(
     "--evaluate/--no-evaluate",
@@ -42,7 +56,8 @@ def _defaults() -> MattingTrainConfig:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | None, f_steps: int | None,
-                  batch_size: int | None, threads: int | None, evaluate: bool, quiet: bool) -> None:  # fmt: skip
+                  batch_size: int | None, arch: str | None, layer_scales: str | None, threads: int | None,
+                  evaluate: bool, quiet: bool) -> None:  # fmt: skip
     """Train the matting model; writes OUT/matting.safetensors + OUT/matting.json."""
     from geocloud.models.matting import MattingModel
     from geocloud.training.matting import save_result
@@ -50,7 +65,20 @@ def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | Non
     from geocloud.training.matting_eval import evaluate_real, evaluate_synthetic
 
     setup_logging(quiet, False)
-    changes = given(gan_steps=gan_steps, f_steps=f_steps, batch=batch_size, threads=threads)
+    scales = None
+    if layer_scales is not None:
+        try:
+            scales = tuple(int(v) for v in layer_scales.split(","))
+        except ValueError:
+            scales = ()
+        if not scales or min(scales) < 1:
+            raise click.BadParameter(
+                f"{layer_scales!r} is not a list of whole numbers >= 1; pass e.g. --layer-scales 1,2,4",
+                param_hint="--layer-scales",
+            )
+    changes = given(
+        gan_steps=gan_steps, f_steps=f_steps, batch=batch_size, arch=arch, layer_scales=scales, threads=threads
+    )
     cfg = dataclasses.replace(_defaults(), seed=seed, **changes)
     with training_steps("train matting", out_dir, quiet) as progress:
         result = run(data_dir, cfg, progress=progress)

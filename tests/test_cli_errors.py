@@ -358,6 +358,12 @@ def test_train_checks_its_output_folder_before_training(tmp_path: Path, command:
     assert "train " not in res.stderr  # no progress bar before the error
 
 
+@pytest.mark.parametrize("scales", ["0", "1,a", ""])
+def test_train_matting_rejects_bad_layer_scales(tmp_path: Path, scales: str) -> None:
+    res = run("train", "matting", "--data", tmp_path, "--out", tmp_path / "w", "--layer-scales", scales)
+    assert_user_error(res, r"whole numbers >= 1", r"--layer-scales 1,2,4")
+
+
 def test_internal_error_is_one_line_naming_the_debug_rerun(monkeypatch, tmp_path: Path) -> None:
     """An unexpected exception: exit 1, one line, and a rerun hint that works for every
     command (``--debug`` is an option of ``geocloud`` itself, not of ``evaluate``)."""

@@ -852,3 +852,129 @@ def test_full_resolution_head_region_equals_crop_and_round_trips(tmp_path) -> No
     assert meta["guide"] == 8 and meta["hidden"] == 16 and loaded.guide == 8
     with torch.no_grad():
         torch.testing.assert_close(matte(loaded, x)[0], a)
+
+
+# --------------------------------------------------------------------------- the U-Net matte
+def _unet(seed: int = 0) -> MattingModel:
+    from geocloud.models.matting import MattingUNet
+
+    torch.manual_seed(seed)
+    return MattingModel(MattingUNet(widths=(8, 8, 8)))
+
+
+def test_unet_receptive_field_within_halo() -> None:
+    """A change at one pixel moves alpha and r_c only within UNET_HALO px of it, for every
+    position of the pixel within its 8 x 8 cell (the spec's halo covers the receptive field)."""
+    from geocloud.models.matting import UNET_HALO
+
+    m = _unet(3)
+    assert m.spec.halo == UNET_HALO and m.spec.block_multiple == POOL
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0.02, 0.4, size=(1, 4, 320, 320)).astype(np.float32)
+    v = np.ones((1, 320, 320), bool)
+    base = m.predict(x, v).maps
+    reach = 0
+    for dr, dc in [(0, 0), (3, 5), (7, 7), (4, 1)]:
+        r, c = 152 + dr, 152 + dc
+        x2 = x.copy()
+        x2[..., r, c] += 0.7
+        got = m.predict(x2, v).maps
+        for k in ("alpha", "reflectance"):
+            rows, cols = np.nonzero(np.abs(got[k] - base[k]).max(axis=(0, 1)) > 0)
+            assert rows.size, "the pixel changed nothing"
+            reach = max(reach, np.abs(rows - r).max(), np.abs(cols - c).max())
+    assert 64 < reach <= UNET_HALO  # wider than the cells net's, within the halo
+
+
+def test_unet_predict_is_local_within_halo_and_region_is_the_crop() -> None:
+    from geocloud.models.matting import UNET_HALO
+
+    m = _unet(1)
+    rng = np.random.default_rng(5)
+    big = rng.uniform(0, 0.6, size=(1, 4, 416, 416)).astype(np.float32)
+    full = m.predict(big, np.ones((1, 416, 416), bool)).maps
+    o, s, h = 64, 288, UNET_HALO  # block origin on the 8-px grid
+    part = m.predict(big[:, :, o : o + s, o : o + s], np.ones((1, s, s), bool)).maps
+    for k in ("alpha", "reflectance"):
+        np.testing.assert_allclose(
+            part[k][..., h : s - h, h : s - h], full[k][..., o + h : o + s - h, o + h : o + s - h], atol=1e-5
+        )
+    region = (40, 200, 16, 264)
+    reg = m.predict_region(big, np.ones((1, 416, 416), bool), region)
+    np.testing.assert_allclose(reg.maps["alpha"], full["alpha"][:, :, 40:200, 16:264], rtol=0, atol=1e-6)
+
+
+def test_unet_weights_roundtrip_and_load(tmp_path) -> None:
+    from geocloud.models.matting import UNET_HALO, MattingUNet, load
+
+    torch.manual_seed(0)
+    net = MattingUNet(widths=(8, 12, 16))
+    w = tmp_path / "matting.safetensors"
+    save_weights(net, {"alpha_max": 0.8}, w)
+    loaded, meta = load_net(w)
+    assert isinstance(loaded, MattingUNet) and meta["arch"] == "unet" and meta["widths"] == [8, 12, 16]
+    assert meta["spec"]["halo"] == UNET_HALO
+    m = load("cpu", weights=w)
+    assert m.spec.halo == UNET_HALO
+    x = np.random.default_rng(0).uniform(0, 0.5, (1, 4, 64, 64)).astype(np.float32)
+    v = np.ones((1, 64, 64), bool)
+    np.testing.assert_array_equal(m.predict(x, v).maps["alpha"], MattingModel(net).predict(x, v).maps["alpha"])
+
+
+def test_unknown_matting_architecture_is_a_model_error(tmp_path) -> None:
+    import json
+
+    from geocloud.errors import ModelError
+
+    w = tmp_path / "m.safetensors"
+    save_weights(MattingNet(width=8), {"alpha_max": 0.8}, w)
+    side = w.with_suffix(".json")
+    doc = json.loads(side.read_text())
+    doc["arch"] = "transformer"
+    side.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="architecture 'transformer'"):
+        load_net(w, sidecar=side)
+
+
+def test_unet_training_steps_reduce_the_alpha_error() -> None:
+    from geocloud.models.matting import MattingUNet
+    from geocloud.training.matting import LayerBank
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    bank = LayerBank(rng, 8, 64)
+    f = MattingUNet(widths=(8, 8, 8))
+    opt = torch.optim.Adam(f.parameters(), lr=3e-3)
+    bg = torch.from_numpy(rng.uniform(0.02, 0.3, size=(4, 4, 64, 64)).astype(np.float32))
+    losses = []
+    for _ in range(20):
+        a, r = (torch.from_numpy(t) for t in bank.sample(4))
+        a_hat, r_hat = matte(f, compose(bg, a, r))
+        loss = (a_hat - a).abs().mean() + (r_hat - r).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_layer_bank_scales_crop_wider_layers_and_keep_the_default_draws() -> None:
+    """layer_scales draws layers over several times the block and crops them; with one
+    scale the bank draws exactly what it drew before the option existed."""
+    from geocloud.training.matting import LayerBank
+    from geocloud.training.synth import cloud_layer
+
+    ref_rng = np.random.default_rng(3)
+    kind = "thin" if ref_rng.random() < 0.45 else "thick"
+    a_ref, _ = cloud_layer(ref_rng, 32, kind)
+    one = LayerBank(np.random.default_rng(3), 1, 32, scales=(1,))
+    if ref_rng.random() >= 0.25:  # no second layer drawn: the first layer is the bank's
+        np.testing.assert_array_equal(one.alpha[0], a_ref)
+    wide = LayerBank(np.random.default_rng(5), 12, 32, scales=(4,))
+    assert wide.alpha.shape == (12, 32, 32) and np.isfinite(wide.colour).all()
+    # a crop of a layer four times wider is smoother than a whole layer of the block's size
+    def roughness(a: np.ndarray) -> float:
+        return float(np.abs(np.diff(a, axis=-1)).mean() / max(a.std(), 1e-6))
+
+    narrow = LayerBank(np.random.default_rng(5), 12, 32, scales=(1,))
+    assert np.mean([roughness(a) for a in wide.alpha]) < np.mean([roughness(a) for a in narrow.alpha])

@@ -216,6 +216,89 @@ class MattingNet(nn.Module):
         return self.pixel(torch.cat([guide_up, own], dim=1))
 
 
+#: resolution of the U-Net's alpha: one value per FINE x FINE pixels, upsampled bilinearly.
+#: (True alpha pooled by 2 and upsampled loses little: 42.7 dB for x_hat where alpha <= 0.5 on
+#: the evaluation composites, against 27.7 dB pooled by 8.)
+FINE = 2
+#: the U-Net's context layers at 1/8: dilations (cells).
+UNET_DILATIONS = (1, 2, 4, 1)
+#: pixels of context :class:`MattingUNet` needs on each side: its receptive-field radius
+#: (97 px, measured in tests/test_matting.py, ``test_unet_receptive_field_within_halo``), rounded up
+#: to a multiple of POOL.
+UNET_HALO = 104
+
+
+def fine_features(x: torch.Tensor) -> torch.Tensor:
+    """(B, 4, H, W) reflectance -> (B, 7, H/2, W/2) features of each 2 x 2 cell, normalised
+    like the band means: the 4 band means, the darkest value of any band, the darkest and
+    the brightest visible value.
+
+    The darkest value over all four bands is the dark channel of water (dark in nir) as well
+    as of vegetation (dark in red and blue): cloud adds to every band, so it bounds alpha.
+    """
+    mean = nnf.avg_pool2d(x, FINE)
+    lo_vis = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+    lo_all = torch.minimum(lo_vis, x[:, 3:4])
+    hi_vis = torch.maximum(torch.maximum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+    dark = -nnf.max_pool2d(-torch.cat([lo_all, lo_vis], dim=1), FINE)
+    bright = nnf.max_pool2d(hi_vis, FINE)
+    return (torch.cat([mean, dark, bright], dim=1) - FEATURE_OFFSET) / FEATURE_SCALE
+
+
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, padding_mode="replicate"), nn.LeakyReLU(0.1)
+    )
+
+
+def _up2(t: torch.Tensor) -> torch.Tensor:
+    return nnf.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class MattingUNet(nn.Module):
+    """F as a U-Net: alpha at 1/:data:`FINE` of the pixel grid, the cloud colour per 8 x 8 cell.
+
+    Encoder: :func:`fine_features` at 1/2 (two convolutions), a strided convolution to 1/4
+    (two), another to 1/8, where the cell features of :class:`MattingNet`
+    (:func:`pooled_features` and :func:`cell_extremes`) join and dilated convolutions
+    (:data:`UNET_DILATIONS`) gather context.  The cloud colour is read there, per cell.
+    Decoder: up to 1/4 and 1/2 with skip connections; alpha at 1/2 is upsampled bilinearly
+    (:func:`matte_cells`).  No per-block normalisation; replicate padding; the block origin
+    is on the 8-px grid, so every cell is the same in every block.
+    """
+
+    arch = "unet"
+
+    def __init__(self, bands: int = 4, widths: tuple[int, int, int] = (16, 32, 48)) -> None:
+        super().__init__()
+        c1, c2, c3 = widths
+        self.bands = bands
+        self.widths = tuple(widths)
+        self.enc1 = nn.Sequential(_block(bands + 3, c1), _block(c1, c1))
+        self.enc2 = nn.Sequential(_down(c1, c2), _block(c2, c2))
+        self.enc3 = _down(c2, c3)
+        self.ctx = nn.Sequential(
+            _block(c3 + 2 * bands + N_EXTREMES, c3, UNET_DILATIONS[0]),
+            *[_block(c3, c3, d) for d in UNET_DILATIONS[1:]],
+        )
+        self.colour_head = nn.Conv2d(c3, bands, 1)
+        self.dec2 = _block(c3 + c2, c2)
+        self.dec1 = _block(c2 + c1, c1)
+        self.alpha_head = nn.Conv2d(c1, 1, 1)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reflectance (B, 4, H, W), H and W multiples of 8 -> alpha (B, 1, H/2, W/2) and the
+        cloud colour (B, 4, H/8, W/8)."""
+        e1 = self.enc1(fine_features(x))
+        e2 = self.enc2(e1)
+        cells = torch.cat([self.enc3(e2), pooled_features(x, valid), cell_extremes(x, valid)], dim=1)
+        z = self.ctx(cells)
+        colour = C_MAX * torch.sigmoid(self.colour_head(z))
+        d2 = self.dec2(torch.cat([_up2(z), e2], dim=1))
+        d1 = self.dec1(torch.cat([_up2(d2), e1], dim=1))
+        return torch.sigmoid(self.alpha_head(d1)), colour
+
+
 class CloudGenerator(nn.Module):
     """G: a real cloudy block's pooled features + noise -> a cloud layer (alpha, colour).
 
@@ -273,7 +356,7 @@ def upsample(t: torch.Tensor, pool: int = POOL) -> torch.Tensor:
 
 
 def matte_cells(
-    net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None, region: Region | None = None
+    net: MattingNet | MattingUNet, x: torch.Tensor, valid: torch.Tensor | None = None, region: Region | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-resolution alpha (B,1,H,W) and the per-cell cloud colour c (B,C,H/POOL,W/POOL).
 
@@ -281,6 +364,12 @@ def matte_cells(
     rows r0:r1, columns c0:c1) alpha is computed for the region only (equal to the crop).
     The cloud reflectance is ``r_c = alpha * upsample(c)`` (:func:`matte`).
     """
+    if isinstance(net, MattingUNet):
+        if not bool(torch.isfinite(x).all()):  # NaN/inf in the input: treat as 0
+            x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        alpha_fine, colour_lo = net(x, valid)
+        alpha = upsample_region(alpha_fine, FINE, region)
+        return alpha.clamp_(0.0, 1.0) if not alpha.requires_grad else alpha.clamp(0.0, 1.0), colour_lo
     feats = net.features(x, valid)
     if not bool(torch.isfinite(feats).all()):  # NaN/inf in the input: treat as 0 (cheap check at low res)
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -304,7 +393,7 @@ def matte_cells(
 
 
 def matte(
-    net: MattingNet, x: torch.Tensor, valid: torch.Tensor | None = None, region: Region | None = None
+    net: MattingNet | MattingUNet, x: torch.Tensor, valid: torch.Tensor | None = None, region: Region | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-resolution (alpha (B,1,H,W), r_c (B,C,H,W)) for reflectance ``x`` (H, W multiples of POOL).
 
@@ -316,12 +405,13 @@ def matte(
 
 
 # --------------------------------------------------------------------------- the model
-def matting_spec(**extra: Any) -> ModelSpec:
-    """The :class:`ModelSpec` of the matting model (``extra`` goes into ``spec.extra``)."""
+def matting_spec(halo: int = HALO, **extra: Any) -> ModelSpec:
+    """The :class:`ModelSpec` of the matting model (``extra`` goes into ``spec.extra``);
+    ``halo``: :data:`HALO` for :class:`MattingNet`, :data:`UNET_HALO` for :class:`MattingUNet`."""
     return ModelSpec(
         name="matting",
         bands=CANONICAL_BANDS,
-        halo=HALO,
+        halo=halo,
         block_multiple=POOL,
         block_size=512,
         outputs={"score": 1, "alpha": 1, "reflectance": len(CANONICAL_BANDS)},
@@ -344,10 +434,10 @@ class MattingModel(CloudModel):
     = r_c in TOA reflectance, and ``score`` = alpha (so the model can also run alone).
     """
 
-    def __init__(self, net: MattingNet, spec: ModelSpec | None = None, device: str = "cpu") -> None:
+    def __init__(self, net: MattingNet | MattingUNet, spec: ModelSpec | None = None, device: str = "cpu") -> None:
         self.net = net.eval().to(device)
         self.device = torch.device(device)
-        self.spec = spec if spec is not None else matting_spec()
+        self.spec = spec if spec is not None else matting_spec(net_halo(net))
 
     def predict(self, x: np.ndarray, valid: np.ndarray) -> Prediction:
         """alpha, score (= alpha) and the cloud reflectance r_c of whole blocks, plus the
@@ -422,17 +512,35 @@ def save_weights(
     with atomic_output(weights, keep_suffix=True, what="weights ") as tmp:
         save_file(state, str(tmp))
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    spec = matting_spec()
+    spec = matting_spec(net_halo(net))
+    if isinstance(net, MattingUNet):
+        arch: dict[str, Any] = {
+            "arch": "unet",
+            "widths": list(net.widths),
+            "fine": FINE,
+            "dilations": list(UNET_DILATIONS),
+            "extremes": True,
+        }
+        fine = (
+            f"; per {FINE}x{FINE} cell: band means, min of all bands, min and max of blue,green,red, "
+            f"(value - {FEATURE_OFFSET}) / {FEATURE_SCALE}"
+        )
+    else:
+        arch = {
+            "arch": "cells",
+            "width": net.head.in_channels,
+            "extremes": net.extremes,
+            "guide": net.guide,
+            "hidden": net.pixel[0].out_channels if net.pixel is not None else 0,
+            "head_inputs": "pixel relative to the interpolated cell means" if net.guide else None,
+        }
+        fine = ""
     doc = {
         "spec": {
             k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items() if k != "extra"
         },
         "pool": POOL,
-        "width": net.head.in_channels,
-        "extremes": net.extremes,
-        "guide": net.guide,
-        "hidden": net.pixel[0].out_channels if net.pixel is not None else 0,
-        "head_inputs": "pixel relative to the interpolated cell means" if net.guide else None,
+        **arch,
         "normalisation": {
             "input": "TOA reflectance, bands " + ",".join(spec.bands),
             "features": f"per {POOL}x{POOL} cell: (band mean - {FEATURE_OFFSET}) / {FEATURE_SCALE}, "
@@ -440,9 +548,10 @@ def save_weights(
             + (
                 f"; min of min(blue,green,red) and max of max(blue,green,red), "
                 f"(value - {FEATURE_OFFSET}) / {FEATURE_SCALE}"
-                if net.extremes
+                if arch["extremes"]
                 else ""
-            ),
+            )
+            + fine,
         },
         **meta,
         "weights_sha256": sha,
@@ -452,7 +561,7 @@ def save_weights(
 
 def load_net(
     weights: Path = WEIGHTS_FILE, sidecar: Path | None = None, device: str = "cpu"
-) -> tuple[MattingNet, dict[str, Any]]:
+) -> tuple[MattingNet | MattingUNet, dict[str, Any]]:
     """Load F and its sidecar metadata (safetensors: no pickle)."""
     from .weights import WeightsMeta
 
@@ -474,15 +583,30 @@ def load_net(
             f"matting sidecar {sidecar} describes bands {bands} / pool {meta.get('pool')}; this geocloud "
             f"expects {list(CANONICAL_BANDS)} / {POOL}; retrain with 'geocloud train matting'"
         )
-    net = MattingNet(
-        bands=len(bands),
-        width=int(meta.get("width", 32)),
-        extremes=bool(meta.get("extremes", False)),
-        guide=int(meta.get("guide", 0)),
-        hidden=int(meta.get("hidden", 0)) or 16,
-    )
+    net: MattingNet | MattingUNet
+    arch = meta.get("arch", "cells")
+    if arch == "unet":
+        net = MattingUNet(bands=len(bands), widths=tuple(int(w) for w in meta["widths"]))  # type: ignore[arg-type]
+    elif arch == "cells":
+        net = MattingNet(
+            bands=len(bands),
+            width=int(meta.get("width", 32)),
+            extremes=bool(meta.get("extremes", False)),
+            guide=int(meta.get("guide", 0)),
+            hidden=int(meta.get("hidden", 0)) or 16,
+        )
+    else:
+        raise ModelError(
+            f"matting sidecar {sidecar} names architecture {arch!r}; this geocloud knows 'cells' and "
+            f"'unet'; upgrade geocloud or retrain with 'geocloud train matting'"
+        )
     net.load_state_dict(load_file(str(weights), device="cpu"))
     return net.to(device), meta
+
+
+def net_halo(net: MattingNet | MattingUNet) -> int:
+    """The context a net needs on each side of a pixel (its spec's halo)."""
+    return UNET_HALO if isinstance(net, MattingUNet) else HALO
 
 
 def load(device: str = "cpu", weights: Path | None = None) -> MattingModel:
@@ -491,4 +615,4 @@ def load(device: str = "cpu", weights: Path | None = None) -> MattingModel:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     net, meta = load_net(weights or WEIGHTS_FILE, device=device)
     extra = {k: v for k, v in meta.items() if k not in ("spec",)}
-    return MattingModel(net, matting_spec(**extra), device=device)
+    return MattingModel(net, matting_spec(net_halo(net), **extra), device=device)
