@@ -264,10 +264,10 @@ class MattingUNet(nn.Module):
     (:data:`UNET_DILATIONS`) gather context.  The cloud colour is read there, per cell.
     Decoder: up to 1/4 and 1/2 with skip connections; alpha at 1/2 is upsampled bilinearly
     (:func:`matte_cells`).  No per-block normalisation; replicate padding; the block origin
-    is on the 8-px grid, so every cell is the same in every block.
+    is on the 8-px grid, so every cell is the same in every block.  Nodata pixels enter the
+    2 x 2 features as they are (the engine fills them inside the scene when the CAM runs
+    beside the matte); the 8 x 8 cell features leave them out, as in :class:`MattingNet`.
     """
-
-    arch = "unet"
 
     def __init__(self, bands: int = 4, widths: tuple[int, int, int] = (16, 32, 48)) -> None:
         super().__init__()
