@@ -47,6 +47,14 @@ def _defaults() -> MattingTrainConfig:
     help="Draw the procedural cloud layers over these multiples of the block side and crop them, "
     "e.g. 1,2,4 (default: 1, the layers are block-sized).",
 )
+@click.option(
+    "--partial-clear",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Also use partly cloudy blocks of the labelled chips as backgrounds when at least this share "
+    "of their pixels is labelled clear (8 px from cloud); F is scored on those pixels only "
+    "(default 0: wholly clear blocks only).",
+)
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default 1).")
 @click.option(
     "--evaluate/--no-evaluate",
@@ -56,8 +64,9 @@ def _defaults() -> MattingTrainConfig:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | None, f_steps: int | None,
-                  batch_size: int | None, arch: str | None, layer_scales: str | None, threads: int | None,
-                  evaluate: bool, quiet: bool) -> None:  # fmt: skip
+                  batch_size: int | None, arch: str | None, layer_scales: str | None,
+                  partial_clear: float | None, threads: int | None, evaluate: bool,
+                  quiet: bool) -> None:  # fmt: skip
     """Train the matting model; writes OUT/matting.safetensors + OUT/matting.json."""
     from geocloud.models.matting import MattingModel
     from geocloud.training.matting import save_result
@@ -77,7 +86,8 @@ def train_matting(data_dir: Path, out_dir: Path, seed: int, gan_steps: int | Non
                 param_hint="--layer-scales",
             )
     changes = given(
-        gan_steps=gan_steps, f_steps=f_steps, batch=batch_size, arch=arch, layer_scales=scales, threads=threads
+        gan_steps=gan_steps, f_steps=f_steps, batch=batch_size, arch=arch, layer_scales=scales,
+        partial_clear=partial_clear, threads=threads,
     )
     cfg = dataclasses.replace(_defaults(), seed=seed, **changes)
     with training_steps("train matting", out_dir, quiet) as progress:

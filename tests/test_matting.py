@@ -978,3 +978,40 @@ def test_layer_bank_scales_crop_wider_layers_and_keep_the_default_draws() -> Non
 
     narrow = LayerBank(np.random.default_rng(5), 12, 32, scales=(1,))
     assert np.mean([roughness(a) for a in wide.alpha]) < np.mean([roughness(a) for a in narrow.alpha])
+
+
+def test_partial_backgrounds_keep_the_clear_pixels_away_from_cloud() -> None:
+    from geocloud.training.data import CLEAR, CLOUD, THIN
+    from geocloud.training.matting import partial_backgrounds
+
+    refl = np.random.default_rng(0).uniform(0, 0.3, (4, 64, 96)).astype(np.float32)
+    label = np.full((64, 96), CLEAR, np.uint8)
+    label[:, 64:] = CLOUD  # the right third is cloud
+    label[0:4, 0:4] = THIN
+    x, m = partial_backgrounds(refl, label, 32, 32, 0.3)
+    # blocks at columns 0 and 32 of both rows; the wholly clear ones (col 0, row 32) are left out
+    assert x.shape == (3, 4, 32, 32) and m.shape == (3, 32, 32)
+    # a block's mask: clear and 8 px or more from cloud (its columns 56.. and the thin corner out)
+    np.testing.assert_array_equal(x[1], refl[:, 0:32, 32:64])
+    assert not m[1][:, 24:].any() and m[1][:, :24].all()
+    assert not m[0][:12, :12].any() and m[0][12:, :].all()
+    assert partial_backgrounds(refl, label, 32, 32, 0.9)[0].shape[0] == 0
+
+
+def test_masked_losses_ignore_the_pixels_outside_the_mask() -> None:
+    from geocloud.training.matting import MattingTrainConfig, _masked_l1, background_l1
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 4, 8, 8, generator=g) * 0.4
+    a = torch.rand(2, 1, 8, 8, generator=g) * 0.5
+    r = a * 0.8
+    y = compose(x, a, r)
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    a_hat = a.clone()
+    a_hat[..., 4:, :] = 1.0  # wrong only outside the mask
+    assert float(_masked_l1(a_hat, a, mask)) == 0.0 and float(_masked_l1(a_hat, a, None)) > 0.1
+    assert float(background_l1(x, y, a, a_hat, r, valid=mask)) < 1e-5
+    assert float(background_l1(x, y, a, a_hat, r)) > 0.01
+    with pytest.raises(Exception, match="cannot be combined"):
+        MattingTrainConfig(partial_clear=0.3, p_bright_negative=0.5).validate()

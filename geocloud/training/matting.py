@@ -146,6 +146,12 @@ class MattingTrainConfig:
     #: scenes and in the evaluation's chip-wide layers.  (1,): the 0.2 recipe.  Measured with
     #: (1, 2, 4): +0.6 dB where 0.5 < alpha <= 0.8, -0.4 dB where alpha <= 0.5 (docs/matting.md).
     layer_scales: tuple[int, ...] = (1,)
+    #: partial backgrounds: blocks of the labelled training chips whose labelled-clear pixels
+    #: (8 px or more from any cloud) make up at least this share also serve as backgrounds for F,
+    #: its losses taken on those pixels only (0: only wholly clear blocks, the 0.2 recipe).  The
+    #: wholly clear labelled blocks come from 3 of the 18 labelled training chips (snow, water,
+    #: shrubland); partly cloudy chips hold the rest of the ground.
+    partial_clear: float = 0.0
     #: F's architecture: "cells" (:class:`~geocloud.models.matting.MattingNet`, alpha by a local
     #: linear model from 8x8 cells) or "unet" (:class:`~geocloud.models.matting.MattingUNet`,
     #: alpha at 1/2 resolution), with ``unet_widths`` channels at 1/2, 1/4 and 1/8.  Measured
@@ -162,6 +168,8 @@ class MattingTrainConfig:
     def validate(self) -> None:
         if self.block % (4 * POOL) != 0:
             raise InputError(f"block {self.block} must be a multiple of {4 * POOL}; pass e.g. --block 128")
+        if self.partial_clear > 0 and self.p_bright_negative > 0:
+            raise InputError("partial_clear and p_bright_negative cannot be combined; set one of them to 0")
         if self.arch not in ("cells", "unet"):
             raise InputError(f"matting architecture {self.arch!r} is unknown; use 'cells' or 'unet'")
         if self.p_gan_layer + self.p_procedural > 1.0:
@@ -184,6 +192,10 @@ class MattingData:
     bg_weights: np.ndarray | None = None
     #: which backgrounds are bright (mean visible reflectance > 0.3): the hard negatives.
     bright: np.ndarray | None = None
+    #: with ``partial_clear``: the pixels of each background F is scored on (N, s, s) bool, and
+    #: how many of the first backgrounds are wholly clear (the GAN composites only over those).
+    bg_mask: np.ndarray | None = None
+    n_whole: int = 0
 
 
 def _labelled_blocks(refl: np.ndarray, label: np.ndarray, quality: str, rule: BlockRule, key: str) -> Blocks:
@@ -220,6 +232,14 @@ def load_matting_data(data_dir: str | Path, cfg: MattingTrainConfig) -> MattingD
         refl, _ = read_chip(chip)
         b = unlabelled_clear_blocks(refl, rule=rule, source=chip.key)
         bgs.extend(list(b.x))
+    n_whole = len(bgs)
+    masks: list[np.ndarray] = []
+    if cfg.partial_clear > 0:
+        for chip in split.train:
+            refl, label = read_chip(chip)
+            x, m = partial_backgrounds(refl, label, cfg.block, cfg.block_stride, cfg.partial_clear)
+            bgs.extend(list(x))
+            masks.extend(list(m))
     if not bgs or not cl:
         raise InputError(
             f"the training chips of {data_dir} gave {len(bgs)} clear and {len(cl)} cloudy blocks of "
@@ -228,9 +248,16 @@ def load_matting_data(data_dir: str | Path, cfg: MattingTrainConfig) -> MattingD
     bg = np.stack(bgs).astype(np.float32)
     bright = bg[:, :3].mean(axis=(1, 2, 3)) > 0.3
     w = np.where(bright, cfg.bright_boost, 1.0)
+    bg_mask = None
+    if cfg.partial_clear > 0:
+        bg_mask = np.ones((len(bg), cfg.block, cfg.block), bool)
+        if masks:
+            bg_mask[n_whole:] = np.stack(masks)
     return MattingData(
         bg_weights=w / w.sum(),
         bright=bright,
+        bg_mask=bg_mask,
+        n_whole=n_whole,
         backgrounds=bg,
         cloudy=np.stack(cl).astype(np.float32),
         cloudy_label=np.stack(cl_lab),
@@ -239,6 +266,31 @@ def load_matting_data(data_dir: str | Path, cfg: MattingTrainConfig) -> MattingD
         val_keys=[c.key for c in split.val],
         train_hash=chip_list_hash(list(split.train) + list(split.unlabelled)),
     )
+
+
+def partial_backgrounds(
+    refl: np.ndarray, label: np.ndarray, size: int, stride: int, min_clear: float, margin: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of a labelled chip that are partly clear: (K, 4, s, s) reflectance and (K, s, s)
+    masks of their usable pixels (labelled clear, ``margin`` px or more from cloud or thin cloud),
+    for blocks where those are at least ``min_clear`` of the block but not all of it (the
+    wholly clear blocks are backgrounds already)."""
+    from scipy.ndimage import maximum_filter
+
+    cloud = (label == CLOUD) | (label == THIN)
+    usable = (label == CLEAR) & ~maximum_filter(cloud, size=2 * margin + 1)
+    xs, ms = [], []
+    h, w = label.shape
+    for r in range(0, h - size + 1, stride):
+        for c in range(0, w - size + 1, stride):
+            m = usable[r : r + size, c : c + size]
+            share = float(m.mean())
+            if min_clear <= share < 1.0:
+                xs.append(refl[:4, r : r + size, c : c + size])
+                ms.append(m)
+    if not xs:
+        return np.zeros((0, 4, size, size), np.float32), np.zeros((0, size, size), bool)
+    return np.stack(xs).astype(np.float32), np.stack(ms)
 
 
 def _d4(x: np.ndarray, k: int) -> np.ndarray:
@@ -318,10 +370,19 @@ def haze_tilt(gamma: np.ndarray | float) -> np.ndarray:
 
 
 def _augment_batch(x: np.ndarray, rng: np.random.Generator, gain: float = 0.15) -> np.ndarray:
+    return _augment_masked(x, None, rng, gain)[0]
+
+
+def _augment_masked(
+    x: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, gain: float = 0.15
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random flips/rotations and gains of blocks (n, 4, s, s), and the same flips/rotations of
+    their ``masks`` (n, s, s) when given (the random draws do not depend on the masks)."""
     ks = rng.integers(8, size=len(x))
     g = rng.uniform(1 - gain, 1 + gain, size=(len(x), 1)) * rng.uniform(0.96, 1.04, size=(len(x), 4))
     out = np.stack([_d4(b, k) for b, k in zip(x, ks, strict=True)])
-    return np.ascontiguousarray(out * g.astype(np.float32)[:, :, None, None], dtype=np.float32)
+    turned = None if masks is None else np.ascontiguousarray(np.stack([_d4(m, k) for m, k in zip(masks, ks, strict=True)]))
+    return np.ascontiguousarray(out * g.astype(np.float32)[:, :, None, None], dtype=np.float32), turned
 
 
 # --------------------------------------------------------------------------- losses
@@ -360,6 +421,7 @@ def background_l1(
     r_hat: torch.Tensor,
     alpha_max: float = ALPHA_MAX,
     where: float | None = None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean |x_hat - x| where the true alpha <= ``where`` (default alpha_max),
     x_hat = (y - r_hat) / (1 - a_hat).
@@ -369,6 +431,8 @@ def background_l1(
     """
     x_hat = (y - r_hat) / (1.0 - a_hat.clamp(max=alpha_max))
     m = (alpha <= (alpha_max if where is None else where)).to(x.dtype)
+    if valid is not None:  # only the pixels whose background is known (partial backgrounds)
+        m = m * valid[:, None].to(x.dtype)
     return ((x_hat - x).abs() * m).sum() / (m.sum() * x.shape[1]).clamp_min(1.0)
 
 
@@ -399,7 +463,7 @@ def _gan_phase(
             _augment_batch(data.cloudy[rng.integers(len(data.cloudy), size=cfg.batch)], rng)
         )
         bg = torch.from_numpy(
-            _augment_batch(data.backgrounds[rng.integers(len(data.backgrounds), size=cfg.batch)], rng)
+            _augment_batch(data.backgrounds[rng.integers(data.n_whole or len(data.backgrounds), size=cfg.batch)], rng)
         )
         frac = torch.from_numpy(data.cloudy_frac[ci])
         z = torch.from_numpy(
@@ -439,7 +503,7 @@ def _gan_phase(
 
 def _f_batch(
     data: MattingData, g: CloudGenerator, bank: LayerBank, cfg: MattingTrainConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     n = cfg.batch
     s = cfg.block
     if cfg.bright_boost != 1.0 and data.bg_weights is not None:
@@ -453,8 +517,11 @@ def _f_batch(
         neg = (u >= cfg.p_gan_layer + cfg.p_procedural) & (rng.random(n) < cfg.p_bright_negative)
         idx = np.where(neg, bright[rng.integers(len(bright), size=n)], idx)
         x = torch.from_numpy(_augment_batch(data.backgrounds[idx], rng))
+        mask = None  # (partial backgrounds are not drawn with hard negatives: validate())
     else:  # the 0.2 recipe's order of draws
-        x = torch.from_numpy(_augment_batch(data.backgrounds[idx], rng))
+        xa, ma = _augment_masked(data.backgrounds[idx], None if data.bg_mask is None else data.bg_mask[idx], rng)
+        x = torch.from_numpy(xa)
+        mask = None if ma is None else torch.from_numpy(ma)
         u = rng.random(n)
     alpha = torch.zeros(n, 1, s, s)
     r_c = torch.zeros(n, 4, s, s)
@@ -476,7 +543,15 @@ def _f_batch(
         alpha[use_g] = upsample(a_lo)
         r_c[use_g] = upsample(a_lo * c_lo)
     y = compose(x, alpha, r_c)
-    return x, y, alpha, r_c
+    return x, y, alpha, r_c, mask
+
+
+def _masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean |a - b| over the pixels of ``mask`` (B, H, W) (all of them without one)."""
+    if mask is None:
+        return (a - b).abs().mean()
+    m = mask[:, None].to(a.dtype)
+    return ((a - b).abs() * m).sum() / (m.sum() * a.shape[1]).clamp_min(1.0)
 
 
 def train_matting(
@@ -511,25 +586,26 @@ def train_matting(
     good = np.flatnonzero((data.cloudy_label != NODATA).any(axis=(1, 2)))
     f_stats: dict[str, float] = {}
     for step in range(cfg.f_steps):
-        x, y, alpha, r_c = _f_batch(data, g, bank, cfg, rng)
+        x, y, alpha, r_c, mask = _f_batch(data, g, bank, cfg, rng)
         crop = min(cfg.crop, cfg.block) if cfg.crop > 0 else cfg.block
         if crop < cfg.block:
             r0, c0 = (int(v) for v in rng.integers(0, cfg.block - crop + 1, size=2))
             a_hat, r_hat = matte(net, y, region=(r0, r0 + crop, c0, c0 + crop))
             sl = (Ellipsis, slice(r0, r0 + crop), slice(c0, c0 + crop))
             x, y, alpha, r_c = x[sl], y[sl], alpha[sl], r_c[sl]
+            mask = None if mask is None else mask[sl]
         else:
             a_hat, r_hat = matte(net, y)
-        l_alpha = (a_hat - alpha).abs().mean()
-        l_rc = (r_hat - r_c).abs().mean()
-        l_y = (compose(x, a_hat, r_hat) - y).abs().mean()
+        l_alpha = _masked_l1(a_hat, alpha, mask)
+        l_rc = _masked_l1(r_hat, r_c, mask)
+        l_y = _masked_l1(compose(x, a_hat, r_hat), y, mask)
         loss = cfg.w_alpha * l_alpha + cfg.w_rc * l_rc + cfg.w_recompose * l_y
-        l_x = background_l1(x, y, alpha, a_hat, r_hat, cfg.alpha_max)
+        l_x = background_l1(x, y, alpha, a_hat, r_hat, cfg.alpha_max, valid=mask)
         if cfg.w_background > 0:
             loss = loss + cfg.w_background * l_x
         l_xt = torch.zeros(())
         if cfg.w_background_thin > 0:
-            l_xt = background_l1(x, y, alpha, a_hat, r_hat, cfg.alpha_max, 0.5)
+            l_xt = background_l1(x, y, alpha, a_hat, r_hat, cfg.alpha_max, 0.5, valid=mask)
             loss = loss + cfg.w_background_thin * l_xt
         l_real = torch.zeros(())
         if cfg.w_real > 0 and len(good):
@@ -578,6 +654,7 @@ def train_matting(
             "val_chips": data.val_keys,
             "train_chip_hash": data.train_hash,
             "n_backgrounds": int(len(data.backgrounds)),
+            "n_partial_backgrounds": int(len(data.backgrounds) - data.n_whole) if data.bg_mask is not None else 0,
             "n_bright_backgrounds": int((data.bg_weights > data.bg_weights.min()).sum())
             if data.bg_weights is not None
             else 0,
