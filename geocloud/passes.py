@@ -220,6 +220,8 @@ class InferencePass:
 
 #: the shadow stage's decimated view is at most this many px on its long side.
 SHADOW_VIEW_PX = 2048
+#: rows of the scene read at a time to build that view.
+SHADOW_VIEW_ROWS = 512
 
 
 def shadow_view_factor(height: int, width: int) -> int:
@@ -227,8 +229,6 @@ def shadow_view_factor(height: int, width: int) -> int:
     :data:`SHADOW_VIEW_PX` px on the long side, 1 when a side would pool to nothing."""
     f = max(1, -(-max(height, width) // SHADOW_VIEW_PX))
     return 1 if height // f == 0 or width // f == 0 else f
-#: rows of the scene read at a time to build that view.
-SHADOW_VIEW_ROWS = 512
 
 
 class ShadowStage:

@@ -177,8 +177,8 @@ def _shadow_block(x: np.ndarray, n_bands: int, shift: Any, config: Any) -> np.nd
 
 
 def _shadow(refl: Any, valid: Any, mask: Any, *, n_bands: int, sun_azimuth: float | None,
-            sun_elevation: float | None, pixel_size: float | None) -> tuple[Any, Any]:  # fmt: skip
-    """The lazy mask with the cloud-shadow class, and the delayed displacement.
+            sun_elevation: float | None, pixel_size: float | None) -> Any:  # fmt: skip
+    """The lazy mask with the cloud-shadow class.
 
     The displacement is searched once on a view of the scene pooled to at most
     :data:`geocloud.passes.SHADOW_VIEW_PX` px on its long side (:func:`geocloud.passes.shadow_view_factor`), as the engine's shadow stage
@@ -217,7 +217,7 @@ def _shadow(refl: Any, valid: Any, mask: Any, *, n_bands: int, sun_azimuth: floa
     stack = stack.rechunk(sizes)
     out = da.map_overlap(_shadow_block, stack, depth=depths, boundary="none",
                          drop_axis=0, dtype=np.uint8, n_bands=n_bands, shift=shift, config=cfg)  # fmt: skip
-    return out.rechunk(mask.chunks), shift
+    return out.rechunk(mask.chunks)
 
 
 def detect_clouds(
@@ -317,7 +317,7 @@ def detect_clouds(
     if cfg.shadow:
         from .plan import pixel_size_m
 
-        mask, _ = _shadow(
+        mask = _shadow(
             refl, valid, mask, n_bands=n_bands,
             sun_azimuth=sun_azimuth if sun_azimuth is not None else meta.sun_azimuth,
             sun_elevation=radiometry.sun_elevation, pixel_size=pixel_size_m(info),

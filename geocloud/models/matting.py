@@ -88,6 +88,14 @@ def pooled_features(x: torch.Tensor, valid: torch.Tensor | None = None, pool: in
     return torch.cat([(mean - FEATURE_OFFSET) / FEATURE_SCALE, log_std], dim=1)
 
 
+def visible_extremes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) reflectance -> per pixel the darkest and the brightest visible value
+    (min and max of blue, green, red), each (B, 1, H, W); elementwise, so exact."""
+    lo = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+    hi = torch.maximum(torch.maximum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+    return lo, hi
+
+
 #: number of extra cell features :class:`MattingNet` takes with ``extremes=True``.
 N_EXTREMES = 2
 
@@ -104,8 +112,7 @@ def cell_extremes(x: torch.Tensor, valid: torch.Tensor | None = None, pool: int 
     # elementwise minima and maxima, then rows before columns within a cell: the same
     # values as amin/amax over (channel) and (cell rows, cell columns) at once, which
     # torch computes about 3x slower on the CPU (min and max are exact in any order)
-    lo = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
-    hi = torch.maximum(torch.maximum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+    lo, hi = visible_extremes(x)
     if valid is not None:
         v = valid.unsqueeze(1)
         lo = torch.where(v, lo, torch.full_like(lo, float("inf")))
@@ -205,13 +212,7 @@ class MattingNet(nn.Module):
         context, as in the local linear model, and a bright pixel alone does not read as cloud.
         """
         assert self.pixel is not None
-
-        def lo_hi(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            lo = torch.minimum(torch.minimum(t[:, 0:1], t[:, 1:2]), t[:, 2:3])
-            hi = torch.maximum(torch.maximum(t[:, 0:1], t[:, 1:2]), t[:, 2:3])
-            return lo, hi
-
-        (lo, hi), (mlo, mhi) = lo_hi(x), lo_hi(mean_up)
+        (lo, hi), (mlo, mhi) = visible_extremes(x), visible_extremes(mean_up)
         own = torch.cat([x - mean_up, lo - mlo, hi - mhi], dim=1).mul_(1.0 / FEATURE_SCALE)
         return self.pixel(torch.cat([guide_up, own], dim=1))
 
@@ -237,9 +238,8 @@ def fine_features(x: torch.Tensor) -> torch.Tensor:
     as of vegetation (dark in red and blue): cloud adds to every band, so it bounds alpha.
     """
     mean = nnf.avg_pool2d(x, FINE)
-    lo_vis = torch.minimum(torch.minimum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
+    lo_vis, hi_vis = visible_extremes(x)
     lo_all = torch.minimum(lo_vis, x[:, 3:4])
-    hi_vis = torch.maximum(torch.maximum(x[:, 0:1], x[:, 1:2]), x[:, 2:3])
     dark = -nnf.max_pool2d(-torch.cat([lo_all, lo_vis], dim=1), FINE)
     bright = nnf.max_pool2d(hi_vis, FINE)
     return (torch.cat([mean, dark, bright], dim=1) - FEATURE_OFFSET) / FEATURE_SCALE
@@ -368,8 +368,7 @@ def matte_cells(
         if not bool(torch.isfinite(x).all()):  # NaN/inf in the input: treat as 0
             x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         alpha_fine, colour_lo = net(x, valid)
-        alpha = upsample_region(alpha_fine, FINE, region)
-        return alpha.clamp_(0.0, 1.0) if not alpha.requires_grad else alpha.clamp(0.0, 1.0), colour_lo
+        return _unit(upsample_region(alpha_fine, FINE, region)), colour_lo
     feats = net.features(x, valid)
     if not bool(torch.isfinite(feats).all()):  # NaN/inf in the input: treat as 0 (cheap check at low res)
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -389,7 +388,12 @@ def matte_cells(
         # the guide features and cell means were upsampled with the slopes (one interpolation)
         g = 1 + nb + net.guide
         alpha = alpha + net.pixel_correction(up[:, 1 + nb : g], up[:, g:], x)
-    return alpha.clamp_(0.0, 1.0) if not alpha.requires_grad else alpha.clamp(0.0, 1.0), colour_lo
+    return _unit(alpha), colour_lo
+
+
+def _unit(alpha: torch.Tensor) -> torch.Tensor:
+    """``alpha`` clamped to [0, 1]: in place at inference, out of place when training."""
+    return alpha.clamp_(0.0, 1.0) if not alpha.requires_grad else alpha.clamp(0.0, 1.0)
 
 
 def matte(
