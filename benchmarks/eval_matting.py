@@ -148,22 +148,21 @@ def cv_gate(cv: Path):  # type: ignore[no-untyped-def]
     """chip key -> the CAM of the cross-validation fold that held the chip out (loaded once
     per fold).  A chip in no fold (labels not usable, so never scored by the CV) is gated by
     fold 0's CAM."""
+    from eval_shadow import fold_weights  # (benchmarks/ is on sys.path)
+
     from geocloud.models.cam import load as load_cam
 
-    folds = sorted(cv.glob("fold*"))
-    if not folds:
+    weights_of = fold_weights(cv)
+    if not weights_of:
         raise SystemExit(f"no fold*/ in {cv}: run benchmarks/eval_cam.py --out {cv} first")
-    fold_of = {}
-    for d in folds:
-        for key in json.loads((d / "heldout.json").read_text())["chips"]:
-            fold_of[key] = d
+    first = min(weights_of.values())
     models: dict[Path, object] = {}
 
     def gate(key: str):  # type: ignore[no-untyped-def]
-        d = fold_of.get(key, folds[0])
-        if d not in models:
-            models[d] = load_cam("cpu", d / "cam.safetensors")
-        return models[d]
+        w = weights_of.get(key, first)
+        if w not in models:
+            models[w] = load_cam("cpu", w)
+        return models[w]
 
     return gate
 
